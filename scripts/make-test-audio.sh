@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the audio that the demo and the tests use, from Debian packages only (no ../shared):
+#   genuine:   Asterisk prompts (one human voice, 8 kHz), joined into short phrases
+#   synthetic: espeak-ng and flite voices saying call-center sentences
+#   switch:    a genuine opening followed by a synthetic voice (a clone taking over mid-call)
+#   stereo:    caller on the right channel, agent (synthetic) on the left
+# Output in .deps/audio/; existing files are kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=.deps/audio
+mkdir -p "$OUT"
+SOUNDS=/usr/share/asterisk/sounds/en
+
+make() { [ -f "$1" ] || { "${@:2}"; }; }
+
+# Genuine: a few prompts each, 8 kHz mono 16-bit.
+join_prompts() {
+  local out=$1; shift
+  local files=()
+  for p in "$@"; do files+=("$SOUNDS/$p.wav"); done
+  sox "${files[@]}" "$out"
+}
+make "$OUT/genuine_1.wav" join_prompts "$OUT/genuine_1.wav" vm-intro vm-theperson vm-isunavail vm-goodbye
+make "$OUT/genuine_2.wav" join_prompts "$OUT/genuine_2.wav" conf-onlyperson conf-waitforleader agent-loginok
+make "$OUT/genuine_3.wav" join_prompts "$OUT/genuine_3.wav" vm-options vm-instructions
+
+# Synthetic: espeak-ng (formant) and flite (diphone/clustergen) voices.
+S1="Hello, this is your director. I need you to wire forty thousand dollars to our new supplier today, and please do not tell anyone about it."
+S2="Hi, I am locked out of my account. Can you reset my password and read me the verification code that you just sent?"
+make "$OUT/synthetic_espeak.wav" espeak-ng -v en-us+m3 -s 150 -w "$OUT/synthetic_espeak.wav" "$S1"
+make "$OUT/synthetic_flite.wav" flite -voice slt -t "$S2" -o "$OUT/synthetic_flite.wav"
+
+# Telephone versions: 8 kHz G.711 mu-law and A-law WAV.
+make "$OUT/synthetic_espeak_ulaw.wav" sox "$OUT/synthetic_espeak.wav" -r 8000 -e u-law "$OUT/synthetic_espeak_ulaw.wav"
+make "$OUT/genuine_1_alaw.wav" sox "$OUT/genuine_1.wav" -r 8000 -e a-law "$OUT/genuine_1_alaw.wav"
+
+# A genuine opening, then a synthetic voice: 8 kHz mono.
+if [ ! -f "$OUT/switch.wav" ]; then
+  sox "$OUT/synthetic_flite.wav" -r 8000 -c 1 -b 16 /tmp/cg_switch_tail.wav
+  sox "$OUT/genuine_1.wav" "$OUT/genuine_2.wav" "$OUT/genuine_3.wav" /tmp/cg_switch_tail.wav "$OUT/switch.wav"
+  rm -f /tmp/cg_switch_tail.wav
+fi
+
+# Stereo call: agent (synthetic voice) left, caller (genuine) right, 8 kHz.
+if [ ! -f "$OUT/stereo_call.wav" ]; then
+  sox "$OUT/synthetic_espeak.wav" -r 8000 -c 1 -b 16 /tmp/cg_agent.wav
+  sox "$OUT/genuine_1.wav" "$OUT/genuine_2.wav" /tmp/cg_caller.wav
+  sox -M /tmp/cg_agent.wav /tmp/cg_caller.wav "$OUT/stereo_call.wav"
+  rm -f /tmp/cg_agent.wav /tmp/cg_caller.wav
+fi

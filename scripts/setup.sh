@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Prepares everything callguard needs on a fresh Debian machine, idempotently: apt packages,
+# the ONNX Runtime library and the Silero VAD model (both from PyPI wheels) in .deps/, and a
+# Python environment for training and test-audio generation. Reuses whatever is already there.
+#
+#   scripts/setup.sh            # what the binary and the tests need
+#   scripts/setup.sh --train    # plus numpy/scipy/scikit-learn/onnx for train/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEPS=$ROOT/.deps
+ORT_VERSION=1.31.1
+SILERO_VERSION=6.2.3
+mkdir -p "$DEPS"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- apt: build deps (cpal needs ALSA headers), audio tools for test audio, a virtual sound card.
+APT_PACKAGES=(pkg-config libasound2-dev unzip sox espeak-ng flite pulseaudio pulseaudio-utils
+  libasound2-plugins asterisk-core-sounds-en-wav fonts-dejavu-core python3-venv)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing apt packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- ONNX Runtime shared library from the PyPI wheel (the C API is inside it).
+ORT_DIR=$DEPS/onnxruntime
+if [ ! -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ]; then
+  log "fetching ONNX Runtime $ORT_VERSION from PyPI"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+    --python-version 3.11 "onnxruntime==$ORT_VERSION" -d "$tmp"
+  mkdir -p "$ORT_DIR"
+  unzip -q -o -j "$tmp"/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$ORT_DIR"
+  rm -rf "$tmp"
+fi
+ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/libonnxruntime.so.1"
+ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/libonnxruntime.so"
+
+# --- Silero VAD (ONNX) from its PyPI package.
+if [ ! -f "$DEPS/silero_vad.onnx" ]; then
+  log "fetching Silero VAD $SILERO_VERSION from PyPI"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps "silero-vad==$SILERO_VERSION" -d "$tmp"
+  unzip -q -o -j "$tmp"/silero_vad-*.whl "silero_vad/data/silero_vad.onnx" -d "$DEPS"
+  rm -rf "$tmp"
+fi
+
+# --- Python environment for training and for the independent checks in tests.
+VENV=$DEPS/venv
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating Python environment in .deps/venv"
+  python3 -m venv "$VENV"
+fi
+want=(numpy scipy soundfile onnx "onnxruntime==$ORT_VERSION" scikit-learn)
+if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn" 2>/dev/null; then
+  log "installing Python packages: ${want[*]}"
+  "$VENV/bin/pip" install -q "${want[@]}"
+fi
+
+# --- Test audio: genuine prompts (Asterisk, 8 kHz) and synthetic speech (espeak-ng, flite).
+scripts/make-test-audio.sh
+
+log "ready (.deps: $(du -sh "$DEPS" | cut -f1))"

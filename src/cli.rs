@@ -1,0 +1,628 @@
+//! Subcommands and their output. This is the only place that prints to stdout.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use callguard::audio::ChannelPick;
+use callguard::audio::capture::{self, CaptureSource, CaptureSpec};
+use callguard::config::Config;
+use callguard::eval::{self, Label, Manifest};
+use callguard::pipeline::{
+    CallSpec, CallSummary, Engine, EngineEvent, FileOutcome, drive, score_files,
+};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "callguard",
+    version,
+    about = "Real-time deepfake guard for voice calls"
+)]
+pub struct Args {
+    /// Configuration file (default: ./config.toml or the project's, else built-in defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log debug detail to stderr (or set CALLGUARD_LOG).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Screen live input devices until SIGINT/SIGTERM.
+    Run {
+        /// Print every event (window, alert, call end) as a JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score recorded calls as if they were live; print verdicts and score timelines.
+    Scan {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Channel that carries the caller (0-based); default: mix all channels.
+        #[arg(long)]
+        caller_channel: Option<u16>,
+    },
+    /// Detection quality on a labelled manifest (CSV: path,label[,system]).
+    Eval {
+        manifest: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Write per-file scores as CSV.
+        #[arg(long)]
+        scores: Option<PathBuf>,
+        /// Draw DET curves (overall and per system) as PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// List capture hosts, input devices and their configurations.
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    if let Some(p) = path {
+        return Ok(Config::load(p)?);
+    }
+    if let Some(found) = callguard::assets::locate(Path::new("config.toml"), None) {
+        return Ok(Config::load(&found)?);
+    }
+    let mut config = Config::default();
+    config.resolve_paths(None);
+    config.validate().map_err(|problems| {
+        anyhow::anyhow!(
+            "built-in defaults are not usable here:\n  {}",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    })?;
+    Ok(config)
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    if let Command::Devices { json } = args.command {
+        return devices(json);
+    }
+    let config = load_config(args.config.as_deref())?;
+    match args.command {
+        Command::Run { json } => run_daemon(&config, json),
+        Command::Scan {
+            files,
+            json,
+            caller_channel,
+        } => scan(
+            &config,
+            &files,
+            json,
+            ChannelPick::from_option(caller_channel),
+        ),
+        Command::Eval {
+            manifest,
+            json,
+            scores,
+            plot,
+        } => evaluate(&config, &manifest, json, scores.as_deref(), plot.as_deref()),
+        Command::Devices { .. } => unreachable!("handled above"),
+    }
+}
+
+fn progress(n: usize) -> indicatif::ProgressBar {
+    if n < 2 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(n as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} files {elapsed_precise} eta {eta}",
+        )
+        .expect("static template"),
+    );
+    bar
+}
+
+fn score_with_progress(
+    config: &Config,
+    engine: &Engine,
+    files: &[PathBuf],
+    pick: ChannelPick,
+) -> Vec<FileOutcome> {
+    let bar = progress(files.len());
+    let outcomes = score_files(engine, files, pick, config.detector_workers(), &|_| {
+        bar.inc(1)
+    });
+    bar.finish_and_clear();
+    outcomes
+}
+
+fn summary_json(s: &CallSummary) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("summary serialises");
+    v["path"] = json!(s.call_id);
+    v
+}
+
+fn scan(config: &Config, files: &[PathBuf], as_json: bool, pick: ChannelPick) -> Result<ExitCode> {
+    let engine = Engine::start(config)?;
+    let outcomes = score_with_progress(config, &engine, files, pick);
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let files: Vec<_> = outcomes
+            .iter()
+            .map(|o| match &o.result {
+                Ok(s) => summary_json(s),
+                Err(e) => json!({ "path": o.path.display().to_string(), "error": e }),
+            })
+            .collect();
+        let doc = json!({
+            "model": engine.card().id(),
+            "threshold": engine.card().threshold.p_spoof,
+            "files": files,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        for o in &outcomes {
+            match &o.result {
+                Ok(s) => write_summary(&mut out, s)?,
+                Err(e) => writeln!(out, "{}: error: {e}", o.path.display())?,
+            }
+        }
+    }
+    for o in outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().err().map(|e| (&o.path, e)))
+    {
+        eprintln!("error: {}: {}", o.0.display(), o.1);
+    }
+    engine.shutdown();
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn fmt_p(p: Option<f32>) -> String {
+    p.map_or("-".into(), |p| format!("{p:.3}"))
+}
+
+fn fmt_ms(ms: Option<u64>) -> String {
+    ms.map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0))
+}
+
+/// Timeline entries printed in text mode before it is summarised.
+const TEXT_TIMELINE: usize = 24;
+
+fn write_summary(out: &mut impl Write, s: &CallSummary) -> Result<()> {
+    writeln!(
+        out,
+        "{}: {} p_spoof={} peak={} first_alert={} audio={} speech={} windows={}{}",
+        s.call_id,
+        s.verdict.as_str().to_uppercase(),
+        fmt_p(s.p_spoof),
+        fmt_p(s.p_spoof_peak),
+        fmt_ms(s.first_alert_ms),
+        fmt_ms(Some(s.audio_ms)),
+        fmt_ms(Some(s.speech_ms)),
+        s.windows_scored,
+        if s.windows_dropped + s.windows_failed > 0 {
+            format!(
+                " (dropped {}, failed {})",
+                s.windows_dropped, s.windows_failed
+            )
+        } else {
+            String::new()
+        }
+    )?;
+    if !s.timeline.is_empty() {
+        let shown: Vec<String> = s
+            .timeline
+            .iter()
+            .take(TEXT_TIMELINE)
+            .map(|w| format!("{:.1}s:{:.2}", w.end_ms as f64 / 1000.0, w.fused))
+            .collect();
+        let more = s.timeline.len().saturating_sub(TEXT_TIMELINE);
+        writeln!(
+            out,
+            "  timeline (end time: fused p_spoof) {}{}",
+            shown.join(" "),
+            if more > 0 {
+                format!(" ... {more} more (use --json)")
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    for a in &s.alerts {
+        writeln!(
+            out,
+            "  alert {:?} at {} p_spoof={:.3} (threshold {:.3}, {} windows)",
+            a.kind,
+            fmt_ms(Some(a.audio_ms)),
+            a.p_spoof,
+            a.threshold,
+            a.evidence.len()
+        )?;
+    }
+    Ok(())
+}
+
+fn evaluate(
+    config: &Config,
+    manifest_path: &Path,
+    as_json: bool,
+    scores_path: Option<&Path>,
+    plot_path: Option<&Path>,
+) -> Result<ExitCode> {
+    let manifest = Manifest::load(manifest_path)?;
+    let engine = Engine::start(config)?;
+    let paths: Vec<PathBuf> = manifest.entries.iter().map(|e| e.path.clone()).collect();
+    let outcomes = score_with_progress(config, &engine, &paths, ChannelPick::Mix);
+
+    // A file with no scored speech counts as "not flagged" (score 0): a spoof that evades the
+    // speech gate is a miss, not an exclusion.
+    let score_of = |o: &FileOutcome| {
+        o.result
+            .as_ref()
+            .ok()
+            .map(|s| s.p_spoof.unwrap_or(0.0) as f64)
+    };
+    let mut bona = Vec::new();
+    let mut per_system: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let (mut failed, mut unscored) = (0, 0);
+    for (entry, o) in manifest.entries.iter().zip(&outcomes) {
+        let Some(score) = score_of(o) else {
+            failed += 1;
+            continue;
+        };
+        if o.result.as_ref().is_ok_and(|s| s.p_spoof.is_none()) {
+            unscored += 1;
+        }
+        match entry.label {
+            Label::Bonafide => bona.push(score),
+            Label::Spoof => per_system
+                .entry(entry.system.as_str())
+                .or_default()
+                .push(score),
+        }
+    }
+    let spoof: Vec<f64> = per_system.values().flatten().copied().collect();
+    let overall = eval::eer(&bona, &spoof);
+    let dcf = eval::min_dcf(&bona, &spoof);
+    let systems: serde_json::Map<String, serde_json::Value> = per_system
+        .iter()
+        .map(|(name, scores)| {
+            let e = eval::eer(&bona, scores).map(|(e, _)| e);
+            (name.to_string(), json!({ "n": scores.len(), "eer": e }))
+        })
+        .collect();
+    let report = json!({
+        "eer": overall.map(|(e, _)| e),
+        "eer_threshold": overall.map(|(_, t)| t),
+        "min_dcf": dcf.map(|(d, _)| d),
+        "min_dcf_threshold": dcf.map(|(_, t)| t),
+        "dcf_params": { "c_miss": eval::DCF_COST_MISS, "c_fa": eval::DCF_COST_FA, "p_spoof": eval::DCF_PRIOR_SPOOF },
+        "files": manifest.entries.len(),
+        "bonafide": bona.len(),
+        "spoof": spoof.len(),
+        "failed": failed,
+        "unscored": unscored,
+        "score": "p_spoof: the file's final fused probability (0 when no speech was scored)",
+        "model": engine.card().id(),
+        "per_system": systems,
+    });
+    if let Some(path) = scores_path {
+        let mut w = csv::Writer::from_path(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        w.write_record([
+            "path",
+            "label",
+            "system",
+            "p_spoof",
+            "p_spoof_peak",
+            "verdict",
+            "error",
+        ])?;
+        for (entry, o) in manifest.entries.iter().zip(&outcomes) {
+            let label = match entry.label {
+                Label::Bonafide => "bonafide",
+                Label::Spoof => "spoof",
+            };
+            let (p, peak, verdict, err) = match &o.result {
+                Ok(s) => (
+                    fmt_p(s.p_spoof),
+                    fmt_p(s.p_spoof_peak),
+                    s.verdict.as_str().to_string(),
+                    String::new(),
+                ),
+                Err(e) => ("-".into(), "-".into(), "error".into(), e.clone()),
+            };
+            w.write_record([
+                &entry.path.display().to_string(),
+                label,
+                &entry.system,
+                &p,
+                &peak,
+                &verdict,
+                &err,
+            ])?;
+        }
+        w.flush()?;
+    }
+    if let Some(path) = plot_path {
+        let mut curves = vec![("all systems".to_string(), eval::det_points(&bona, &spoof))];
+        curves.extend(
+            per_system
+                .iter()
+                .take(8)
+                .map(|(name, s)| (name.to_string(), eval::det_points(&bona, s))),
+        );
+        eval::plot_det(path, &format!("DET: {}", engine.card().id()), &curves)
+            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        let pct = |v: &serde_json::Value| {
+            v.as_f64()
+                .map_or("-".into(), |e| format!("{:.2}%", e * 100.0))
+        };
+        writeln!(
+            out,
+            "{} files ({} bonafide, {} spoof, {} failed, {} without speech); model {}",
+            manifest.entries.len(),
+            bona.len(),
+            spoof.len(),
+            failed,
+            unscored,
+            engine.card().id()
+        )?;
+        writeln!(
+            out,
+            "EER {} at p_spoof {}; minDCF {}",
+            pct(&report["eer"]),
+            report["eer_threshold"]
+                .as_f64()
+                .map_or("-".into(), |t| format!("{t:.3}")),
+            report["min_dcf"]
+                .as_f64()
+                .map_or("-".into(), |d| format!("{d:.3}"))
+        )?;
+        for (name, v) in &systems {
+            writeln!(out, "  {name:40} n={:4} EER {}", v["n"], pct(&v["eer"]))?;
+        }
+    }
+    for o in &outcomes {
+        if let Err(e) = &o.result {
+            eprintln!("error: {}: {e}", o.path.display());
+        }
+    }
+    engine.shutdown();
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn devices(as_json: bool) -> Result<ExitCode> {
+    let list = capture::list_devices();
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+    } else if list.is_empty() {
+        writeln!(out, "no input devices found")?;
+    } else {
+        for d in &list {
+            writeln!(
+                out,
+                "{} / {}{}  default: {}",
+                d.host,
+                d.name,
+                if d.is_default { " (default)" } else { "" },
+                d.default_config.as_deref().unwrap_or("-")
+            )?;
+            for c in &d.configs {
+                writeln!(out, "    {c}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for SIGINT or SIGTERM, then sets `stop`.
+fn watch_signals(stop: &'static AtomicBool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start signal runtime")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            tracing::info!("Signal received; shutting down.");
+            stop.store(true, Ordering::SeqCst);
+        })?;
+    Ok(())
+}
+
+fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    watch_signals(&STOP)?;
+    let engine = Engine::start(config)?;
+    let mut devices = config.capture.devices.clone();
+    if devices.is_empty() {
+        devices.push(callguard::config::CaptureDevice {
+            name: "default".into(),
+            caller_channel: None,
+            call_id: None,
+        });
+    }
+    if devices.iter().any(|d| d.name.is_empty()) {
+        bail!("capture device with an empty name");
+    }
+    eprintln!(
+        "callguard: screening {} device(s) with {}; Ctrl-C to stop",
+        devices.len(),
+        engine.card().id()
+    );
+    std::thread::scope(|scope| -> Result<()> {
+        let threads: Vec<_> = devices
+            .iter()
+            .map(|d| scope.spawn(|| screen_device(config, &engine, d, &STOP)))
+            .collect();
+        let mut out = std::io::stdout().lock();
+        while !(STOP.load(Ordering::SeqCst)
+            && threads.iter().all(|t| t.is_finished())
+            && engine.events().is_empty())
+        {
+            let Ok(event) = engine.events().recv_timeout(Duration::from_millis(50)) else {
+                continue;
+            };
+            print_event(&mut out, &event, as_json)?;
+        }
+        Ok(())
+    })?;
+    if let Some(stats) = engine.pool_stats() {
+        tracing::info!(
+            scored = stats.windows_scored.load(Ordering::Relaxed),
+            dropped = stats.windows_dropped_full.load(Ordering::Relaxed),
+            failed = stats.windows_failed.load(Ordering::Relaxed),
+            "Detector totals."
+        );
+    }
+    engine.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_event(out: &mut impl Write, event: &EngineEvent, as_json: bool) -> Result<()> {
+    match (event, as_json) {
+        (EngineEvent::Window { call_id, score, .. }, true) => writeln!(
+            out,
+            "{}",
+            json!({ "event": "window", "call_id": call_id.as_ref(), "window": score })
+        )?,
+        (EngineEvent::Alert { alert, .. }, true) => {
+            writeln!(out, "{}", json!({ "event": "alert", "alert": alert }))?
+        }
+        (EngineEvent::Ended(s), true) => writeln!(
+            out,
+            "{}",
+            json!({ "event": "ended", "summary": summary_json(s) })
+        )?,
+        (EngineEvent::Window { .. }, false) => {}
+        (EngineEvent::Alert { alert, .. }, false) => writeln!(
+            out,
+            "ALERT {:?} call={} at={} p_spoof={:.3}",
+            alert.kind,
+            alert.call_id,
+            fmt_ms(Some(alert.audio_ms)),
+            alert.p_spoof
+        )?,
+        (EngineEvent::Ended(s), false) => write_summary(out, s)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Screens one device until `stop`; a missing or failing device is retried with backoff.
+fn screen_device(
+    config: &Config,
+    engine: &Engine,
+    device: &callguard::config::CaptureDevice,
+    stop: &AtomicBool,
+) {
+    let c = &config.capture;
+    let spec = CaptureSpec {
+        device: device.name.clone(),
+        queue_ms: c.queue_ms,
+        retry_initial: Duration::from_millis(c.retry_initial_ms),
+        retry_max: Duration::from_millis(c.retry_max_ms),
+    };
+    let mut vad = match engine.vad() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(device = %device.name, error = %e, "Cannot start speech detection.");
+            return;
+        }
+    };
+    let mut backoff = spec.retry_initial;
+    let mut session = 0u32;
+    while !stop.load(Ordering::SeqCst) {
+        let mut source = match CaptureSource::open(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(device = %device.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "Capture device unavailable.");
+                sleep_unless(stop, backoff);
+                backoff = (backoff * 2).min(spec.retry_max);
+                continue;
+            }
+        };
+        backoff = spec.retry_initial;
+        let base_id = device
+            .call_id
+            .clone()
+            .unwrap_or_else(|| device.name.clone());
+        let id = if session == 0 {
+            base_id
+        } else {
+            format!("{base_id}#{session}")
+        };
+        session += 1;
+        let call_spec = CallSpec {
+            id,
+            format: callguard::audio::AudioSource::format(&source),
+            pick: ChannelPick::from_option(device.caller_channel),
+            when_full: config.detector.when_full,
+            timeline_limit: LIVE_TIMELINE_LIMIT,
+        };
+        let result = engine
+            .open_call(call_spec)
+            .map_err(anyhow::Error::from)
+            .and_then(|call| Ok(drive(call, &mut vad, &mut source, stop)?));
+        let stats = source.stats();
+        tracing::info!(
+            device = %device.name,
+            overrun_samples = stats.overrun_samples.load(Ordering::Relaxed),
+            device_errors = stats.device_errors.load(Ordering::Relaxed),
+            rebuilds = stats.rebuilds.load(Ordering::Relaxed),
+            "Capture stopped."
+        );
+        if let Err(e) = result {
+            tracing::warn!(device = %device.name, error = %e, "Call on device ended with an error; reopening.");
+            sleep_unless(stop, backoff);
+        }
+    }
+}
+
+/// Live calls keep their last windows on the timeline (bounded memory for long calls).
+const LIVE_TIMELINE_LIMIT: usize = 2_000;
+
+fn sleep_unless(stop: &AtomicBool, d: Duration) {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

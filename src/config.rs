@@ -1,0 +1,450 @@
+//! Daemon configuration: serde structs with documented defaults, unknown keys rejected,
+//! and a `validate()` that reports every problem at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::assets;
+
+/// Everything `callguard` can be told; see the shipped `config.toml` for each key's meaning.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub capture: CaptureConfig,
+    pub speech: SpeechConfig,
+    pub windows: WindowConfig,
+    pub detector: DetectorConfig,
+    pub verdict: VerdictConfig,
+}
+
+/// Live capture from sound devices (`callguard run`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Input devices to screen, one call each. Empty: the host's default input device.
+    pub devices: Vec<CaptureDevice>,
+    /// Capacity of the lock-free queue between the audio callback and the pipeline.
+    pub queue_ms: u32,
+    /// First delay before rebuilding a failed or vanished device stream; doubles up to `max`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+/// One capture device and which of its channels carries the caller.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureDevice {
+    /// Device name as `callguard devices` prints it; "default" for the host default.
+    pub name: String,
+    /// Channel that carries the caller (0-based); absent: all channels are mixed.
+    #[serde(default)]
+    pub caller_channel: Option<u16>,
+    /// Call id used in verdicts and logs; defaults to the device name.
+    #[serde(default)]
+    pub call_id: Option<String>,
+}
+
+/// Speech gating (Silero VAD) so silence, tones and hold music are not scored.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeechConfig {
+    /// Silero VAD ONNX model; relative paths are looked up beside the project.
+    pub vad_model: PathBuf,
+    /// A 32 ms frame starts speech when its VAD probability reaches this.
+    pub start_threshold: f32,
+    /// Speech continues while the probability stays at or above this.
+    pub continue_threshold: f32,
+    /// Frames after speech ends that are still kept (short pauses inside a sentence).
+    pub hangover_ms: u32,
+}
+
+/// Sliding windows over gated speech.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// New speech between two windows of one call.
+    pub hop_ms: u32,
+    /// A call that ends with less speech than a window is still scored once if it had this much
+    /// (the speech is repeated to fill the window); 0 disables.
+    pub min_final_speech_ms: u32,
+}
+
+/// What happens when a bounded queue is full.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Drop the new item and count it (live audio: never stall capture).
+    DropNewest,
+    /// Wait for room (recorded audio: nothing is lost, the reader slows down).
+    Block,
+}
+
+/// The ONNX detector and its worker pool.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// The model; its sidecar is the same path with `.json`.
+    pub model: PathBuf,
+    /// Detector worker threads, each with its own ONNX Runtime session. 0: one per core.
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+    /// Most windows (of any calls) scored in one model run.
+    pub max_batch: usize,
+    /// Windows waiting for a worker, over all calls.
+    pub queue_windows: usize,
+    /// What live calls do when the window queue is full (`scan` and `eval` always block).
+    pub when_full: WhenFull,
+}
+
+/// Evidence fusion, hysteresis and debounce.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerdictConfig {
+    /// Spoof probability at which a call becomes suspected; absent: the model's calibrated threshold.
+    pub enter_threshold: Option<f32>,
+    /// A suspected call is cleared when the fused probability falls below this.
+    pub exit_threshold: f32,
+    /// Windows averaged (in log-odds) into the fused probability.
+    pub smoothing_windows: usize,
+    /// Consecutive fused scores above the enter threshold before an alert is raised.
+    pub enter_windows: usize,
+    /// Consecutive fused scores below the exit threshold before the call is cleared.
+    pub exit_windows: usize,
+}
+
+pub const DEFAULT_QUEUE_MS: u32 = 2_000;
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = 250;
+pub const DEFAULT_RETRY_MAX_MS: u64 = 10_000;
+pub const DEFAULT_VAD_MODEL: &str = ".deps/silero_vad.onnx";
+pub const DEFAULT_DETECTOR_MODEL: &str = "models/detector.onnx";
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            devices: Vec::new(),
+            queue_ms: DEFAULT_QUEUE_MS,
+            retry_initial_ms: DEFAULT_RETRY_INITIAL_MS,
+            retry_max_ms: DEFAULT_RETRY_MAX_MS,
+        }
+    }
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        Self {
+            vad_model: PathBuf::from(DEFAULT_VAD_MODEL),
+            start_threshold: 0.5,
+            continue_threshold: 0.35,
+            hangover_ms: 160,
+        }
+    }
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            hop_ms: 500,
+            min_final_speech_ms: 400,
+        }
+    }
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from(DEFAULT_DETECTOR_MODEL),
+            workers: 0,
+            intra_threads: 1,
+            max_batch: 16,
+            queue_windows: 256,
+            when_full: WhenFull::DropNewest,
+        }
+    }
+}
+
+impl Default for VerdictConfig {
+    fn default() -> Self {
+        Self {
+            enter_threshold: None,
+            exit_threshold: 0.3,
+            smoothing_windows: 4,
+            enter_windows: 2,
+            exit_windows: 4,
+        }
+    }
+}
+
+/// One thing wrong with a configuration, named by its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid TOML for callguard: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} has {} problem(s):\n  {}", problems.len(), problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative model paths are resolved against the
+    /// file's folder first, then the project's usual places.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.resolve_paths(path.parent());
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML without validating (unknown keys are still rejected).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Makes relative model paths absolute where the file can be found.
+    pub fn resolve_paths(&mut self, base: Option<&Path>) {
+        for path in [&mut self.speech.vad_model, &mut self.detector.model] {
+            if let Some(found) = assets::locate(path, base) {
+                *path = found;
+            }
+        }
+    }
+
+    /// Number of detector workers after `0 = one per core` is applied.
+    pub fn detector_workers(&self) -> usize {
+        if self.detector.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.detector.workers
+        }
+    }
+
+    /// Every problem in the configuration, not just the first.
+    pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            problems.push(ConfigProblem {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        let c = &self.capture;
+        if !(20..=60_000).contains(&c.queue_ms) {
+            bad(
+                "capture.queue_ms",
+                format!("{} is outside 20..=60000", c.queue_ms),
+            );
+        }
+        if c.retry_initial_ms == 0 || c.retry_initial_ms > c.retry_max_ms {
+            bad(
+                "capture.retry_initial_ms",
+                format!(
+                    "{} must be positive and at most capture.retry_max_ms ({})",
+                    c.retry_initial_ms, c.retry_max_ms
+                ),
+            );
+        }
+        for (i, d) in c.devices.iter().enumerate() {
+            if d.name.trim().is_empty() {
+                bad(&format!("capture.devices[{i}].name"), "is empty".into());
+            }
+            if let Some(ch) = d.caller_channel
+                && ch > 63
+            {
+                bad(
+                    &format!("capture.devices[{i}].caller_channel"),
+                    format!("{ch} is not a plausible channel index (0..=63)"),
+                );
+            }
+        }
+        let s = &self.speech;
+        for (key, v) in [
+            ("speech.start_threshold", s.start_threshold),
+            ("speech.continue_threshold", s.continue_threshold),
+        ] {
+            if !(v > 0.0 && v < 1.0) {
+                bad(
+                    key,
+                    format!("{v} is not a probability strictly between 0 and 1"),
+                );
+            }
+        }
+        if s.continue_threshold > s.start_threshold {
+            bad(
+                "speech.continue_threshold",
+                format!(
+                    "{} is above speech.start_threshold ({})",
+                    s.continue_threshold, s.start_threshold
+                ),
+            );
+        }
+        if s.hangover_ms > 5_000 {
+            bad(
+                "speech.hangover_ms",
+                format!("{} is above 5000", s.hangover_ms),
+            );
+        }
+        if !s.vad_model.is_file() {
+            bad(
+                "speech.vad_model",
+                format!(
+                    "{} not found (run scripts/setup.sh to fetch it)",
+                    s.vad_model.display()
+                ),
+            );
+        }
+        let w = &self.windows;
+        if !(32..=10_000).contains(&w.hop_ms) {
+            bad(
+                "windows.hop_ms",
+                format!("{} is outside 32..=10000", w.hop_ms),
+            );
+        }
+        if w.min_final_speech_ms > 10_000 {
+            bad(
+                "windows.min_final_speech_ms",
+                format!("{} is above 10000", w.min_final_speech_ms),
+            );
+        }
+        let d = &self.detector;
+        if !d.model.is_file() {
+            bad("detector.model", format!("{} not found", d.model.display()));
+        }
+        if d.workers > 256 {
+            bad("detector.workers", format!("{} is above 256", d.workers));
+        }
+        if !(1..=64).contains(&d.intra_threads) {
+            bad(
+                "detector.intra_threads",
+                format!("{} is outside 1..=64", d.intra_threads),
+            );
+        }
+        if !(1..=1024).contains(&d.max_batch) {
+            bad(
+                "detector.max_batch",
+                format!("{} is outside 1..=1024", d.max_batch),
+            );
+        }
+        if !(1..=1_000_000).contains(&d.queue_windows) {
+            bad(
+                "detector.queue_windows",
+                format!("{} is outside 1..=1000000", d.queue_windows),
+            );
+        }
+        let v = &self.verdict;
+        if let Some(t) = v.enter_threshold
+            && !(t > 0.0 && t < 1.0)
+        {
+            bad(
+                "verdict.enter_threshold",
+                format!("{t} is not a probability strictly between 0 and 1"),
+            );
+        }
+        if !(v.exit_threshold > 0.0 && v.exit_threshold < 1.0) {
+            bad(
+                "verdict.exit_threshold",
+                format!(
+                    "{} is not a probability strictly between 0 and 1",
+                    v.exit_threshold
+                ),
+            );
+        }
+        if let Some(t) = v.enter_threshold
+            && v.exit_threshold > t
+        {
+            bad(
+                "verdict.exit_threshold",
+                format!(
+                    "{} is above verdict.enter_threshold ({t})",
+                    v.exit_threshold
+                ),
+            );
+        }
+        for (key, n) in [
+            ("verdict.smoothing_windows", v.smoothing_windows),
+            ("verdict.enter_windows", v.enter_windows),
+            ("verdict.exit_windows", v.exit_windows),
+        ] {
+            if !(1..=1000).contains(&n) {
+                bad(key, format!("{n} is outside 1..=1000"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("[windows]\nhop_ms = 500\nwindow_len = 3\n").unwrap_err();
+        assert!(err.contains("window_len"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut c = Config::default();
+        c.windows.hop_ms = 1;
+        c.detector.max_batch = 0;
+        c.verdict.exit_threshold = 2.0;
+        c.speech.vad_model = PathBuf::from("/nonexistent/vad.onnx");
+        c.detector.model = PathBuf::from("/nonexistent/detector.onnx");
+        let problems = c.validate().unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "windows.hop_ms",
+            "detector.max_batch",
+            "verdict.exit_threshold",
+            "speech.vad_model",
+            "detector.model",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn exit_above_enter_is_a_problem() {
+        let mut c = Config::default();
+        c.verdict.enter_threshold = Some(0.4);
+        c.verdict.exit_threshold = 0.6;
+        let problems = c.validate().unwrap_err();
+        assert!(problems.iter().any(|p| p.key == "verdict.exit_threshold"
+            && p.message.contains("above verdict.enter_threshold")));
+    }
+}

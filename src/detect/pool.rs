@@ -1,0 +1,212 @@
+//! The detector worker pool: one ONNX session per worker thread, windows of many calls batched
+//! into one model run, a bounded job queue with an explicit full-queue policy, and counters for
+//! everything scored, batched, dropped or failed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+use super::{DetectError, Detector, ModelCard};
+use crate::config::WhenFull;
+
+/// Internal key of a call inside one engine.
+pub type CallKey = u64;
+
+/// One window of one call, waiting to be scored.
+#[derive(Debug)]
+pub struct WindowJob {
+    pub call: CallKey,
+    /// Position of the window among the call's windows (0-based, no gaps).
+    pub seq: u64,
+    /// Call audio time of the window's first and last speech sample.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub samples: Vec<f32>,
+}
+
+/// The detector's answer for one window.
+#[derive(Debug, Clone)]
+pub struct ScoredWindow {
+    pub call: CallKey,
+    pub seq: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// Calibrated spoof probability, or why the window could not be scored.
+    pub p_spoof: Result<f32, String>,
+}
+
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub windows_scored: AtomicU64,
+    pub windows_failed: AtomicU64,
+    /// Windows dropped because the queue was full (the intentional, live-call policy).
+    pub windows_dropped_full: AtomicU64,
+    pub batches: AtomicU64,
+    pub inference_ns: AtomicU64,
+}
+
+pub struct DetectorPool {
+    jobs: Option<Sender<WindowJob>>,
+    workers: Vec<JoinHandle<()>>,
+    stats: Arc<PoolStats>,
+    card: Arc<ModelCard>,
+}
+
+impl DetectorPool {
+    /// Starts `workers` threads, each with its own session; results go to `results`.
+    pub fn start<M>(
+        card: Arc<ModelCard>,
+        workers: usize,
+        intra_threads: usize,
+        max_batch: usize,
+        queue_windows: usize,
+        results: Sender<M>,
+    ) -> Result<Self, DetectError>
+    where
+        M: From<ScoredWindow> + Send + 'static,
+    {
+        let (jobs_tx, jobs_rx) = bounded::<WindowJob>(queue_windows.max(1));
+        let stats = Arc::new(PoolStats::default());
+        // Sessions are created here so that a broken model fails start(), not a worker.
+        let detectors = (0..workers.max(1))
+            .map(|_| Detector::new(&card, intra_threads))
+            .collect::<Result<Vec<_>, _>>()?;
+        let workers = detectors
+            .into_iter()
+            .enumerate()
+            .map(|(i, detector)| {
+                let (rx, tx, stats) = (jobs_rx.clone(), results.clone(), stats.clone());
+                std::thread::Builder::new()
+                    .name(format!("detector-{i}"))
+                    .spawn(move || worker(detector, rx, tx, stats, max_batch.max(1)))
+                    .map_err(|e| DetectError::Load {
+                        path: card.model_path.clone(),
+                        message: format!("cannot start worker thread: {e}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            jobs: Some(jobs_tx),
+            workers,
+            stats,
+            card,
+        })
+    }
+
+    pub fn card(&self) -> &Arc<ModelCard> {
+        &self.card
+    }
+
+    pub fn stats(&self) -> &Arc<PoolStats> {
+        &self.stats
+    }
+
+    /// A handle for submitting windows from stream threads.
+    pub fn submitter(&self) -> WindowSubmitter {
+        WindowSubmitter {
+            jobs: self.jobs.clone().expect("pool is running"),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Windows waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.jobs.as_ref().map_or(0, |j| j.len())
+    }
+
+    /// Scores what is queued, then stops the workers.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for DetectorPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Cloneable sending side of the pool's queue.
+#[derive(Clone)]
+pub struct WindowSubmitter {
+    jobs: Sender<WindowJob>,
+    stats: Arc<PoolStats>,
+}
+
+impl WindowSubmitter {
+    /// Queues a window under `policy`; returns it back if it was dropped (full or stopped).
+    pub fn submit(&self, job: WindowJob, policy: WhenFull) -> Result<(), WindowJob> {
+        match policy {
+            WhenFull::Block => self.jobs.send(job).map_err(|e| e.0),
+            WhenFull::DropNewest => match self.jobs.try_send(job) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(job)) => {
+                    self.stats
+                        .windows_dropped_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    Err(job)
+                }
+                Err(TrySendError::Disconnected(job)) => Err(job),
+            },
+        }
+    }
+}
+
+fn worker<M: From<ScoredWindow>>(
+    mut detector: Detector,
+    jobs: Receiver<WindowJob>,
+    results: Sender<M>,
+    stats: Arc<PoolStats>,
+    max_batch: usize,
+) {
+    let mut batch: Vec<WindowJob> = Vec::with_capacity(max_batch);
+    let mut scores = Vec::with_capacity(max_batch);
+    while let Ok(first) = jobs.recv() {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let outcome = detector.score(batch.iter().map(|j| j.samples.as_slice()), &mut scores);
+        stats
+            .inference_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        let counter = if outcome.is_ok() {
+            &stats.windows_scored
+        } else {
+            &stats.windows_failed
+        };
+        counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for (i, job) in batch.drain(..).enumerate() {
+            let p_spoof = match &outcome {
+                Ok(()) => Ok(scores[i]),
+                Err(e) => Err(e.to_string()),
+            };
+            let scored = ScoredWindow {
+                call: job.call,
+                seq: job.seq,
+                start_ms: job.start_ms,
+                end_ms: job.end_ms,
+                p_spoof,
+            };
+            if results.send(scored.into()).is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Detection quality on labelled sets: the evaluation manifest, EER, minDCF and DET curves.
+
+mod det;
+mod manifest;
+mod metrics;
+
+pub use det::plot_det;
+pub use manifest::{Label, Manifest, ManifestEntry, ManifestError};
+pub use metrics::{
+    DCF_COST_FA, DCF_COST_MISS, DCF_PRIOR_SPOOF, ErrorRates, det_points, eer, min_dcf,
+};

@@ -1,0 +1,16 @@
+//! callguard: a real-time deepfake guard for voice calls.
+//!
+//! Stages, in the order audio flows through them:
+//! - [`audio`]: where audio enters (files, live devices, pushed frames), caller channel, resampling;
+//! - [`pipeline`]: per-call speech gating and windows, and the engine that runs many calls;
+//! - [`detect`]: the ONNX detector and VAD sessions, and the detector worker pool;
+//! - [`verdict`]: evidence fusion, hysteresis and debounce into alerts;
+//! - [`eval`]: detection quality on labelled sets (EER, minDCF, DET curves).
+
+pub mod assets;
+pub mod audio;
+pub mod config;
+pub mod detect;
+pub mod eval;
+pub mod pipeline;
+pub mod verdict;

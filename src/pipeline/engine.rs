@@ -1,0 +1,493 @@
+//! Wiring: calls feed windows to the shared detector pool; one fusion thread puts each call's
+//! scores back in order and turns them into timeline updates, alerts and a final summary.
+//!
+//! ```text
+//! Call::push ──windows──► DetectorPool (bounded, N workers) ──scores──┐
+//!      └──────────── opened / dropped / closed ─────────────────────┴─► fusion thread ──► events
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use serde::Serialize;
+
+use super::stream::{CallStream, StreamError, StreamStats};
+use crate::audio::{AudioSource, ChannelPick, Read, SourceFormat};
+use crate::config::{Config, WhenFull};
+use crate::detect::pool::WindowSubmitter;
+use crate::detect::{DetectError, DetectorPool, ModelCard, PoolStats, ScoredWindow, SileroVad};
+use crate::verdict::{Alert, CallEvidence, CallState, FusionParams, WindowScore};
+
+/// Fusion inputs and engine events waiting at most this many deep.
+const FUSION_QUEUE: usize = 8_192;
+const EVENT_QUEUE: usize = 4_096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("model {model} runs at {rate} Hz; the pipeline needs 16000 Hz")]
+    ModelRate { model: String, rate: u32 },
+    #[error("the engine has shut down")]
+    Stopped,
+}
+
+/// How to open a call.
+#[derive(Debug, Clone)]
+pub struct CallSpec {
+    pub id: String,
+    pub format: SourceFormat,
+    pub pick: ChannelPick,
+    pub when_full: WhenFull,
+    /// Most windows kept on the call's timeline.
+    pub timeline_limit: usize,
+}
+
+/// What the engine reports, in order per call.
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    /// A window was scored and fused.
+    Window {
+        call: u64,
+        call_id: Arc<str>,
+        score: WindowScore,
+    },
+    /// The call changed state.
+    Alert { call: u64, alert: Alert },
+    /// The call ended and every window it produced has been accounted for.
+    Ended(Box<CallSummary>),
+}
+
+/// Everything known about a call when it ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallSummary {
+    #[serde(skip)]
+    pub key: u64,
+    pub call_id: String,
+    pub verdict: CallState,
+    /// Fused spoof probability at the end of the call (null when no speech was scored).
+    pub p_spoof: Option<f32>,
+    /// Highest fused spoof probability during the call.
+    pub p_spoof_peak: Option<f32>,
+    pub first_alert_ms: Option<u64>,
+    pub first_verdict_ms: Option<u64>,
+    pub audio_ms: u64,
+    pub speech_ms: u64,
+    pub windows_scored: u64,
+    pub windows_dropped: u64,
+    pub windows_failed: u64,
+    pub non_finite_samples: u64,
+    pub alerts: Vec<Alert>,
+    pub timeline: Vec<WindowScore>,
+    pub timeline_truncated: u64,
+    pub model: String,
+}
+
+enum FusionInput {
+    Opened {
+        key: u64,
+        id: Arc<str>,
+        params: FusionParams,
+    },
+    Scored(ScoredWindow),
+    Dropped {
+        key: u64,
+        seq: u64,
+    },
+    Closed {
+        key: u64,
+        windows: u64,
+        stats: StreamStats,
+    },
+}
+
+impl From<ScoredWindow> for FusionInput {
+    fn from(w: ScoredWindow) -> Self {
+        Self::Scored(w)
+    }
+}
+
+/// The running detection engine: detector pool, fusion thread and event stream.
+pub struct Engine {
+    config: Config,
+    card: Arc<ModelCard>,
+    pool: Option<DetectorPool>,
+    submitter: Option<WindowSubmitter>,
+    fusion_tx: Option<Sender<FusionInput>>,
+    fusion: Option<JoinHandle<()>>,
+    events: Receiver<EngineEvent>,
+    next_key: AtomicU64,
+}
+
+impl Engine {
+    /// Loads the model named in `config` and starts the workers.
+    pub fn start(config: &Config) -> Result<Self, EngineError> {
+        let card = Arc::new(ModelCard::load(&config.detector.model)?);
+        if card.input.sample_rate != super::PIPELINE_RATE {
+            return Err(EngineError::ModelRate {
+                model: card.id(),
+                rate: card.input.sample_rate,
+            });
+        }
+        let (fusion_tx, fusion_rx) = bounded::<FusionInput>(FUSION_QUEUE);
+        let (events_tx, events) = bounded(EVENT_QUEUE);
+        let d = &config.detector;
+        let pool = DetectorPool::start(
+            card.clone(),
+            config.detector_workers(),
+            d.intra_threads,
+            d.max_batch,
+            d.queue_windows,
+            fusion_tx.clone(),
+        )?;
+        let fusion = std::thread::Builder::new()
+            .name("fusion".into())
+            .spawn(move || fuse(fusion_rx, events_tx))
+            .map_err(|e| EngineError::Detect(DetectError::Run(e.to_string())))?;
+        Ok(Self {
+            config: config.clone(),
+            submitter: Some(pool.submitter()),
+            card,
+            pool: Some(pool),
+            fusion_tx: Some(fusion_tx),
+            fusion: Some(fusion),
+            events,
+            next_key: AtomicU64::new(0),
+        })
+    }
+
+    pub fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Scored, dropped and failed windows, batches and inference time over all calls.
+    pub fn pool_stats(&self) -> Option<&Arc<PoolStats>> {
+        self.pool.as_ref().map(|p| p.stats())
+    }
+
+    /// Windows waiting for a detector worker.
+    pub fn queue_depth(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.queue_depth())
+    }
+
+    /// The engine's events (window scores, alerts, call summaries) for all calls.
+    pub fn events(&self) -> &Receiver<EngineEvent> {
+        &self.events
+    }
+
+    /// A new VAD session for a thread that drives calls.
+    pub fn vad(&self) -> Result<SileroVad, EngineError> {
+        Ok(SileroVad::new(&self.config.speech.vad_model)?)
+    }
+
+    /// Opens a call; its audio is pushed through the returned [`Call`].
+    pub fn open_call(&self, spec: CallSpec) -> Result<Call, EngineError> {
+        let (Some(fusion), Some(submitter)) = (&self.fusion_tx, &self.submitter) else {
+            return Err(EngineError::Stopped);
+        };
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let stream = CallStream::new(
+            key,
+            spec.format,
+            spec.pick,
+            &self.config.speech,
+            &self.config.windows,
+            self.card.input.window_samples,
+        )?;
+        let params =
+            FusionParams::from_config(&self.config.verdict, &self.card, spec.timeline_limit);
+        fusion
+            .send(FusionInput::Opened {
+                key,
+                id: spec.id.into(),
+                params,
+            })
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(Call {
+            stream,
+            submitter: submitter.clone(),
+            fusion: fusion.clone(),
+            when_full: spec.when_full,
+            closed: false,
+        })
+    }
+
+    /// Scores everything queued, delivers the last events, and stops.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.submitter = None;
+        if let Some(pool) = self.pool.take() {
+            pool.shutdown();
+        }
+        self.fusion_tx = None;
+        // Unblock the fusion thread if nobody reads events any more.
+        while let Some(f) = &self.fusion {
+            if f.is_finished() {
+                break;
+            }
+            let _ = self
+                .events
+                .recv_timeout(std::time::Duration::from_millis(5));
+        }
+        if let Some(f) = self.fusion.take() {
+            let _ = f.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One open call. Dropping it without [`Call::finish`] closes it with what it had.
+pub struct Call {
+    stream: CallStream,
+    submitter: WindowSubmitter,
+    fusion: Sender<FusionInput>,
+    when_full: WhenFull,
+    closed: bool,
+}
+
+impl Call {
+    pub fn key(&self) -> u64 {
+        self.stream.key()
+    }
+
+    pub fn format(&self) -> SourceFormat {
+        self.stream.format()
+    }
+
+    pub fn stats(&self) -> &StreamStats {
+        self.stream.stats()
+    }
+
+    /// Feeds interleaved samples in the call's source format.
+    pub fn push(&mut self, vad: &mut SileroVad, interleaved: &[f32]) -> Result<(), StreamError> {
+        let Self {
+            stream,
+            submitter,
+            fusion,
+            when_full,
+            ..
+        } = self;
+        let key = stream.key();
+        stream.push(vad, interleaved, &mut |job| {
+            submit(submitter, fusion, *when_full, key, job)
+        })
+    }
+
+    /// Ends the call: the last audio is scored and the summary follows on the event stream.
+    pub fn finish(mut self, vad: &mut SileroVad) -> Result<(), StreamError> {
+        let Self {
+            stream,
+            submitter,
+            fusion,
+            when_full,
+            ..
+        } = &mut self;
+        let key = stream.key();
+        let result = stream.finish(vad, &mut |job| {
+            submit(submitter, fusion, *when_full, key, job)
+        });
+        self.close();
+        result
+    }
+
+    fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            let _ = self.fusion.send(FusionInput::Closed {
+                key: self.stream.key(),
+                windows: self.stream.stats().windows_emitted,
+                stats: self.stream.stats().clone(),
+            });
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn submit(
+    submitter: &WindowSubmitter,
+    fusion: &Sender<FusionInput>,
+    when_full: WhenFull,
+    key: u64,
+    job: crate::detect::WindowJob,
+) {
+    if let Err(job) = submitter.submit(job, when_full) {
+        let _ = fusion.send(FusionInput::Dropped { key, seq: job.seq });
+    }
+}
+
+/// Reads `source` to its end (or until `stop`) through `call`, then finishes the call.
+pub fn drive(
+    mut call: Call,
+    vad: &mut SileroVad,
+    source: &mut dyn AudioSource,
+    stop: &AtomicBool,
+) -> Result<(), EngineError> {
+    let mut buf = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match source.read(&mut buf).map_err(StreamError::from)? {
+            Read::Samples => call.push(vad, &buf)?,
+            Read::End => break,
+        }
+    }
+    Ok(call.finish(vad)?)
+}
+
+struct CallFusion {
+    id: Arc<str>,
+    evidence: CallEvidence,
+    next_seq: u64,
+    waiting: BTreeMap<u64, Option<ScoredWindow>>,
+    closed: Option<(u64, StreamStats)>,
+    dropped: u64,
+    failed: u64,
+}
+
+fn fuse(inputs: Receiver<FusionInput>, events: Sender<EngineEvent>) {
+    let mut calls: HashMap<u64, CallFusion> = HashMap::new();
+    for input in inputs {
+        let key = match input {
+            FusionInput::Opened { key, id, params } => {
+                calls.insert(
+                    key,
+                    CallFusion {
+                        evidence: CallEvidence::new(id.to_string(), params),
+                        id,
+                        next_seq: 0,
+                        waiting: BTreeMap::new(),
+                        closed: None,
+                        dropped: 0,
+                        failed: 0,
+                    },
+                );
+                key
+            }
+            FusionInput::Scored(w) => {
+                let key = w.call;
+                if let Some(c) = calls.get_mut(&key) {
+                    c.waiting.insert(w.seq, Some(w));
+                }
+                key
+            }
+            FusionInput::Dropped { key, seq } => {
+                if let Some(c) = calls.get_mut(&key) {
+                    c.waiting.insert(seq, None);
+                }
+                key
+            }
+            FusionInput::Closed {
+                key,
+                windows,
+                stats,
+            } => {
+                if let Some(c) = calls.get_mut(&key) {
+                    c.closed = Some((windows, stats));
+                }
+                key
+            }
+        };
+        let Some(call) = calls.get_mut(&key) else {
+            continue;
+        };
+        if advance(key, call, &events).is_err() {
+            return;
+        }
+        if let Some((windows, _)) = &call.closed
+            && call.next_seq >= *windows
+        {
+            let call = calls.remove(&key).expect("present");
+            if events
+                .send(EngineEvent::Ended(Box::new(summary(key, call))))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Fuses the call's windows that are next in order.
+fn advance(key: u64, call: &mut CallFusion, events: &Sender<EngineEvent>) -> Result<(), ()> {
+    while let Some(entry) = call.waiting.remove(&call.next_seq) {
+        call.next_seq += 1;
+        match entry {
+            None => call.dropped += 1,
+            Some(ScoredWindow {
+                p_spoof: Err(e),
+                seq,
+                ..
+            }) => {
+                call.failed += 1;
+                tracing::warn!(call_id = %call.id, seq, error = %e, "Window could not be scored.");
+            }
+            Some(ScoredWindow {
+                p_spoof: Ok(p),
+                seq,
+                start_ms,
+                end_ms,
+                ..
+            }) => {
+                let (score, alert) = call.evidence.add(seq, start_ms, end_ms, p);
+                events
+                    .send(EngineEvent::Window {
+                        call: key,
+                        call_id: call.id.clone(),
+                        score,
+                    })
+                    .map_err(|_| ())?;
+                if let Some(alert) = alert {
+                    events
+                        .send(EngineEvent::Alert { call: key, alert })
+                        .map_err(|_| ())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn summary(key: u64, call: CallFusion) -> CallSummary {
+    let (_, stats) = call.closed.unwrap_or_default();
+    let e = call.evidence;
+    let model = e.params().model.clone();
+    CallSummary {
+        key,
+        call_id: e.call_id,
+        verdict: e.state,
+        p_spoof: e.last_fused,
+        p_spoof_peak: e.peak_fused,
+        first_alert_ms: e.first_alert_ms,
+        first_verdict_ms: e.first_verdict_ms,
+        audio_ms: stats.audio_ms,
+        speech_ms: stats.speech_ms,
+        windows_scored: e.windows_scored,
+        windows_dropped: call.dropped,
+        windows_failed: call.failed,
+        non_finite_samples: stats.non_finite_samples,
+        alerts: e.alerts,
+        timeline: e.timeline,
+        timeline_truncated: e.timeline_dropped,
+        model,
+    }
+}

@@ -1,0 +1,125 @@
+//! Recorded audio through the live path: each file is a call, streamed in chunks through the
+//! same engine, several files at once. Used by `scan`, `eval`, tests and benches.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::engine::{CallSpec, CallSummary, Engine, EngineEvent, drive};
+use crate::audio::file::FileSource;
+use crate::audio::{AudioSource, ChannelPick};
+use crate::config::WhenFull;
+
+/// Files keep every window on their timeline up to this many (about 140 hours of speech).
+pub const FILE_TIMELINE_LIMIT: usize = 1_000_000;
+
+#[derive(Debug)]
+pub struct FileOutcome {
+    pub path: PathBuf,
+    pub result: Result<CallSummary, String>,
+}
+
+/// Scores `files` with `threads` reader threads; `on_done` is called as each file completes.
+/// The outcomes are in the order of `files`.
+pub fn score_files(
+    engine: &Engine,
+    files: &[PathBuf],
+    pick: ChannelPick,
+    threads: usize,
+    on_done: &(dyn Fn(&Path) + Sync),
+) -> Vec<FileOutcome> {
+    let next = AtomicUsize::new(0);
+    let opened = AtomicUsize::new(0);
+    let errors: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; files.len()]);
+    let mut summaries: Vec<Option<CallSummary>> = vec![None; files.len()];
+    let never = AtomicBool::new(false);
+    let index_of = |call_id: &str| call_id.parse::<usize>().ok();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.clamp(1, files.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut vad = match engine.vad() {
+                        Ok(v) => v,
+                        Err(e) => {
+                            // Fail every file this worker would have taken.
+                            while let Some(i) = take(&next, files.len()) {
+                                errors.lock().unwrap()[i] = Some(e.to_string());
+                            }
+                            return;
+                        }
+                    };
+                    while let Some(i) = take(&next, files.len()) {
+                        let outcome =
+                            score_one(engine, &mut vad, &files[i], i, pick, &opened, &never);
+                        if let Err(e) = outcome {
+                            errors.lock().unwrap()[i] = Some(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut ended = 0;
+        loop {
+            let done = workers.iter().all(|w| w.is_finished());
+            if done && ended == opened.load(Ordering::SeqCst) {
+                break;
+            }
+            match engine.events().recv_timeout(Duration::from_millis(20)) {
+                Ok(EngineEvent::Ended(summary)) => {
+                    ended += 1;
+                    if let Some(i) = index_of(&summary.call_id) {
+                        on_done(&files[i]);
+                        let mut s = *summary;
+                        s.call_id = files[i].display().to_string();
+                        summaries[i] = Some(s);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {}
+            }
+        }
+    });
+    let errors = errors.into_inner().unwrap();
+    files
+        .iter()
+        .zip(summaries)
+        .zip(errors)
+        .map(|((path, summary), error)| FileOutcome {
+            path: path.clone(),
+            result: match (error, summary) {
+                (Some(e), _) => Err(e),
+                (None, Some(s)) => Ok(s),
+                (None, None) => Err("no result (internal error)".into()),
+            },
+        })
+        .collect()
+}
+
+fn take(next: &AtomicUsize, len: usize) -> Option<usize> {
+    let i = next.fetch_add(1, Ordering::SeqCst);
+    (i < len).then_some(i)
+}
+
+fn score_one(
+    engine: &Engine,
+    vad: &mut crate::detect::SileroVad,
+    path: &Path,
+    index: usize,
+    pick: ChannelPick,
+    opened: &AtomicUsize,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let mut source = FileSource::open(path).map_err(|e| e.to_string())?;
+    let spec = CallSpec {
+        id: index.to_string(),
+        format: source.format(),
+        // Recorded audio has no deadline: wait for the detector rather than drop windows.
+        when_full: WhenFull::Block,
+        pick,
+        timeline_limit: FILE_TIMELINE_LIMIT,
+    };
+    let call = engine.open_call(spec).map_err(|e| e.to_string())?;
+    opened.fetch_add(1, Ordering::SeqCst);
+    drive(call, vad, &mut source, stop).map_err(|e| e.to_string())
+}

@@ -1,0 +1,345 @@
+//! One call's audio path: caller channel, resampling to 16 kHz, Silero speech gating, and
+//! sliding windows over the speech, handed to the detector pool as they fill.
+
+use std::collections::VecDeque;
+
+use crate::audio::resample::Resampler;
+use crate::audio::{AudioError, ChannelPick, SourceFormat};
+use crate::config::{SpeechConfig, WindowConfig};
+use crate::detect::vad::FRAME;
+use crate::detect::{DetectError, SileroVad, VadState, WindowJob};
+
+/// The pipeline's sample rate (Silero VAD and the detector both run at 16 kHz).
+pub const PIPELINE_RATE: u32 = 16_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error("speech detection: {0}")]
+    Vad(#[from] DetectError),
+}
+
+/// Counters of one call's audio path.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StreamStats {
+    /// Caller audio received, in milliseconds.
+    pub audio_ms: u64,
+    /// Speech kept by the gate, in milliseconds.
+    pub speech_ms: u64,
+    /// NaN or infinite input samples replaced by silence.
+    pub non_finite_samples: u64,
+    pub windows_emitted: u64,
+}
+
+/// Speech gate with hysteresis and hangover over 32 ms VAD frames.
+#[derive(Debug, Clone)]
+struct Gate {
+    start: f32,
+    keep: f32,
+    hangover_frames: u32,
+    in_speech: bool,
+    hangover_left: u32,
+}
+
+impl Gate {
+    fn new(c: &SpeechConfig) -> Self {
+        Self {
+            start: c.start_threshold,
+            keep: c.continue_threshold,
+            hangover_frames: (c.hangover_ms as usize * PIPELINE_RATE as usize / 1000 / FRAME)
+                as u32,
+            in_speech: false,
+            hangover_left: 0,
+        }
+    }
+
+    /// Whether a frame with speech probability `p` is kept.
+    fn keep(&mut self, p: f32) -> bool {
+        if p >= self.start || (self.in_speech && p >= self.keep) {
+            self.in_speech = true;
+            self.hangover_left = self.hangover_frames;
+            true
+        } else if self.hangover_left > 0 {
+            self.in_speech = false;
+            self.hangover_left -= 1;
+            true
+        } else {
+            self.in_speech = false;
+            false
+        }
+    }
+}
+
+/// Window arithmetic over gated speech: which samples, and when they were said.
+#[derive(Debug)]
+struct Windower {
+    window: usize,
+    hop: usize,
+    min_final: usize,
+    /// Speech samples, at most `window + FRAME`.
+    speech: VecDeque<f32>,
+    /// Call time (in samples) at which each buffered speech frame started.
+    frame_starts: VecDeque<u64>,
+    since_last: usize,
+    speech_total: u64,
+    next_seq: u64,
+}
+
+impl Windower {
+    fn new(window: usize, hop: usize, min_final: usize) -> Self {
+        let frames = window.div_ceil(FRAME) + 2;
+        Self {
+            window,
+            hop: hop.max(1),
+            min_final,
+            speech: VecDeque::with_capacity(frames * FRAME),
+            frame_starts: VecDeque::with_capacity(frames),
+            since_last: 0,
+            speech_total: 0,
+            next_seq: 0,
+        }
+    }
+
+    /// Adds one speech frame that started at call sample `start`; returns a window when due.
+    fn push_frame(&mut self, frame: &[f32], start: u64, call: u64) -> Option<WindowJob> {
+        self.speech.extend(frame);
+        self.frame_starts.push_back(start);
+        self.speech_total += frame.len() as u64;
+        self.since_last += frame.len();
+        while self.speech.len() >= self.window + FRAME {
+            self.speech.drain(..FRAME);
+            self.frame_starts.pop_front();
+        }
+        if self.speech.len() < self.window || (self.next_seq > 0 && self.since_last < self.hop) {
+            return None;
+        }
+        self.since_last = 0;
+        let skip = self.speech.len() - self.window;
+        let samples: Vec<f32> = self.speech.iter().skip(skip).copied().collect();
+        let start_sample = self.frame_starts.front().copied().unwrap_or(0) + skip as u64;
+        Some(self.job(call, start_sample, start + frame.len() as u64, samples))
+    }
+
+    /// At the end of a call with no window yet: one window of the speech repeated, if enough.
+    fn finish(&mut self, call: u64) -> Option<WindowJob> {
+        if self.next_seq > 0 || self.speech.is_empty() || self.speech_total < self.min_final as u64
+        {
+            return None;
+        }
+        let samples: Vec<f32> = self
+            .speech
+            .iter()
+            .copied()
+            .cycle()
+            .take(self.window)
+            .collect();
+        let start = self.frame_starts.front().copied().unwrap_or(0);
+        let end = self.frame_starts.back().copied().unwrap_or(0) + FRAME as u64;
+        Some(self.job(call, start, end, samples))
+    }
+
+    fn job(&mut self, call: u64, start: u64, end: u64, samples: Vec<f32>) -> WindowJob {
+        let ms = |s: u64| s * 1000 / PIPELINE_RATE as u64;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        WindowJob {
+            call,
+            seq,
+            start_ms: ms(start),
+            end_ms: ms(end),
+            samples,
+        }
+    }
+}
+
+/// The per-call audio path from source samples to detector windows.
+pub struct CallStream {
+    key: u64,
+    format: SourceFormat,
+    pick: ChannelPick,
+    resampler: Resampler,
+    vad: VadState,
+    gate: Gate,
+    windower: Windower,
+    mono: Vec<f32>,
+    resampled: Vec<f32>,
+    /// 16 kHz samples not yet making a whole VAD frame.
+    pending: Vec<f32>,
+    /// Call time, in 16 kHz samples, of `pending[0]`.
+    position: u64,
+    input_frames: u64,
+    stats: StreamStats,
+}
+
+impl CallStream {
+    pub fn new(
+        key: u64,
+        format: SourceFormat,
+        pick: ChannelPick,
+        speech: &SpeechConfig,
+        windows: &WindowConfig,
+        window_samples: usize,
+    ) -> Result<Self, StreamError> {
+        let format = format.validate()?;
+        let pick = pick.check(format.channels)?;
+        let ms = |v: u32| v as usize * PIPELINE_RATE as usize / 1000;
+        Ok(Self {
+            key,
+            format,
+            pick,
+            resampler: Resampler::new(format.sample_rate, PIPELINE_RATE)?,
+            vad: VadState::default(),
+            gate: Gate::new(speech),
+            windower: Windower::new(
+                window_samples,
+                ms(windows.hop_ms),
+                ms(windows.min_final_speech_ms),
+            ),
+            mono: Vec::new(),
+            resampled: Vec::new(),
+            pending: Vec::with_capacity(FRAME * 2),
+            position: 0,
+            input_frames: 0,
+            stats: StreamStats::default(),
+        })
+    }
+
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    pub fn format(&self) -> SourceFormat {
+        self.format
+    }
+
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    /// Feeds interleaved source samples; `emit` receives each window as it becomes due.
+    pub fn push(
+        &mut self,
+        vad: &mut SileroVad,
+        interleaved: &[f32],
+        emit: &mut dyn FnMut(WindowJob),
+    ) -> Result<(), StreamError> {
+        self.mono.clear();
+        let bad = self
+            .pick
+            .extract(interleaved, self.format.channels, &mut self.mono);
+        self.stats.non_finite_samples += bad as u64;
+        self.input_frames += self.mono.len() as u64;
+        self.stats.audio_ms = self.input_frames * 1000 / self.format.sample_rate as u64;
+        self.resampled.clear();
+        self.resampler.process(&self.mono, &mut self.resampled)?;
+        self.gate_frames(vad, emit)
+    }
+
+    /// Ends the call: drains the resampler and scores what is left.
+    pub fn finish(
+        &mut self,
+        vad: &mut SileroVad,
+        emit: &mut dyn FnMut(WindowJob),
+    ) -> Result<(), StreamError> {
+        self.resampled.clear();
+        self.resampler.flush(&mut self.resampled)?;
+        self.gate_frames(vad, emit)?;
+        if !self.pending.is_empty() {
+            // The last partial frame, padded with silence.
+            self.resampled.clear();
+            self.resampled.resize(FRAME - self.pending.len(), 0.0);
+            self.gate_frames(vad, emit)?;
+        }
+        if let Some(job) = self.windower.finish(self.key) {
+            self.stats.windows_emitted += 1;
+            emit(job);
+        }
+        Ok(())
+    }
+
+    fn gate_frames(
+        &mut self,
+        vad: &mut SileroVad,
+        emit: &mut dyn FnMut(WindowJob),
+    ) -> Result<(), StreamError> {
+        let mut input = self.resampled.as_slice();
+        while !input.is_empty() {
+            let take = (FRAME - self.pending.len()).min(input.len());
+            self.pending.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if self.pending.len() < FRAME {
+                break;
+            }
+            let p = vad.probability(&mut self.vad, &self.pending)?;
+            if self.gate.keep(p) {
+                self.stats.speech_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
+                if let Some(job) = self
+                    .windower
+                    .push_frame(&self.pending, self.position, self.key)
+                {
+                    self.stats.windows_emitted += 1;
+                    emit(job);
+                }
+            }
+            self.position += FRAME as u64;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(w: &mut Windower, n: usize) -> Vec<WindowJob> {
+        (0..n)
+            .filter_map(|i| w.push_frame(&[0.1; FRAME], (i * FRAME) as u64, 7))
+            .collect()
+    }
+
+    #[test]
+    fn windows_come_every_hop_once_the_first_is_full() {
+        // 1 s windows, 0.5 s hop, 32 ms frames.
+        let mut w = Windower::new(16_000, 8_000, 6_400);
+        let jobs = frames(&mut w, 100);
+        // First window once 16000 samples are in: frame 32 (0-based 31) ends at 32*512 samples.
+        assert_eq!(jobs[0].end_ms, (32 * FRAME as u64) * 1000 / 16_000);
+        assert_eq!(jobs[0].end_ms - jobs[0].start_ms, 1000);
+        for pair in jobs.windows(2) {
+            let gap = pair[1].end_ms - pair[0].end_ms;
+            assert!((480..=544).contains(&gap), "gap {gap} ms");
+            assert_eq!(pair[1].seq, pair[0].seq + 1);
+        }
+        assert!(
+            jobs.iter()
+                .all(|j| j.samples.len() == 16_000 && j.call == 7)
+        );
+    }
+
+    #[test]
+    fn short_speech_yields_one_padded_window_at_the_end() {
+        let mut w = Windower::new(16_000, 8_000, 6_400);
+        assert!(frames(&mut w, 15).is_empty());
+        let job = w.finish(7).expect("7680 samples of speech is enough");
+        assert_eq!(job.samples.len(), 16_000);
+        assert_eq!(job.seq, 0);
+        let mut w = Windower::new(16_000, 8_000, 6_400);
+        frames(&mut w, 5);
+        assert!(w.finish(7).is_none(), "160 ms is too little");
+    }
+
+    #[test]
+    fn gate_keeps_hangover_frames_then_closes() {
+        let mut g = Gate::new(&SpeechConfig {
+            hangover_ms: 64,
+            ..SpeechConfig::default()
+        });
+        let kept: Vec<bool> = [0.1, 0.9, 0.4, 0.1, 0.1, 0.1, 0.1]
+            .into_iter()
+            .map(|p| g.keep(p))
+            .collect();
+        assert_eq!(kept, [false, true, true, true, true, false, false]);
+    }
+}
