@@ -64,6 +64,9 @@ if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, s
   "$VENV/bin/pip" install -q "${want[@]}"
 fi
 
+# --- Small ONNX graphs for behaviour tests (tests/models/make_test_models.py says what they compute).
+[ -f "$DEPS/test-models/loudness.onnx" ] || "$VENV/bin/python" tests/models/make_test_models.py "$DEPS/test-models" >/dev/null
+
 # --- Test audio: genuine prompts (Asterisk, 8 kHz) and synthetic speech (espeak-ng, flite).
 scripts/make-test-audio.sh
 

@@ -247,6 +247,7 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "models")
     ap.add_argument("--tiny", action="store_true", help="a seconds-long run on generated clips (CI)")
     ap.add_argument("--crops", type=int, default=3, help="training windows per file")
+    ap.add_argument("--hidden", type=int, default=64, help="hidden units of the classifier")
     args = ap.parse_args()
     t0 = time.time()
     rng = np.random.default_rng(SEED)
@@ -282,7 +283,7 @@ def main():
     print(f"train windows: {len(train_y)} ({train_y.sum()} spoof) in {time.time() - t0:.0f}s", flush=True)
 
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
-    clf = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-2, max_iter=300 if not args.tiny else 50,
+    clf = MLPClassifier(hidden_layer_sizes=(args.hidden,), alpha=1e-2, max_iter=300 if not args.tiny else 50,
                         early_stopping=not args.tiny, random_state=SEED)
     # Balance the classes by weighting through resampling of the minority class.
     idx = balanced_indices(train_y, rng)
@@ -410,7 +411,7 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
             "chosen_on": "calibration split: 99th percentile of genuine files' mean window score (<=1% of genuine files alerted)",
         },
         "front_end": f"RMS-normalised waveform, 512-point Hann STFT, 10 ms hop, {features.N_BANDS} linear triangular bands 0-8 kHz, log; per-band mean, std and delta std over the window (in-graph)",
-        "classifier": f"MLP {3 * features.N_BANDS}-64-1 (ReLU), Platt-calibrated",
+        "classifier": f"MLP {3 * features.N_BANDS}-{w1.shape[1]}-1 (ReLU), Platt-calibrated",
         "training": {
             "seed": SEED,
             "files": len(meta),

@@ -81,7 +81,7 @@ impl PushHandle {
     /// Queues one frame of encoded bytes; a full queue drops it (counted) rather than wait.
     pub fn push_bytes(&self, bytes: &[u8]) -> Result<(), PushError> {
         let unit = self.encoding.bytes_per_sample() * self.channels as usize;
-        if bytes.len() % unit != 0 {
+        if !bytes.len().is_multiple_of(unit) {
             return Err(PushError::Misaligned {
                 len: bytes.len(),
                 channels: self.channels,

@@ -112,10 +112,10 @@ impl CallEvidence {
 
     fn fuse(&mut self, seq: u64, start_ms: u64, end_ms: u64, p_spoof: f32) -> Option<Alert> {
         let l = logit(p_spoof);
-        if self.recent.len() == self.params.smoothing {
-            if let Some(old) = self.recent.pop_front() {
-                self.logit_sum -= logit(old.p_spoof);
-            }
+        if self.recent.len() == self.params.smoothing
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.logit_sum -= logit(old.p_spoof);
         }
         self.logit_sum += l;
         let fused = sigmoid(self.logit_sum / (self.recent.len() + 1) as f32);

@@ -1,0 +1,107 @@
+//! Per-stage costs, as time per second of call audio where that applies.
+//!   cargo bench --bench pipeline
+//! Needs scripts/setup.sh (ONNX Runtime, Silero VAD) and the shipped model.
+
+use std::path::PathBuf;
+
+use callguard::audio::g711::{self, Law};
+use callguard::audio::resample::Resampler;
+use callguard::detect::{Detector, ModelCard, SileroVad, VadState};
+use callguard::verdict::{CallEvidence, FusionParams};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn noise(n: usize) -> Vec<f32> {
+    let mut seed = 7u32;
+    (0..n)
+        .map(|_| {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.2
+        })
+        .collect()
+}
+
+fn resample(c: &mut Criterion) {
+    let mut g = c.benchmark_group("resample_1s_to_16k");
+    for rate in [8_000u32, 11_025, 22_050, 44_100, 48_000, 96_000] {
+        let input = noise(rate as usize);
+        let mut r = Resampler::new(rate, 16_000).unwrap();
+        let mut out = Vec::with_capacity(20_000);
+        g.bench_with_input(BenchmarkId::from_parameter(rate), &input, |b, input| {
+            b.iter(|| {
+                out.clear();
+                for chunk in input.chunks(rate as usize / 50) {
+                    r.process(chunk, &mut out).unwrap();
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn g711_decode(c: &mut Criterion) {
+    let codes: Vec<u8> = (0..8_000u32).map(|i| (i * 37 % 256) as u8).collect();
+    let mut out = Vec::with_capacity(8_000);
+    c.bench_function("g711_mulaw_decode_1s", |b| {
+        b.iter(|| {
+            out.clear();
+            g711::decode_into(Law::MuLaw, &codes, &mut out);
+        })
+    });
+}
+
+fn vad(c: &mut Criterion) {
+    let mut vad = SileroVad::new(&root().join(".deps/silero_vad.onnx")).unwrap();
+    let mut state = VadState::default();
+    let frame = noise(512);
+    c.bench_function("vad_per_32ms_frame", |b| {
+        b.iter(|| vad.probability(&mut state, &frame).unwrap())
+    });
+}
+
+fn detector(c: &mut Criterion) {
+    let card = ModelCard::load(&root().join("models/detector.onnx")).unwrap();
+    let mut detector = Detector::new(&card, 1).unwrap();
+    let windows: Vec<Vec<f32>> = (0..16)
+        .map(|i| noise(card.input.window_samples + i)[i..].to_vec())
+        .collect();
+    let mut out = Vec::new();
+    let mut g = c.benchmark_group("detector_window");
+    for batch in [1usize, 16] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {
+            b.iter(|| {
+                detector
+                    .score(windows[..batch].iter().map(|w| w.as_slice()), &mut out)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn fusion(c: &mut Criterion) {
+    let params = FusionParams {
+        enter_threshold: 0.6,
+        exit_threshold: 0.3,
+        smoothing: 4,
+        enter_windows: 2,
+        exit_windows: 4,
+        timeline_limit: 2_000,
+        model: "bench".into(),
+    };
+    let mut e = CallEvidence::new("bench".into(), params);
+    let mut seq = 0u64;
+    c.bench_function("fusion_per_window", |b| {
+        b.iter(|| {
+            seq += 1;
+            e.add(seq, seq * 500, seq * 500 + 1000, ((seq % 10) as f32) / 10.0)
+        })
+    });
+}
+
+criterion_group!(benches, resample, g711_decode, vad, detector, fusion);
+criterion_main!(benches);

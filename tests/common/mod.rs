@@ -1,0 +1,88 @@
+//! Shared helpers: the project's generated audio, configs, and WAV writers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use callguard::config::Config;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Audio made by `scripts/make-test-audio.sh` (run by `scripts/setup.sh`).
+pub fn audio(name: &str) -> PathBuf {
+    let p = root().join(".deps/audio").join(name);
+    assert!(p.is_file(), "{} missing: run scripts/setup.sh", p.display());
+    p
+}
+
+/// The shipped configuration with the shipped model.
+pub fn shipped_config() -> Config {
+    Config::load(&root().join("config.toml")).expect("shipped config.toml validates")
+}
+
+/// The shipped configuration with the test-only loudness model (tests/models/make_test_models.py).
+pub fn loudness_config() -> Config {
+    let mut c = shipped_config();
+    c.detector.model = root().join(".deps/test-models/loudness.onnx");
+    assert!(c.detector.model.is_file(), "run scripts/setup.sh");
+    c.detector.workers = 2;
+    c
+}
+
+/// Reads a WAV (any format hound reads) as mono f32 and its rate.
+pub fn read_wav(path: &Path) -> (Vec<f32>, u32) {
+    let mut r = hound::WavReader::open(path).unwrap();
+    let spec = r.spec();
+    let ch = spec.channels as usize;
+    let samples: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => r.samples::<f32>().map(|s| s.unwrap()).collect(),
+        hound::SampleFormat::Int => {
+            let scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
+            r.samples::<i32>()
+                .map(|s| s.unwrap() as f32 / scale)
+                .collect()
+        }
+    };
+    let mono = samples
+        .chunks(ch)
+        .map(|f| f.iter().sum::<f32>() / ch as f32)
+        .collect();
+    (mono, spec.sample_rate)
+}
+
+pub fn write_wav_f32(path: &Path, rate: u32, channels: u16, samples: &[f32]) {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &s in samples {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+pub fn write_wav_i16(path: &Path, rate: u32, channels: u16, samples: &[f32]) {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)
+            .unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// Scales a signal to an RMS level in dBFS.
+pub fn at_level(x: &[f32], dbfs: f32) -> Vec<f32> {
+    let rms = (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt();
+    let gain = 10f32.powf(dbfs / 20.0) / rms.max(1e-9);
+    x.iter().map(|v| (v * gain).clamp(-1.0, 1.0)).collect()
+}

@@ -1,0 +1,46 @@
+//! The shipped config.toml parses, validates, and says what it says.
+
+mod common;
+
+use callguard::config::{Config, WhenFull};
+
+#[test]
+fn shipped_config_validates_and_matches_the_defaults() {
+    let shipped = common::shipped_config();
+    let mut defaults = Config::default();
+    defaults.resolve_paths(Some(&common::root()));
+    assert_eq!(
+        shipped, defaults,
+        "config.toml documents the defaults; keep them in step"
+    );
+    assert_eq!(shipped.detector.when_full, WhenFull::DropNewest);
+}
+
+#[test]
+fn a_bad_file_reports_every_problem_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[windows]\nhop_ms = 0\n[detector]\nmax_batch = 0\nmodel = \"nope.onnx\"\n[verdict]\nexit_threshold = 1.5\n",
+    )
+    .unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    for key in [
+        "windows.hop_ms",
+        "detector.max_batch",
+        "detector.model",
+        "verdict.exit_threshold",
+    ] {
+        assert!(err.contains(key), "{key} not in: {err}");
+    }
+}
+
+#[test]
+fn unknown_keys_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(&path, "[detector]\nworkerz = 3\n").unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("workerz"), "{err}");
+}
