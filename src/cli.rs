@@ -494,10 +494,15 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
             .map(|d| scope.spawn(|| screen_device(config, &engine, d, &STOP)))
             .collect();
         let mut out = std::io::stdout().lock();
+        let mut next_report = std::time::Instant::now() + STATS_INTERVAL;
         while !(STOP.load(Ordering::SeqCst)
             && threads.iter().all(|t| t.is_finished())
             && engine.events().is_empty())
         {
+            if std::time::Instant::now() >= next_report {
+                log_detector_stats(&engine, "Detector status.");
+                next_report += STATS_INTERVAL;
+            }
             let Ok(event) = engine.events().recv_timeout(Duration::from_millis(50)) else {
                 continue;
             };
@@ -505,16 +510,28 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
         }
         Ok(())
     })?;
-    if let Some(stats) = engine.pool_stats() {
-        tracing::info!(
-            scored = stats.windows_scored.load(Ordering::Relaxed),
-            dropped = stats.windows_dropped_full.load(Ordering::Relaxed),
-            failed = stats.windows_failed.load(Ordering::Relaxed),
-            "Detector totals."
-        );
-    }
+    log_detector_stats(&engine, "Detector totals.");
     engine.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often `run` logs detector counters.
+const STATS_INTERVAL: Duration = Duration::from_secs(60);
+
+fn log_detector_stats(engine: &Engine, message: &'static str) {
+    let Some(stats) = engine.pool_stats() else {
+        return;
+    };
+    let scored = stats.windows_scored.load(Ordering::Relaxed);
+    let batches = stats.batches.load(Ordering::Relaxed).max(1);
+    tracing::info!(
+        scored,
+        dropped_queue_full = stats.windows_dropped_full.load(Ordering::Relaxed),
+        failed = stats.windows_failed.load(Ordering::Relaxed),
+        queue_depth = engine.queue_depth(),
+        mean_batch_us = stats.inference_ns.load(Ordering::Relaxed) / batches / 1_000,
+        "{message}"
+    );
 }
 
 fn print_event(out: &mut impl Write, event: &EngineEvent, as_json: bool) -> Result<()> {

