@@ -10,12 +10,19 @@ use callguard::config::WhenFull;
 use callguard::detect::{DetectorPool, ModelCard, ScoredWindow, WindowJob};
 
 fn job(seq: u64) -> WindowJob {
-    WindowJob { call: 1, seq, start_ms: seq * 500, end_ms: seq * 500 + 1000, samples: vec![0.01; 16_000] }
+    WindowJob {
+        call: 1,
+        seq,
+        start_ms: seq * 500,
+        end_ms: seq * 500 + 1000,
+        samples: vec![0.01; 16_000],
+    }
 }
 
 #[test]
 fn a_full_detector_queue_drops_newest_and_counts() {
-    let card = Arc::new(ModelCard::load(&common::root().join(".deps/test-models/loudness.onnx")).unwrap());
+    let card =
+        Arc::new(ModelCard::load(&common::root().join(".deps/test-models/loudness.onnx")).unwrap());
     // Results go to a rendezvous channel nobody reads yet: the one worker blocks after its first
     // window, so the queue (one slot) fills deterministically.
     let (results_tx, results_rx) = crossbeam_channel::bounded::<ScoredWindow>(0);
@@ -33,7 +40,11 @@ fn a_full_detector_queue_drops_newest_and_counts() {
             dropped.push(j.seq);
         }
     }
-    assert_eq!(dropped, (2..10).collect::<Vec<_>>(), "every window past the bound is handed back");
+    assert_eq!(
+        dropped,
+        (2..10).collect::<Vec<_>>(),
+        "every window past the bound is handed back"
+    );
     assert_eq!(pool.stats().windows_dropped_full.load(Ordering::Relaxed), 8);
     // The queued windows are still scored once the consumer reads.
     let scored: Vec<u64> = (0..2).map(|_| results_rx.recv().unwrap().seq).collect();
@@ -52,7 +63,10 @@ fn every_window_of_a_live_call_is_accounted_for() {
     config.detector.max_batch = 1;
     let engine = callguard::pipeline::Engine::start(&config).unwrap();
     let (speech, rate) = common::read_wav(&common::audio("genuine_3.wav"));
-    let format = callguard::audio::SourceFormat { sample_rate: rate, channels: 1 };
+    let format = callguard::audio::SourceFormat {
+        sample_rate: rate,
+        channels: 1,
+    };
     std::thread::scope(|s| {
         for i in 0..8 {
             let (engine, speech) = (&engine, &speech);
@@ -80,7 +94,11 @@ fn every_window_of_a_live_call_is_accounted_for() {
         if let callguard::pipeline::EngineEvent::Ended(s) = engine.events().recv().unwrap() {
             ended += 1;
             assert!(s.windows >= 40, "{}: {} windows", s.call_id, s.windows);
-            assert_eq!(s.windows, s.windows_scored + s.windows_dropped + s.windows_failed, "{s:?}");
+            assert_eq!(
+                s.windows,
+                s.windows_scored + s.windows_dropped + s.windows_failed,
+                "{s:?}"
+            );
             assert_eq!(s.windows_failed, 0);
             dropped += s.windows_dropped;
         }

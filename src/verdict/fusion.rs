@@ -268,6 +268,10 @@ mod tests {
         feed(&mut e, &[0.1; 10]);
         assert_eq!(e.timeline.len(), 3);
         assert_eq!(e.timeline_dropped, 7);
-        assert_eq!(e.timeline.front().unwrap().seq, 7, "the latest windows are kept");
+        assert_eq!(
+            e.timeline.front().unwrap().seq,
+            7,
+            "the latest windows are kept"
+        );
     }
 }
