@@ -8,7 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=.deps/audio
+# Bump when the recipe changes, so existing copies are rebuilt.
+VERSION=2
+[ "$(cat "$OUT/VERSION" 2>/dev/null)" = "$VERSION" ] || rm -rf "$OUT"
 mkdir -p "$OUT"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+# sox dithers by default when it reduces precision, with random noise: -D keeps output
+# byte-identical from run to run, which the golden tests rely on.
+sox() { command sox -D "$@"; }
 SOUNDS=/usr/share/asterisk/sounds/en
 
 make() { [ -f "$1" ] || { "${@:2}"; }; }
@@ -36,15 +44,14 @@ make "$OUT/genuine_1_alaw.wav" sox "$OUT/genuine_1.wav" -r 8000 -e a-law "$OUT/g
 
 # A genuine opening, then a synthetic voice: 8 kHz mono.
 if [ ! -f "$OUT/switch.wav" ]; then
-  sox "$OUT/synthetic_flite.wav" -r 8000 -c 1 -b 16 /tmp/cg_switch_tail.wav
-  sox "$OUT/genuine_1.wav" "$OUT/genuine_2.wav" "$OUT/genuine_3.wav" /tmp/cg_switch_tail.wav "$OUT/switch.wav"
-  rm -f /tmp/cg_switch_tail.wav
+  sox "$OUT/synthetic_flite.wav" -r 8000 -c 1 -b 16 "$TMP/tail.wav"
+  sox "$OUT/genuine_1.wav" "$OUT/genuine_2.wav" "$OUT/genuine_3.wav" "$TMP/tail.wav" "$OUT/switch.wav"
 fi
 
 # Stereo call: agent (synthetic voice) left, caller (genuine) right, 8 kHz.
 if [ ! -f "$OUT/stereo_call.wav" ]; then
-  sox "$OUT/synthetic_espeak.wav" -r 8000 -c 1 -b 16 /tmp/cg_agent.wav
-  sox "$OUT/genuine_1.wav" "$OUT/genuine_2.wav" /tmp/cg_caller.wav
-  sox -M /tmp/cg_agent.wav /tmp/cg_caller.wav "$OUT/stereo_call.wav"
-  rm -f /tmp/cg_agent.wav /tmp/cg_caller.wav
+  sox "$OUT/synthetic_espeak.wav" -r 8000 -c 1 -b 16 "$TMP/agent.wav"
+  sox "$OUT/genuine_1.wav" "$OUT/genuine_2.wav" "$TMP/caller.wav"
+  sox -M "$TMP/agent.wav" "$TMP/caller.wav" "$OUT/stereo_call.wav"
 fi
+echo "$VERSION" > "$OUT/VERSION"

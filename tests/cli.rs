@@ -50,7 +50,7 @@ fn digest(file: &Value) -> Value {
 fn close(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
-            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 0.03
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 0.035
         }
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b))
