@@ -1,0 +1,59 @@
+//! Speech gating: silence, tones, noise and music-like chords are not scored; speech is.
+
+mod common;
+
+use callguard::audio::ChannelPick;
+use callguard::pipeline::{Engine, score_files};
+
+fn synth(rate: u32) -> Vec<f32> {
+    let sine = |f: f32, i: usize| (2.0 * std::f32::consts::PI * f * i as f32 / rate as f32).sin();
+    let n = |secs: f32| (secs * rate as f32) as usize;
+    let mut x = vec![0.0; n(3.0)]; // silence
+    x.extend((0..n(5.0)).map(|i| 0.3 * sine(440.0, i))); // dial tone
+    x.extend((0..n(5.0)).map(|i| 0.2 * (sine(697.0, i) + sine(1209.0, i)))); // DTMF "1"
+    let mut seed = 3u32;
+    x.extend((0..n(5.0)).map(|_| {
+        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+        ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.02 // line noise
+    }));
+    // Hold-music-like chords changing every half second.
+    let chords = [
+        [261.6, 329.6, 392.0],
+        [293.7, 370.0, 440.0],
+        [246.9, 311.1, 370.0],
+        [220.0, 277.2, 329.6],
+    ];
+    x.extend((0..n(8.0)).map(|i| {
+        let c = chords[(i / n(0.5)) % chords.len()];
+        0.1 * c.iter().map(|&f| sine(f, i)).sum::<f32>()
+    }));
+    x
+}
+
+#[test]
+fn non_speech_is_not_scored_but_speech_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let tones = dir.path().join("tones.wav");
+    common::write_wav_i16(&tones, 8_000, 1, &synth(8_000));
+    let engine = Engine::start(&common::shipped_config()).unwrap();
+    let outcomes = score_files(
+        &engine,
+        &[tones, common::audio("genuine_2.wav")],
+        ChannelPick::Mix,
+        2,
+        &|_| {},
+    );
+    let non_speech = outcomes[0].result.as_ref().unwrap();
+    assert!(non_speech.audio_ms >= 25_000);
+    assert_eq!(non_speech.windows_scored, 0, "{:?}", non_speech.timeline);
+    assert!(
+        non_speech.speech_ms < 400,
+        "{} ms kept as speech",
+        non_speech.speech_ms
+    );
+    let speech = outcomes[1].result.as_ref().unwrap();
+    assert!(
+        speech.speech_ms as f64 > 0.8 * speech.audio_ms as f64,
+        "{speech:?}"
+    );
+}
