@@ -121,6 +121,28 @@ def feature_model(window_samples, front=None):
     return model
 
 
+def compact_initializers(model, min_size=1024):
+    """Stores float32 initialisers that fp16 holds exactly (the Whisper weights ship as fp16) as
+    fp16 plus a Cast: half the file, identical outputs (ONNX Runtime folds the casts at load)."""
+    graph = model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype == np.float32 and arr.size >= min_size:
+            half = arr.astype(np.float16)
+            if np.array_equal(half.astype(np.float32), arr):
+                kept.append(numpy_helper.from_array(half, init.name + "_fp16"))
+                casts.append(helper.make_node("Cast", [init.name + "_fp16"], [init.name], to=TensorProto.FLOAT))
+                continue
+        kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
 def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None):
     """Front-end plus a one-hidden-layer classifier whose output is a calibrated logit."""
     nodes, init, _ = front or lfcc_front_end()
@@ -151,5 +173,6 @@ def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None):
     for k, v in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, str(v)
+    compact_initializers(model)
     onnx.checker.check_model(model)
     return model

