@@ -13,13 +13,8 @@ use callguard::config::WhenFull;
 use callguard::pipeline::{CallSpec, CallSummary, Engine, EngineEvent, drive};
 use callguard::verdict::AlertKind;
 
-fn call(engine: &Engine, id: &str, samples: &[f32], rate: u32) -> CallSummary {
-    let format = SourceFormat {
-        sample_rate: rate,
-        channels: 1,
-    };
-    let (handle, mut source) = push::channel(format, Encoding::Pcm16Le, 64).unwrap();
-    let call = engine
+fn open_mono_call(engine: &Engine, id: &str, format: SourceFormat) -> callguard::pipeline::Call {
+    engine
         .open_call(CallSpec {
             id: id.into(),
             format,
@@ -27,7 +22,16 @@ fn call(engine: &Engine, id: &str, samples: &[f32], rate: u32) -> CallSummary {
             when_full: WhenFull::Block,
             timeline_limit: 10_000,
         })
-        .unwrap();
+        .unwrap()
+}
+
+fn call(engine: &Engine, id: &str, samples: &[f32], rate: u32) -> CallSummary {
+    let format = SourceFormat {
+        sample_rate: rate,
+        channels: 1,
+    };
+    let (handle, mut source) = push::channel(format, Encoding::Pcm16Le, 64).unwrap();
+    let call = open_mono_call(engine, id, format);
     let mut vad = engine.vad().unwrap();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -168,15 +172,7 @@ fn call_with_own_listener(engine: &Engine, id: &str, samples: &[f32], rate: u32)
         }
         source
     };
-    let call = engine
-        .open_call(CallSpec {
-            id: id.into(),
-            format,
-            pick: ChannelPick::Mix,
-            when_full: WhenFull::Block,
-            timeline_limit: 10_000,
-        })
-        .unwrap();
+    let call = open_mono_call(engine, id, format);
     let mut vad = engine.vad().unwrap();
     drive(call, &mut vad, &mut source, &AtomicBool::new(false)).unwrap();
     loop {
