@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The sound card is shared: tests in this file take turns (nextest also runs them alone).
+static SOUND_CARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn runtime_dir() -> PathBuf {
     let dir = std::env::temp_dir().join("callguard-pulse");
     std::fs::create_dir_all(&dir).unwrap();
@@ -64,6 +67,7 @@ fn virtual_sound_card() {
 
 #[test]
 fn played_audio_is_captured_and_scored_in_real_time() {
+    let _turn = SOUND_CARD.lock().unwrap_or_else(|e| e.into_inner());
     virtual_sound_card();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_callguard"))
         .args(["run", "--json"])
@@ -155,4 +159,71 @@ fn played_audio_is_captured_and_scored_in_real_time() {
         .expect("ended event");
     assert_eq!(ended.1["summary"]["windows_scored"], windows.len() as u64);
     assert_eq!(ended.1["summary"]["windows_dropped"], 0);
+}
+
+/// The sound server vanishes mid-call and comes back: the daemon reports it, retries with
+/// backoff, rebuilds the stream, and scores the audio played afterwards. Never a crash.
+#[test]
+fn a_vanished_device_is_retried_and_rebuilt() {
+    let _turn = SOUND_CARD.lock().unwrap_or_else(|e| e.into_inner());
+    virtual_sound_card();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fast-retry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nretry_initial_ms = 100\nretry_max_ms = 800\n[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n",
+            common::root().join(".deps/silero_vad.onnx").display(),
+            common::root().join("models/detector.onnx").display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["--config", config.to_str().unwrap(), "run", "--json"])
+        .current_dir(common::root())
+        .env("XDG_RUNTIME_DIR", runtime_dir())
+        .env("CALLGUARD_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(pulse("pulseaudio", &["--kill"]).status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon died with its device"
+    );
+    virtual_sound_card();
+    // Backoff is capped at 0.8 s here: the stream is back well within 3 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let play = Command::new("paplay")
+        .args(["--latency-msec=20", "--device=vsink"])
+        .arg(common::audio("genuine_1.wav"))
+        .env("XDG_RUNTIME_DIR", runtime_dir())
+        .status()
+        .unwrap();
+    assert!(play.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Capture device failed; rebuilding."),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Capture device rebuilt."), "{stderr}");
+    let windows = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"event\":\"window\""))
+        .count();
+    assert!(
+        windows >= 12,
+        "{windows} windows after the rebuild: {stderr}"
+    );
 }
