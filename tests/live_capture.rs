@@ -65,6 +65,25 @@ fn virtual_sound_card() {
     );
 }
 
+/// Plays a test recording into the null sink in real time (20 ms latency).
+fn play_into_sound_card(name: &str) {
+    let play = Command::new("paplay")
+        .args(["--latency-msec=20", "--device=vsink"])
+        .arg(common::audio(name))
+        .env("XDG_RUNTIME_DIR", runtime_dir())
+        .status()
+        .unwrap();
+    assert!(play.success());
+}
+
+fn terminate(daemon: &std::process::Child) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+}
+
 #[test]
 fn played_audio_is_captured_and_scored_in_real_time() {
     let _turn = SOUND_CARD.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,20 +110,10 @@ fn played_audio_is_captured_and_scored_in_real_time() {
     // Let the capture stream start, then play 9.8 s of speech in real time.
     std::thread::sleep(Duration::from_millis(1500));
     let played_at = Instant::now();
-    let play = Command::new("paplay")
-        .args(["--latency-msec=20", "--device=vsink"])
-        .arg(common::audio("genuine_1.wav"))
-        .env("XDG_RUNTIME_DIR", runtime_dir())
-        .status()
-        .unwrap();
-    assert!(play.success());
+    play_into_sound_card("genuine_1.wav");
     let play_secs = played_at.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(1500));
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(daemon.id().to_string())
-        .status()
-        .unwrap();
+    terminate(&daemon);
     let status = daemon.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut stderr).unwrap();
@@ -197,19 +206,9 @@ fn a_vanished_device_is_retried_and_rebuilt() {
     virtual_sound_card();
     // Backoff is capped at 0.8 s here: the stream is back well within 3 s.
     std::thread::sleep(Duration::from_secs(3));
-    let play = Command::new("paplay")
-        .args(["--latency-msec=20", "--device=vsink"])
-        .arg(common::audio("genuine_1.wav"))
-        .env("XDG_RUNTIME_DIR", runtime_dir())
-        .status()
-        .unwrap();
-    assert!(play.success());
+    play_into_sound_card("genuine_1.wav");
     std::thread::sleep(Duration::from_millis(1500));
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(daemon.id().to_string())
-        .status()
-        .unwrap();
+    terminate(&daemon);
     let out = daemon.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
