@@ -3,17 +3,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use callguard::audio::ChannelPick;
-use callguard::audio::capture::{self, CaptureSource, CaptureSpec};
+use callguard::audio::capture;
 use callguard::config::Config;
 use callguard::eval::{self, Label, Manifest};
-use callguard::pipeline::{
-    CallSpec, CallSummary, Engine, EngineEvent, FileOutcome, drive, score_files,
-};
+use callguard::guard::{DeviceSpec, Guard};
+use callguard::pipeline::{CallSummary, Engine, EngineEvent, FileOutcome, score_files};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -69,6 +69,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a new bearer token for a gRPC tenant and print it with its config entry (only the
+    /// token's SHA-256 goes in the config).
+    Token {
+        /// The tenant's name.
+        tenant: String,
+    },
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
@@ -94,8 +100,10 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if let Command::Devices { json } = args.command {
-        return devices(json);
+    match &args.command {
+        Command::Devices { json } => return devices(*json),
+        Command::Token { tenant } => return new_token(tenant),
+        _ => {}
     }
     let config = load_config(args.config.as_deref())?;
     match args.command {
@@ -116,7 +124,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             scores,
             plot,
         } => evaluate(&config, &manifest, json, scores.as_deref(), plot.as_deref()),
-        Command::Devices { .. } => unreachable!("handled above"),
+        Command::Devices { .. } | Command::Token { .. } => unreachable!("handled above"),
     }
 }
 
@@ -444,6 +452,30 @@ fn devices(as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn new_token(tenant: &str) -> Result<ExitCode> {
+    if !callguard::config::valid_name(tenant) {
+        bail!("tenant {tenant:?} is not 1-64 letters, digits or -_.");
+    }
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?,
+        &mut bytes,
+    )?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = format!("cg_{token}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "token (give to the client; it is not stored): {token}")?;
+    writeln!(out, "config.toml entry:")?;
+    writeln!(out, "[[server.tenants]]")?;
+    writeln!(out, "name = {tenant:?}")?;
+    writeln!(
+        out,
+        "token_sha256 = \"{}\"",
+        callguard::grpc::token_sha256(&token)
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Waits for SIGINT or SIGTERM, then sets `stop`.
 fn watch_signals(stop: &'static AtomicBool) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -471,52 +503,113 @@ fn watch_signals(stop: &'static AtomicBool) -> Result<()> {
 fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
     static STOP: AtomicBool = AtomicBool::new(false);
     watch_signals(&STOP)?;
-    let engine = Engine::start(config)?;
+    let observer: callguard::guard::Observer = Box::new(move |event| {
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = print_event(&mut out, event, as_json) {
+            tracing::warn!(error = %e, "Cannot write an event to stdout.");
+        }
+    });
+    let guard = Arc::new(Guard::start(config, Some(observer))?);
     let mut devices = config.capture.devices.clone();
-    if devices.is_empty() {
+    if devices.is_empty() && config.server.listen.is_none() {
         devices.push(callguard::config::CaptureDevice {
             name: "default".into(),
             caller_channel: None,
             call_id: None,
+            tenant: None,
         });
     }
-    if devices.iter().any(|d| d.name.is_empty()) {
-        bail!("capture device with an empty name");
+    for d in &devices {
+        guard.bind_device(
+            DeviceSpec {
+                tenant: d.tenant.clone().unwrap_or_else(|| LOCAL_TENANT.into()),
+                device: d.name.clone(),
+                call_id: d.call_id.clone().unwrap_or_else(|| d.name.clone()),
+                caller_channel: d.caller_channel,
+                metadata: Default::default(),
+            },
+            true,
+        )?;
     }
+    let server = match config.server.listen {
+        Some(addr) => Some(start_server(guard.clone(), addr, &STOP)?),
+        None => None,
+    };
     eprintln!(
         "callguard: screening {} device(s) with {}; Ctrl-C to stop",
         devices.len(),
-        engine.card().id()
+        guard.model()
     );
-    std::thread::scope(|scope| -> Result<()> {
-        let threads: Vec<_> = devices
-            .iter()
-            .map(|d| scope.spawn(|| screen_device(config, &engine, d, &STOP)))
-            .collect();
-        let mut out = std::io::stdout().lock();
-        let mut next_report = std::time::Instant::now() + STATS_INTERVAL;
-        while !(STOP.load(Ordering::SeqCst)
-            && threads.iter().all(|t| t.is_finished())
-            && engine.events().is_empty())
-        {
-            if std::time::Instant::now() >= next_report {
-                log_detector_stats(&engine, "Detector status.");
-                next_report += STATS_INTERVAL;
-            }
-            let Ok(event) = engine.events().recv_timeout(Duration::from_millis(50)) else {
-                continue;
-            };
-            print_event(&mut out, &event, as_json)?;
+    let mut next_report = std::time::Instant::now() + STATS_INTERVAL;
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        if std::time::Instant::now() >= next_report {
+            log_stats(&guard, "Detector status.");
+            next_report += STATS_INTERVAL;
         }
-        Ok(())
-    })?;
-    log_detector_stats(&engine, "Detector totals.");
-    engine.shutdown();
+    }
+    if let Some((runtime, task)) = server {
+        match runtime.block_on(task) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed."),
+            Err(e) => tracing::error!(error = %e, "gRPC server task failed."),
+        }
+    }
+    guard.shutdown();
+    log_stats(&guard, "Detector totals.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tenant of configured devices that name none.
+const LOCAL_TENANT: &str = "local";
+
+type ServerTask = tokio::task::JoinHandle<Result<(), callguard::grpc::ServeError>>;
+
+/// Binds `addr` and serves gRPC on a runtime of its own until `stop`.
+fn start_server(
+    guard: Arc<Guard>,
+    addr: std::net::SocketAddr,
+    stop: &'static AtomicBool,
+) -> Result<(tokio::runtime::Runtime, ServerTask)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)))
+        .thread_name("grpc")
+        .enable_all()
+        .build()
+        .context("cannot start the gRPC runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let tls = if guard.config().server.tls.is_some() {
+        "TLS"
+    } else {
+        "plaintext"
+    };
+    eprintln!("callguard: gRPC listening on {local} ({tls})");
+    let task = runtime.spawn(callguard::grpc::serve(guard, listener, async move {
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }));
+    Ok((runtime, task))
 }
 
 /// How often `run` logs detector counters.
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
+
+fn log_stats(guard: &Guard, message: &'static str) {
+    if let Some(stats) = guard.ingest_stats() {
+        tracing::info!(
+            chunks_lost = stats.chunks_lost.load(Ordering::Relaxed),
+            chunks_failed = stats.chunks_failed.load(Ordering::Relaxed),
+            live_calls = guard.registry().len(),
+            subscribers = guard.hub().subscribers(),
+            "Ingest status."
+        );
+    }
+    guard.with_engine(|engine| log_detector_stats(engine, message));
+}
 
 fn log_detector_stats(engine: &Engine, message: &'static str) {
     let Some(stats) = engine.pool_stats() else {
@@ -562,84 +655,4 @@ fn print_event(out: &mut impl Write, event: &EngineEvent, as_json: bool) -> Resu
     }
     out.flush()?;
     Ok(())
-}
-
-/// Screens one device until `stop`; a missing or failing device is retried with backoff.
-fn screen_device(
-    config: &Config,
-    engine: &Engine,
-    device: &callguard::config::CaptureDevice,
-    stop: &AtomicBool,
-) {
-    let c = &config.capture;
-    let spec = CaptureSpec {
-        device: device.name.clone(),
-        queue_ms: c.queue_ms,
-        retry_initial: Duration::from_millis(c.retry_initial_ms),
-        retry_max: Duration::from_millis(c.retry_max_ms),
-    };
-    let mut vad = match engine.vad() {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(device = %device.name, error = %e, "Cannot start speech detection.");
-            return;
-        }
-    };
-    let mut backoff = spec.retry_initial;
-    let mut session = 0u32;
-    while !stop.load(Ordering::SeqCst) {
-        let mut source = match CaptureSource::open(&spec) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(device = %device.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "Capture device unavailable.");
-                sleep_unless(stop, backoff);
-                backoff = (backoff * 2).min(spec.retry_max);
-                continue;
-            }
-        };
-        backoff = spec.retry_initial;
-        let base_id = device
-            .call_id
-            .clone()
-            .unwrap_or_else(|| device.name.clone());
-        let id = if session == 0 {
-            base_id
-        } else {
-            format!("{base_id}#{session}")
-        };
-        session += 1;
-        let call_spec = CallSpec {
-            id,
-            format: callguard::audio::AudioSource::format(&source),
-            pick: ChannelPick::from_option(device.caller_channel),
-            when_full: config.detector.when_full,
-            timeline_limit: LIVE_TIMELINE_LIMIT,
-        };
-        let result = engine
-            .open_call(call_spec)
-            .map_err(anyhow::Error::from)
-            .and_then(|call| Ok(drive(call, &mut vad, &mut source, stop)?));
-        let stats = source.stats();
-        tracing::info!(
-            device = %device.name,
-            overrun_samples = stats.overrun_samples.load(Ordering::Relaxed),
-            device_errors = stats.device_errors.load(Ordering::Relaxed),
-            rebuilds = stats.rebuilds.load(Ordering::Relaxed),
-            "Capture stopped."
-        );
-        if let Err(e) = result {
-            tracing::warn!(device = %device.name, error = %e, "Call on device ended with an error; reopening.");
-            sleep_unless(stop, backoff);
-        }
-    }
-}
-
-/// Live calls keep their last windows on the timeline (bounded memory for long calls).
-const LIVE_TIMELINE_LIMIT: usize = 2_000;
-
-fn sleep_unless(stop: &AtomicBool, d: Duration) {
-    let end = std::time::Instant::now() + d;
-    while std::time::Instant::now() < end && !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

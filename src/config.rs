@@ -2,6 +2,7 @@
 //! and a `validate()` that reports every problem at once.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -17,6 +18,8 @@ pub struct Config {
     pub windows: WindowConfig,
     pub detector: DetectorConfig,
     pub verdict: VerdictConfig,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
 }
 
 /// Live capture from sound devices (`callguard run`).
@@ -44,6 +47,72 @@ pub struct CaptureDevice {
     /// Call id used in verdicts and logs; defaults to the device name.
     #[serde(default)]
     pub call_id: Option<String>,
+    /// Tenant that owns the device's calls (sees them over gRPC); defaults to `local`.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// The gRPC server (`callguard run`): call audio in, verdicts and alerts out.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. "127.0.0.1:50051"; absent: no gRPC server.
+    pub listen: Option<SocketAddr>,
+    /// Clients, one bearer token each; a tenant sees and controls only its own calls.
+    pub tenants: Vec<TenantConfig>,
+    /// TLS for the server; absent: plaintext (keep `listen` on loopback then).
+    pub tls: Option<TlsConfig>,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Most audio in one `StreamAudio` chunk, in milliseconds.
+    pub max_frame_ms: u32,
+    /// Audio a call may send faster than real time: this many seconds of audio per second...
+    pub max_speed: f32,
+    /// ...after a burst of up to this much audio, in milliseconds.
+    pub burst_ms: u32,
+    /// Live calls per tenant (streamed and device-bound together).
+    pub max_calls_per_tenant: usize,
+    /// `StreamAlerts` subscribers over all tenants.
+    pub max_subscribers: usize,
+    /// Live alerts queued per subscriber before it is sent a lag and caught up from the log.
+    pub subscriber_queue: usize,
+    /// Threads that run streamed calls' speech gating and windowing; 0 = one per CPU core.
+    pub ingest_workers: usize,
+    /// Audio chunks queued per ingest worker; a chunk that does not fit is lost and counted.
+    pub ingest_queue_frames: usize,
+    /// A suspected-clone alert is CRITICAL at or above this fused probability, WARNING below.
+    pub critical_p_spoof: f32,
+}
+
+/// One tenant and the SHA-256 of its bearer token (`callguard token` makes both).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// Lowercase hex SHA-256 of the token; the token itself is never stored.
+    pub token_sha256: String,
+}
+
+/// Server certificate, and a client CA for mutual TLS.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain and private key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// PEM CA that client certificates must chain to; absent: no client certificates asked.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The durable log of alerts and call summaries (SQLite, WAL). Call audio is never stored.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Database file; relative paths are beside the config file.
+    pub path: PathBuf,
+    /// Alerts and call summaries older than this are deleted, in days.
+    pub retention_days: u32,
 }
 
 /// Speech gating (Silero VAD) so silence, tones and hold music are not scored.
@@ -120,6 +189,36 @@ pub const DEFAULT_RETRY_INITIAL_MS: u64 = 250;
 pub const DEFAULT_RETRY_MAX_MS: u64 = 10_000;
 pub const DEFAULT_VAD_MODEL: &str = ".deps/silero_vad.onnx";
 pub const DEFAULT_DETECTOR_MODEL: &str = "models/detector.onnx";
+pub const DEFAULT_STORE_PATH: &str = "state/callguard.db";
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tenants: Vec::new(),
+            tls: None,
+            max_message_bytes: 1 << 20,
+            max_frame_ms: 1_000,
+            max_speed: 4.0,
+            burst_ms: 30_000,
+            max_calls_per_tenant: 1_000,
+            max_subscribers: 64,
+            subscriber_queue: 256,
+            ingest_workers: 0,
+            ingest_queue_frames: 8_192,
+            critical_p_spoof: 0.9,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(DEFAULT_STORE_PATH),
+            retention_days: 90,
+        }
+    }
+}
 
 impl Default for CaptureConfig {
     fn default() -> Self {
@@ -231,12 +330,35 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Makes relative model paths absolute where the file can be found.
+    /// Makes relative model paths absolute where the file can be found, and the store and TLS
+    /// files relative to the config file's folder.
     pub fn resolve_paths(&mut self, base: Option<&Path>) {
         for path in [&mut self.speech.vad_model, &mut self.detector.model] {
             if let Some(found) = assets::locate(path, base) {
                 *path = found;
             }
+        }
+        let Some(base) = base else { return };
+        let beside = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        beside(&mut self.store.path);
+        if let Some(tls) = &mut self.server.tls {
+            beside(&mut tls.cert);
+            beside(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                beside(ca);
+            }
+        }
+    }
+
+    /// Number of ingest workers after `0 = one per core` is applied.
+    pub fn ingest_workers(&self) -> usize {
+        match self.server.ingest_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 
@@ -390,6 +512,7 @@ impl Config {
                 ),
             );
         }
+        self.validate_server(&mut bad);
         for (key, n) in [
             ("verdict.smoothing_windows", v.smoothing_windows),
             ("verdict.enter_windows", v.enter_windows),
@@ -405,6 +528,122 @@ impl Config {
             Err(problems)
         }
     }
+}
+
+impl Config {
+    fn validate_server(&self, bad: &mut impl FnMut(&str, String)) {
+        let s = &self.server;
+        if s.listen.is_some() && s.tenants.is_empty() {
+            bad(
+                "server.tenants",
+                "is empty, so no client could authenticate (add one with `callguard token`)".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for (i, t) in s.tenants.iter().enumerate() {
+            if !valid_name(&t.name) {
+                bad(
+                    &format!("server.tenants[{i}].name"),
+                    format!("{:?} is not 1-64 letters, digits or -_.", t.name),
+                );
+            }
+            if !names.insert(&t.name) {
+                bad(
+                    &format!("server.tenants[{i}].name"),
+                    format!("{:?} is listed twice", t.name),
+                );
+            }
+            let h = &t.token_sha256;
+            if h.len() != 64 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                bad(
+                    &format!("server.tenants[{i}].token_sha256"),
+                    "is not 64 lowercase hex digits".into(),
+                );
+            } else if !hashes.insert(h) {
+                bad(
+                    &format!("server.tenants[{i}].token_sha256"),
+                    "is the same token as another tenant's".into(),
+                );
+            }
+        }
+        if let Some(tls) = &s.tls {
+            let ca = tls.client_ca.iter().map(|p| ("server.tls.client_ca", p));
+            for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)]
+                .into_iter()
+                .chain(ca)
+            {
+                if !path.is_file() {
+                    bad(key, format!("{} not found", path.display()));
+                }
+            }
+        }
+        for (key, v, lo, hi) in [
+            (
+                "server.max_message_bytes",
+                s.max_message_bytes,
+                1_024,
+                64 << 20,
+            ),
+            ("server.max_frame_ms", s.max_frame_ms as usize, 1, 10_000),
+            ("server.burst_ms", s.burst_ms as usize, 0, 3_600_000),
+            (
+                "server.max_calls_per_tenant",
+                s.max_calls_per_tenant,
+                1,
+                1_000_000,
+            ),
+            ("server.max_subscribers", s.max_subscribers, 1, 100_000),
+            ("server.subscriber_queue", s.subscriber_queue, 1, 1_000_000),
+            ("server.ingest_workers", s.ingest_workers, 0, 256),
+            (
+                "server.ingest_queue_frames",
+                s.ingest_queue_frames,
+                1,
+                10_000_000,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                bad(key, format!("{v} is outside {lo}..={hi}"));
+            }
+        }
+        if !(s.max_speed >= 1.0 && s.max_speed <= 1_000.0) {
+            bad(
+                "server.max_speed",
+                format!("{} is outside 1..=1000", s.max_speed),
+            );
+        }
+        if !(s.critical_p_spoof > 0.0 && s.critical_p_spoof <= 1.0) {
+            bad(
+                "server.critical_p_spoof",
+                format!("{} is not a probability in (0, 1]", s.critical_p_spoof),
+            );
+        }
+        for (i, d) in self.capture.devices.iter().enumerate() {
+            if let Some(t) = &d.tenant
+                && !valid_name(t)
+            {
+                bad(
+                    &format!("capture.devices[{i}].tenant"),
+                    format!("{t:?} is not 1-64 letters, digits or -_."),
+                );
+            }
+        }
+        if self.store.retention_days == 0 {
+            bad("store.retention_days", "must be at least 1".into());
+        }
+        if self.store.path.as_os_str().is_empty() {
+            bad("store.path", "is empty".into());
+        }
+    }
+}
+
+/// Tenant names: 1-64 ASCII letters, digits, `-`, `_` or `.`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]

@@ -7,10 +7,13 @@
 //! - [`verdict`]: evidence fusion, hysteresis and debounce into alerts;
 //! - [`eval`]: detection quality on labelled sets (EER, minDCF, DET curves).
 
+pub mod alert;
 pub mod assets;
 pub mod audio;
 pub mod config;
 pub mod detect;
 pub mod eval;
+pub mod grpc;
+pub mod guard;
 pub mod pipeline;
 pub mod verdict;

@@ -27,6 +27,33 @@ impl Encoding {
             Self::MuLaw | Self::ALaw => 1,
         }
     }
+
+    /// Appends the samples that `bytes` encode to `out`; the bytes must hold whole
+    /// `channels`-channel samples.
+    pub fn decode(self, bytes: &[u8], channels: u16, out: &mut Vec<f32>) -> Result<(), PushError> {
+        let unit = self.bytes_per_sample() * channels as usize;
+        if unit == 0 || !bytes.len().is_multiple_of(unit) {
+            return Err(PushError::Misaligned {
+                len: bytes.len(),
+                channels,
+            });
+        }
+        match self {
+            Self::Pcm16Le => out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0),
+            ),
+            Self::F32Le => out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            Self::MuLaw => g711::decode_into(Law::MuLaw, bytes, out),
+            Self::ALaw => g711::decode_into(Law::ALaw, bytes, out),
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,28 +107,8 @@ pub fn channel(
 impl PushHandle {
     /// Queues one frame of encoded bytes; a full queue drops it (counted) rather than wait.
     pub fn push_bytes(&self, bytes: &[u8]) -> Result<(), PushError> {
-        let unit = self.encoding.bytes_per_sample() * self.channels as usize;
-        if !bytes.len().is_multiple_of(unit) {
-            return Err(PushError::Misaligned {
-                len: bytes.len(),
-                channels: self.channels,
-            });
-        }
         let mut samples = Vec::with_capacity(bytes.len() / self.encoding.bytes_per_sample());
-        match self.encoding {
-            Encoding::Pcm16Le => samples.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0),
-            ),
-            Encoding::F32Le => samples.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            ),
-            Encoding::MuLaw => g711::decode_into(Law::MuLaw, bytes, &mut samples),
-            Encoding::ALaw => g711::decode_into(Law::ALaw, bytes, &mut samples),
-        }
+        self.encoding.decode(bytes, self.channels, &mut samples)?;
         self.push_samples(samples)
     }
 

@@ -186,6 +186,12 @@ impl Engine {
         &self.events
     }
 
+    /// Another reader of the event stream, for a thread that consumes it (each event goes to
+    /// one reader).
+    pub fn event_receiver(&self) -> Receiver<EngineEvent> {
+        self.events.clone()
+    }
+
     /// A new VAD session for a thread that drives calls.
     pub fn vad(&self) -> Result<SileroVad, EngineError> {
         Ok(SileroVad::new(&self.config.speech.vad_model)?)

@@ -5,10 +5,10 @@ mod fusion;
 
 pub use fusion::{CallEvidence, FusionParams};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A call's screening state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallState {
     /// Not enough speech scored yet.
@@ -30,7 +30,7 @@ impl CallState {
 }
 
 /// One scored window on a call's timeline.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct WindowScore {
     pub seq: u64,
     pub start_ms: u64,
@@ -41,7 +41,7 @@ pub struct WindowScore {
     pub fused: f32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// The call turned suspicious.

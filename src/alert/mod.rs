@@ -1,0 +1,105 @@
+//! Alerts after the decision: the durable log they are written to first (SQLite, WAL), and the
+//! fan-out that publishes them to live subscribers.
+//!
+//! ```text
+//! fusion ──Alert──► dispatcher ──append──► AlertLog (fsync'd) ──publish──► AlertHub ──► subscribers
+//!                                                 ▲                                     │
+//!                                                 └──── replay / catch-up after a lag ──┘
+//! ```
+
+pub mod hub;
+pub mod log;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use hub::{AlertHub, HubError, Subscription};
+pub use log::{AlertLog, NewAlert, StoreError};
+
+use crate::verdict::{AlertKind, WindowScore};
+
+/// What the call-center software told us about a call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallMeta {
+    /// Calling number.
+    pub ani: String,
+    /// Dialled number.
+    pub dnis: String,
+    pub agent: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info = 1,
+    Warning = 2,
+    Critical = 3,
+}
+
+impl Severity {
+    /// A suspected clone is critical at or above `critical_p`; a cleared call is informational.
+    pub fn of(kind: AlertKind, p_spoof: f32, critical_p: f32) -> Self {
+        match kind {
+            AlertKind::Cleared => Self::Info,
+            AlertKind::SuspectedClone if p_spoof >= critical_p => Self::Critical,
+            AlertKind::SuspectedClone => Self::Warning,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(Self::Info),
+            2 => Some(Self::Warning),
+            3 => Some(Self::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// An alert as it was logged: a decision about a call, with its evidence and log position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedAlert {
+    /// Position in the log; strictly increasing, never reused.
+    #[serde(default)]
+    pub sequence: u64,
+    pub id: String,
+    pub tenant: String,
+    pub call_id: String,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub p_spoof: f32,
+    pub threshold: f32,
+    /// Call audio time of the decision.
+    pub audio_ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub wall_time_ms: i64,
+    pub evidence: Vec<WindowScore>,
+    pub model: String,
+    /// What the caller said just before the decision (masked); empty without transcription.
+    pub transcript_snippet: String,
+    pub metadata: CallMeta,
+}
+
+/// Which alerts a subscriber wants (besides its tenant).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertFilter {
+    pub call_id: Option<String>,
+    pub min_severity: Option<Severity>,
+}
+
+impl AlertFilter {
+    pub fn matches(&self, alert: &LoggedAlert) -> bool {
+        self.call_id.as_ref().is_none_or(|c| *c == alert.call_id)
+            && self.min_severity.is_none_or(|s| alert.severity >= s)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,89 @@
+//! The gRPC face: generated `callguard.v1` code, the service, authentication, TLS and the
+//! server with health checking and reflection.
+
+pub mod auth;
+mod convert;
+mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+pub use auth::{Authenticator, Tenant, token_sha256};
+pub use service::CallGuardService;
+
+use crate::guard::Guard;
+
+#[allow(clippy::all, missing_docs, rustdoc::all)]
+pub mod proto {
+    tonic::include_proto!("callguard.v1");
+
+    /// The encoded descriptor set of `callguard.proto`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/callguard_descriptor.bin"));
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(tonic::transport::Error),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Serves `callguard.v1.CallGuard`, `grpc.health.v1.Health` and reflection on `listener` until
+/// `shutdown` resolves. Health and reflection need no token; everything else does.
+pub async fn serve(
+    guard: Arc<Guard>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let cfg = guard.config().server.clone();
+    let auth = Authenticator::new(&cfg.tenants);
+    let service = proto::call_guard_server::CallGuardServer::new(CallGuardService::new(guard))
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes.max(4 << 20));
+    let service = InterceptedService::new(service, move |req| auth.intercept(req));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<proto::call_guard_server::CallGuardServer<CallGuardService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let mut builder = Server::builder();
+    if let Some(tls) = &cfg.tls {
+        let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+        let mut tls_config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &tls.client_ca {
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(tls_config).map_err(ServeError::Tls)?;
+    }
+    builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(ServeError::Transport)
+}

@@ -1,0 +1,255 @@
+//! The daemon's core, behind the gRPC face and `callguard run`: live calls of many tenants
+//! (streamed or from sound devices) feeding one detection engine, and the dispatcher that turns
+//! engine events into call state, durable alerts and updates for subscribers.
+//!
+//! ```text
+//! StreamAudio ─► StreamCall::push ─► IngestPool (bounded, N threads, VAD) ─┐
+//! sound device ─► device thread (capture, VAD) ─────────────────────────────┴► Engine
+//! Engine events ─► dispatcher ─► CallRegistry (state) ─► StreamAudio updates
+//!                            └─► AlertLog (commit) ─► AlertHub ─► StreamAlerts
+//! ```
+
+mod device;
+mod dispatch;
+pub mod ingest;
+pub mod registry;
+mod stream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+pub use device::{BindError, DeviceSpec};
+pub use dispatch::Observer;
+pub use ingest::{IngestError, IngestPool, IngestStats};
+pub use registry::{
+    CallEntry, CallRecord, CallRegistry, CallSource, CallUpdate, EndSignal, EndedSummary,
+    FrameCounters, RegisterError,
+};
+pub use stream::{AlertFeed, FeedError, FeedItem, FrameError, OpenError, OpenSpec, StreamCall};
+
+use crate::alert::{AlertFilter, AlertHub, AlertLog, StoreError};
+use crate::config::Config;
+use crate::pipeline::{Engine, EngineError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+}
+
+/// What the guard's parts share with calls, tasks and threads.
+pub(crate) struct Shared {
+    config: Config,
+    engine: RwLock<Option<Engine>>,
+    ingest: RwLock<Option<IngestPool>>,
+    registry: CallRegistry,
+    log: AlertLog,
+    hub: AlertHub,
+    model: String,
+    window_ms: u32,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> Result<R, EngineError> {
+        let engine = self.engine.read().unwrap_or_else(|e| e.into_inner());
+        engine.as_ref().map(f).ok_or(EngineError::Stopped)
+    }
+
+    fn with_ingest<R>(&self, f: impl FnOnce(&IngestPool) -> R) -> Result<R, IngestError> {
+        let ingest = self.ingest.read().unwrap_or_else(|e| e.into_inner());
+        ingest.as_ref().map(f).ok_or(IngestError::Stopped)
+    }
+}
+
+/// The running daemon core.
+pub struct Guard {
+    shared: Arc<Shared>,
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+    devices: Mutex<Vec<(Arc<EndSignal>, JoinHandle<()>)>>,
+}
+
+impl Guard {
+    /// Loads the models, opens the alert log and starts the workers. `observer` sees every
+    /// engine event after the guard has handled it (the CLI prints them).
+    pub fn start(config: &Config, observer: Option<Observer>) -> Result<Self, GuardError> {
+        let log = AlertLog::open(&config.store.path)?;
+        let engine = Engine::start(config)?;
+        let ingest = IngestPool::start(
+            &engine,
+            config.ingest_workers(),
+            config.server.ingest_queue_frames,
+        )?;
+        let events = engine.event_receiver();
+        let shared = Arc::new(Shared {
+            model: engine.card().id(),
+            window_ms: engine.card().window_ms(),
+            config: config.clone(),
+            engine: RwLock::new(Some(engine)),
+            ingest: RwLock::new(Some(ingest)),
+            registry: CallRegistry::default(),
+            log,
+            hub: AlertHub::new(
+                config.server.max_subscribers,
+                config.server.subscriber_queue,
+            ),
+            stopping: AtomicBool::new(false),
+        });
+        let dispatcher = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("dispatch".into())
+                .spawn(move || dispatch::run(&shared, events, observer))
+                .map_err(|e| GuardError::Thread("dispatch", e))?
+        };
+        let guard = Self {
+            shared,
+            dispatcher: Mutex::new(Some(dispatcher)),
+            devices: Mutex::default(),
+        };
+        Ok(guard)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The detector model, `name@version`.
+    pub fn model(&self) -> &str {
+        &self.shared.model
+    }
+
+    /// Speech the detector needs for one window, in ms.
+    pub fn window_ms(&self) -> u32 {
+        self.shared.window_ms
+    }
+
+    pub fn registry(&self) -> &CallRegistry {
+        &self.shared.registry
+    }
+
+    pub fn log(&self) -> &AlertLog {
+        &self.shared.log
+    }
+
+    pub fn hub(&self) -> &AlertHub {
+        &self.shared.hub
+    }
+
+    /// Runs `f` on the engine (detector statistics); `None` once stopped.
+    pub fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> Option<R> {
+        self.shared.with_engine(f).ok()
+    }
+
+    /// Ingest counters; `None` once stopped.
+    pub fn ingest_stats(&self) -> Option<Arc<IngestStats>> {
+        self.shared.with_ingest(|i| i.stats().clone()).ok()
+    }
+
+    /// Opens a streamed call for `tenant`.
+    pub fn open_stream(&self, tenant: &str, spec: OpenSpec) -> Result<StreamCall, OpenError> {
+        stream::open(&self.shared, tenant, spec)
+    }
+
+    /// Starts screening a sound device as the tenant's call, retrying while it is missing when
+    /// `wait_for_device`; otherwise a device that cannot be opened now is an error.
+    pub fn bind_device(&self, spec: DeviceSpec, wait_for_device: bool) -> Result<(), BindError> {
+        let end = Arc::new(EndSignal::default());
+        let thread = device::start(self.shared.clone(), spec, end.clone(), wait_for_device)?;
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((end, thread));
+        Ok(())
+    }
+
+    /// Asks the tenant's live call to end; false if there is none.
+    pub fn end_call(&self, tenant: &str, call_id: &str) -> bool {
+        match self.shared.registry.find(tenant, call_id) {
+            Some((_, _, end)) => {
+                end.end();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A live call, or else the last ended one with that id.
+    pub fn get_call(&self, tenant: &str, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
+        if let Some((_, record, _)) = self.shared.registry.find(tenant, call_id) {
+            return Ok(Some(record));
+        }
+        self.shared.log.get_call(tenant, call_id)
+    }
+
+    pub fn list_calls(&self, tenant: &str) -> Vec<CallRecord> {
+        self.shared.registry.list(tenant)
+    }
+
+    /// The tenant's alerts: those logged after `after` (or only new ones when `None`), then
+    /// live ones, caught up from the log whenever the subscriber falls behind.
+    pub fn alerts(
+        &self,
+        tenant: &str,
+        filter: AlertFilter,
+        after: Option<u64>,
+    ) -> Result<AlertFeed, FeedError> {
+        stream::AlertFeed::new(self.shared.clone(), tenant, filter, after)
+    }
+
+    /// Ends every call, scores what was queued, logs the last alerts and summaries, and stops.
+    pub fn shutdown(&self) {
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::SeqCst);
+        shared.registry.end_all();
+        let devices: Vec<_> =
+            std::mem::take(&mut *self.devices.lock().unwrap_or_else(|e| e.into_inner()));
+        for (end, _) in &devices {
+            end.end();
+        }
+        for (_, thread) in devices {
+            let _ = thread.join();
+        }
+        // Finishes the streamed calls still open.
+        if let Some(mut ingest) = shared
+            .ingest
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            ingest.shutdown();
+        }
+        // Every call has been closed: wait (bounded) until the dispatcher has logged their ends.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !shared.registry.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Some(engine) = shared
+            .engine
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            engine.shutdown();
+        }
+        if let Some(d) = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = d.join();
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

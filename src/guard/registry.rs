@@ -1,0 +1,289 @@
+//! The live calls of every tenant: who owns each, where its audio comes from, its state as the
+//! dispatcher last saw it, and how to reach its `StreamAudio` client. Ended calls leave the
+//! registry and live on in the alert log.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::alert::{CallMeta, LoggedAlert};
+use crate::verdict::{CallState, WindowScore};
+
+/// Windows kept for `GetCall`'s recent timeline.
+pub const RECENT_WINDOWS: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallSource {
+    Stream,
+    Device,
+}
+
+/// Frames of a streamed call: received, rejected, and lost (sequence gaps or a full queue).
+#[derive(Debug, Default)]
+pub struct FrameCounters {
+    pub received: AtomicU64,
+    pub rejected: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+/// Asks a call to end; remembered if nobody is waiting yet.
+#[derive(Debug, Default)]
+pub struct EndSignal {
+    flag: Arc<AtomicBool>,
+    notify: Notify,
+}
+
+impl EndSignal {
+    pub fn end(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// The flag, for code that polls (device capture loops).
+    pub fn flag(&self) -> &Arc<AtomicBool> {
+        &self.flag
+    }
+
+    pub async fn wait(&self) {
+        if !self.is_ended() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// What a `StreamAudio` client is told while its call runs.
+#[derive(Debug, Clone)]
+pub enum CallUpdate {
+    Verdict {
+        state: CallState,
+        p_spoof: f32,
+        audio_ms: u64,
+        windows_scored: u64,
+    },
+    Window(WindowScore),
+    Alert(Arc<LoggedAlert>),
+}
+
+/// A call's totals when it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndedSummary {
+    pub verdict: CallState,
+    pub p_spoof: Option<f32>,
+    pub p_spoof_peak: Option<f32>,
+    pub first_alert_ms: Option<u64>,
+    pub first_verdict_ms: Option<u64>,
+    pub audio_ms: u64,
+    pub speech_ms: u64,
+    pub windows: u64,
+    pub windows_scored: u64,
+    pub windows_dropped: u64,
+    pub windows_failed: u64,
+    pub frames_received: u64,
+    pub frames_rejected: u64,
+    pub frames_lost: u64,
+    pub model: String,
+    pub alerts: u32,
+}
+
+/// What `GetCall` answers, for a live or an ended call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub tenant: String,
+    pub state: CallState,
+    pub source: CallSource,
+    pub p_spoof: Option<f32>,
+    pub p_spoof_peak: Option<f32>,
+    pub first_alert_ms: Option<u64>,
+    pub audio_ms: u64,
+    pub windows_scored: u64,
+    pub alerts: u32,
+    pub started_wall_time_ms: i64,
+    pub ended_wall_time_ms: Option<i64>,
+    pub metadata: CallMeta,
+    pub recent_windows: Vec<WindowScore>,
+    pub summary: Option<EndedSummary>,
+}
+
+/// One live call.
+pub struct CallEntry {
+    pub tenant: Arc<str>,
+    pub call_id: Arc<str>,
+    pub source: CallSource,
+    pub metadata: CallMeta,
+    pub started_wall_time_ms: i64,
+    pub state: CallState,
+    pub p_spoof: Option<f32>,
+    pub p_spoof_peak: Option<f32>,
+    pub first_alert_ms: Option<u64>,
+    pub audio_ms: u64,
+    pub windows_scored: u64,
+    pub alerts: u32,
+    pub recent: VecDeque<WindowScore>,
+    /// The `StreamAudio` client's updates (never waited on; a full queue skips an update).
+    pub updates: Option<mpsc::Sender<CallUpdate>>,
+    pub window_updates: bool,
+    /// Where the final record goes when the call ends.
+    pub ended: Option<oneshot::Sender<CallRecord>>,
+    pub end: Arc<EndSignal>,
+    pub frames: Arc<FrameCounters>,
+}
+
+impl CallEntry {
+    pub fn record(&self) -> CallRecord {
+        CallRecord {
+            call_id: self.call_id.to_string(),
+            tenant: self.tenant.to_string(),
+            state: self.state,
+            source: self.source,
+            p_spoof: self.p_spoof,
+            p_spoof_peak: self.p_spoof_peak,
+            first_alert_ms: self.first_alert_ms,
+            audio_ms: self.audio_ms,
+            windows_scored: self.windows_scored,
+            alerts: self.alerts,
+            started_wall_time_ms: self.started_wall_time_ms,
+            ended_wall_time_ms: None,
+            metadata: self.metadata.clone(),
+            recent_windows: self.recent.iter().copied().collect(),
+            summary: None,
+        }
+    }
+
+    /// Applies a fused window; returns whether the call's state changed.
+    pub fn observe(&mut self, score: WindowScore, state: CallState) -> bool {
+        let changed = state != self.state;
+        self.state = state;
+        self.p_spoof = Some(score.fused);
+        self.p_spoof_peak = Some(
+            self.p_spoof_peak
+                .map_or(score.fused, |p| p.max(score.fused)),
+        );
+        self.audio_ms = self.audio_ms.max(score.end_ms);
+        self.windows_scored += 1;
+        if self.recent.len() == RECENT_WINDOWS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(score);
+        changed
+    }
+
+    /// Hands an update to the streaming client without waiting.
+    pub fn tell(&self, update: CallUpdate) {
+        if let Some(tx) = &self.updates {
+            let _ = tx.try_send(update);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegisterError {
+    #[error("call {0:?} is already live")]
+    AlreadyLive(String),
+    #[error("the tenant has {limit} live calls, the most allowed")]
+    TooMany { limit: usize },
+}
+
+#[derive(Default)]
+struct Inner {
+    by_key: HashMap<u64, CallEntry>,
+    by_id: HashMap<(Arc<str>, Arc<str>), u64>,
+}
+
+/// Live calls by engine key and by (tenant, call id).
+#[derive(Default)]
+pub struct CallRegistry {
+    inner: Mutex<Inner>,
+}
+
+impl CallRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks that the call may open, runs `open` (which returns the engine key and whatever
+    /// the caller needs) and registers the entry `make` builds, all under one lock so two
+    /// opens of one id cannot race.
+    pub fn open<T, E: From<RegisterError>>(
+        &self,
+        tenant: &str,
+        call_id: &str,
+        limit: usize,
+        open: impl FnOnce() -> Result<(u64, T), E>,
+        make: impl FnOnce() -> CallEntry,
+    ) -> Result<(u64, T), E> {
+        let mut inner = self.lock();
+        let id = (Arc::<str>::from(tenant), Arc::<str>::from(call_id));
+        if inner.by_id.contains_key(&id) {
+            return Err(RegisterError::AlreadyLive(call_id.to_owned()).into());
+        }
+        let live = inner.by_id.keys().filter(|(t, _)| **t == *tenant).count();
+        if live >= limit {
+            return Err(RegisterError::TooMany { limit }.into());
+        }
+        let (key, value) = open()?;
+        inner.by_id.insert(id, key);
+        inner.by_key.insert(key, make());
+        Ok((key, value))
+    }
+
+    pub fn with<R>(&self, key: u64, f: impl FnOnce(&mut CallEntry) -> R) -> Option<R> {
+        self.lock().by_key.get_mut(&key).map(f)
+    }
+
+    pub fn remove(&self, key: u64) -> Option<CallEntry> {
+        let mut inner = self.lock();
+        let entry = inner.by_key.remove(&key)?;
+        inner
+            .by_id
+            .remove(&(entry.tenant.clone(), entry.call_id.clone()));
+        Some(entry)
+    }
+
+    pub fn find(&self, tenant: &str, call_id: &str) -> Option<(u64, CallRecord, Arc<EndSignal>)> {
+        let inner = self.lock();
+        let key = *inner
+            .by_id
+            .get(&(Arc::<str>::from(tenant), Arc::<str>::from(call_id)))?;
+        let e = inner.by_key.get(&key)?;
+        Some((key, e.record(), e.end.clone()))
+    }
+
+    pub fn list(&self, tenant: &str) -> Vec<CallRecord> {
+        let inner = self.lock();
+        let mut calls: Vec<_> = inner
+            .by_key
+            .values()
+            .filter(|e| *e.tenant == *tenant)
+            .map(CallEntry::record)
+            .collect();
+        calls.sort_by(|a, b| {
+            (a.started_wall_time_ms, &a.call_id).cmp(&(b.started_wall_time_ms, &b.call_id))
+        });
+        calls
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks every live call to end.
+    pub fn end_all(&self) {
+        for e in self.lock().by_key.values() {
+            e.end.end();
+        }
+    }
+}
