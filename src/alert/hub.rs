@@ -13,20 +13,25 @@ use super::{AlertFilter, LoggedAlert};
 pub enum HubError {
     #[error("{limit} alert subscribers are connected already")]
     TooMany { limit: usize },
+    #[error("the server is shutting down")]
+    Closed,
 }
 
+/// The hub's side of a subscriber; the hub holds the only sender, so closing the hub ends
+/// every subscription.
 struct Subscriber {
     id: u64,
     tenant: String,
     filter: AlertFilter,
     tx: mpsc::Sender<Arc<LoggedAlert>>,
-    overflowed: AtomicU64,
+    overflowed: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
 struct Subscribers {
     list: Vec<Arc<Subscriber>>,
     next_id: u64,
+    closed: bool,
 }
 
 /// The subscribers of all tenants.
@@ -40,7 +45,9 @@ pub struct AlertHub {
 
 /// One subscriber's end; dropping it unsubscribes.
 pub struct Subscription {
-    me: Arc<Subscriber>,
+    id: u64,
+    filter: AlertFilter,
+    overflowed: Arc<AtomicU64>,
     rx: mpsc::Receiver<Arc<LoggedAlert>>,
     subs: Weak<Mutex<Subscribers>>,
 }
@@ -59,21 +66,27 @@ impl AlertHub {
 
     pub fn subscribe(&self, tenant: &str, filter: AlertFilter) -> Result<Subscription, HubError> {
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.closed {
+            return Err(HubError::Closed);
+        }
         if subs.list.len() >= self.limit {
             return Err(HubError::TooMany { limit: self.limit });
         }
         let (tx, rx) = mpsc::channel(self.queue);
         subs.next_id += 1;
-        let me = Arc::new(Subscriber {
-            id: subs.next_id,
+        let id = subs.next_id;
+        let overflowed = Arc::new(AtomicU64::new(0));
+        subs.list.push(Arc::new(Subscriber {
+            id,
             tenant: tenant.to_owned(),
-            filter,
+            filter: filter.clone(),
             tx,
-            overflowed: AtomicU64::new(0),
-        });
-        subs.list.push(me.clone());
+            overflowed: overflowed.clone(),
+        }));
         Ok(Subscription {
-            me,
+            id,
+            filter,
+            overflowed,
             rx,
             subs: Arc::downgrade(&self.subs),
         })
@@ -92,6 +105,13 @@ impl AlertHub {
                 self.overflowed.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Ends every subscription (each sees the end after its queued alerts) and refuses new ones.
+    pub fn close(&self) {
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        subs.closed = true;
+        subs.list.clear();
     }
 
     pub fn subscribers(&self) -> usize {
@@ -120,11 +140,11 @@ impl Subscription {
     /// Live alerts that did not fit since the last call; non-zero means the subscriber must
     /// catch up from the log.
     pub fn take_overflow(&self) -> u64 {
-        self.me.overflowed.swap(0, Ordering::Relaxed)
+        self.overflowed.swap(0, Ordering::Relaxed)
     }
 
     pub fn filter(&self) -> &AlertFilter {
-        &self.me.filter
+        &self.filter
     }
 }
 
@@ -132,7 +152,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(subs) = self.subs.upgrade() {
             let mut subs = subs.lock().unwrap_or_else(|e| e.into_inner());
-            subs.list.retain(|s| s.id != self.me.id);
+            subs.list.retain(|s| s.id != self.id);
         }
     }
 }
@@ -191,5 +211,19 @@ mod tests {
         drop(first);
         assert_eq!(hub.subscribers(), 0);
         assert!(hub.subscribe("t", AlertFilter::default()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn closing_the_hub_ends_subscriptions_after_their_queued_alerts() {
+        let hub = AlertHub::new(4, 4);
+        let mut sub = hub.subscribe("t", AlertFilter::default()).unwrap();
+        hub.publish(alert(1, "t"));
+        hub.close();
+        assert_eq!(sub.recv().await.unwrap().sequence, 1);
+        assert!(sub.recv().await.is_none());
+        assert_eq!(
+            hub.subscribe("t", AlertFilter::default()).err(),
+            Some(HubError::Closed)
+        );
     }
 }

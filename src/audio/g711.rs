@@ -67,49 +67,63 @@ pub fn decode_into(law: Law, codes: &[u8], out: &mut Vec<f32>) {
     out.extend(codes.iter().map(|&c| t[c as usize]));
 }
 
+/// ITU-T G.711 mu-law compressor (as in Sun's g711.c).
+pub fn linear_to_mulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32635;
+    let mut s = sample as i32;
+    let sign = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    s = s.min(CLIP) + BIAS;
+    let mut exponent = 7;
+    while exponent > 0 && s & (0x4000 >> (7 - exponent)) == 0 {
+        exponent -= 1;
+    }
+    let mantissa = (s >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) as u8 | mantissa as u8)
+}
+
+/// ITU-T G.711 A-law compressor.
+pub fn linear_to_alaw(sample: i16) -> u8 {
+    let mut s = sample as i32;
+    let sign = if s >= 0 { 0x80 } else { 0 };
+    if s < 0 {
+        s = -s - 1;
+    }
+    s = s.min(32767);
+    let code = if s < 256 {
+        (s >> 4) as u8
+    } else {
+        let mut exponent = 7;
+        while exponent > 1 && s & (0x4000 >> (7 - exponent)) == 0 {
+            exponent -= 1;
+        }
+        ((exponent << 4) | ((s >> (exponent + 3)) & 0x0F)) as u8
+    };
+    (code | sign) ^ 0x55
+}
+
+/// Encodes `[-1, 1]` samples (clipped) as G.711 codes, appending to `out`.
+pub fn encode_into(law: Law, samples: &[f32], out: &mut Vec<u8>) {
+    let to_code = match law {
+        Law::MuLaw => linear_to_mulaw,
+        Law::ALaw => linear_to_alaw,
+    };
+    out.extend(
+        samples
+            .iter()
+            .map(|&s| to_code((s.clamp(-1.0, 1.0) * 32767.0) as i16)),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    /// Reference encoders (ITU-T G.711 / Sun g711.c) to check the expanders against.
-    fn linear_to_mulaw(sample: i16) -> u8 {
-        const BIAS: i32 = 0x84;
-        const CLIP: i32 = 32635;
-        let mut s = sample as i32;
-        let sign = if s < 0 {
-            s = -s;
-            0x80
-        } else {
-            0
-        };
-        s = s.min(CLIP) + BIAS;
-        let mut exponent = 7;
-        while exponent > 0 && s & (0x4000 >> (7 - exponent)) == 0 {
-            exponent -= 1;
-        }
-        let mantissa = (s >> (exponent + 3)) & 0x0F;
-        !(sign | (exponent << 4) as u8 | mantissa as u8)
-    }
-
-    fn linear_to_alaw(sample: i16) -> u8 {
-        let mut s = sample as i32;
-        let sign = if s >= 0 { 0x80 } else { 0 };
-        if s < 0 {
-            s = -s - 1;
-        }
-        s = s.min(32767);
-        let code = if s < 256 {
-            (s >> 4) as u8
-        } else {
-            let mut exponent = 7;
-            while exponent > 1 && s & (0x4000 >> (7 - exponent)) == 0 {
-                exponent -= 1;
-            }
-            ((exponent << 4) | ((s >> (exponent + 3)) & 0x0F)) as u8
-        };
-        (code | sign) ^ 0x55
-    }
 
     #[test]
     fn known_codes() {

@@ -50,13 +50,20 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
 }
 
 /// Serves `callguard.v1.CallGuard`, `grpc.health.v1.Health` and reflection on `listener` until
-/// `shutdown` resolves. Health and reflection need no token; everything else does.
+/// `shutdown` resolves; then live calls are ended (their streams close with a summary) and
+/// alert streams close, and the server returns once its RPCs are done. Health and reflection
+/// need no token; everything else does.
 pub async fn serve(
     guard: Arc<Guard>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let cfg = guard.config().server.clone();
+    let stopping = guard.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.begin_shutdown();
+    };
     let auth = Authenticator::new(&cfg.tenants);
     let service = proto::call_guard_server::CallGuardServer::new(CallGuardService::new(guard))
         .max_decoding_message_size(cfg.max_message_bytes)

@@ -177,6 +177,9 @@ impl pb::call_guard_server::CallGuard for CallGuardService {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| match e {
+                    FeedError::Hub(h @ crate::alert::HubError::Closed) => {
+                        Status::unavailable(h.to_string())
+                    }
                     FeedError::Hub(h) => Status::resource_exhausted(h.to_string()),
                     FeedError::Store(s) => Status::internal(s.to_string()),
                 })?;

@@ -202,11 +202,19 @@ impl Guard {
         stream::AlertFeed::new(self.shared.clone(), tenant, filter, after)
     }
 
-    /// Ends every call, scores what was queued, logs the last alerts and summaries, and stops.
-    pub fn shutdown(&self) {
+    /// First step of shutting down, for the server to take before it drains its RPCs: every
+    /// call is asked to end (streamed calls send their summaries) and alert subscriptions end.
+    pub fn begin_shutdown(&self) {
         let shared = &self.shared;
         shared.stopping.store(true, Ordering::SeqCst);
         shared.registry.end_all();
+        shared.hub.close();
+    }
+
+    /// Ends every call, scores what was queued, logs the last alerts and summaries, and stops.
+    pub fn shutdown(&self) {
+        let shared = &self.shared;
+        self.begin_shutdown();
         let devices: Vec<_> =
             std::mem::take(&mut *self.devices.lock().unwrap_or_else(|e| e.into_inner()));
         for (end, _) in &devices {

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod grpc;
+
 use callguard::config::Config;
 
 pub fn root() -> PathBuf {
