@@ -350,10 +350,11 @@ async fn tokens_are_checked_and_tenants_see_only_their_calls() {
     tx.send(open_frame("a-call", pb::Codec::Pcm16le, rate, 1))
         .await
         .unwrap();
+    let frames = pcm16(&audio, rate);
     let feeder = {
         let tx = tx.clone();
         tokio::spawn(async move {
-            for (i, f) in pcm16(&audio, rate).into_iter().enumerate() {
+            for (i, f) in frames.into_iter().enumerate() {
                 tx.send(audio_frame(i as u64, f)).await.unwrap();
             }
         })
