@@ -58,8 +58,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating Python environment in .deps/venv"
   python3 -m venv "$VENV"
 fi
-want=(numpy scipy soundfile onnx "onnxruntime==$ORT_VERSION" scikit-learn)
-if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn" 2>/dev/null; then
+# grpcio and grpcio-tools: the independent gRPC client (clients/python) and its stubs.
+want=(numpy scipy soundfile onnx "onnxruntime==$ORT_VERSION" scikit-learn grpcio grpcio-tools)
+if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools" 2>/dev/null; then
   log "installing Python packages: ${want[*]}"
   "$VENV/bin/pip" install -q "${want[@]}"
 fi
