@@ -678,6 +678,54 @@ mod tests {
     }
 
     #[test]
+    fn server_problems_are_reported_with_their_keys() {
+        let mut c = Config::default();
+        c.server.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.server.max_speed = 0.5;
+        c.server.tls = Some(TlsConfig {
+            cert: PathBuf::from("/nonexistent/cert.pem"),
+            key: PathBuf::from("/nonexistent/key.pem"),
+            client_ca: None,
+        });
+        let keys = |c: &Config| -> Vec<String> {
+            c.validate()
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        let k = keys(&c);
+        for key in [
+            "server.tenants",
+            "server.max_speed",
+            "server.tls.cert",
+            "server.tls.key",
+        ] {
+            assert!(k.iter().any(|x| x == key), "{key} missing from {k:?}");
+        }
+        let tenant = |name: &str, hash: &str| TenantConfig {
+            name: name.into(),
+            token_sha256: hash.into(),
+        };
+        let good = "ab".repeat(32);
+        c.server.tenants = vec![
+            tenant("bank a", &good),
+            tenant("b", "ABC"),
+            tenant("c", &good),
+            tenant("c", &"cd".repeat(32)),
+        ];
+        let k = keys(&c);
+        for key in [
+            "server.tenants[0].name",
+            "server.tenants[1].token_sha256",
+            "server.tenants[2].token_sha256",
+            "server.tenants[3].name",
+        ] {
+            assert!(k.iter().any(|x| x == key), "{key} missing from {k:?}");
+        }
+    }
+
+    #[test]
     fn exit_above_enter_is_a_problem() {
         let mut c = Config::default();
         c.verdict.enter_threshold = Some(0.4);

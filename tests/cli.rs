@@ -289,3 +289,37 @@ fn devices_lists_without_failing() {
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(list.is_array());
 }
+
+#[test]
+fn token_prints_a_fresh_token_and_the_entry_that_accepts_it() {
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_callguard"))
+            .args(["token", "bank-a"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (first, second) = (run(), run());
+    let token_of = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("token (give to the client; it is not stored): "))
+            .unwrap()
+            .to_owned()
+    };
+    let token = token_of(&first);
+    assert_ne!(token, token_of(&second), "tokens must not repeat");
+    assert!(token.len() >= 40);
+    // The printed entry is valid config and accepts exactly that token.
+    let entry = first.split_once("config.toml entry:\n").unwrap().1;
+    let config =
+        callguard::config::Config::from_toml(entry).unwrap_or_else(|e| panic!("{e}: {entry}"));
+    assert_eq!(config.server.tenants.len(), 1);
+    let auth = callguard::grpc::Authenticator::new(&config.server.tenants);
+    assert_eq!(auth.tenant(&token).as_deref(), Some("bank-a"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["token", "bad name"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

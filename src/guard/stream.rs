@@ -302,14 +302,9 @@ impl StreamCall {
         if !self.finished {
             self.finished = true;
             let mut cmd = IngestCmd::Finish { key: self.key };
-            loop {
-                match self.shared.with_ingest(|i| i.try_control(cmd)) {
-                    Ok(Err(Some(back))) => {
-                        cmd = back;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    _ => break,
-                }
+            while let Ok(Err(Some(back))) = self.shared.with_ingest(|i| i.try_control(cmd)) {
+                cmd = back;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
         self.ended.take()?.await.ok()
