@@ -1,0 +1,462 @@
+//! Load harness: N calls streamed in real time through the gRPC ingest of a separate
+//! `callguard run` process, half genuine and half switching to a synthetic voice at a known
+//! moment, all as 8 kHz G.711 mu-law in 20 ms frames (what a media server forks).
+//!
+//!   cargo bench --bench load                     # search the largest N sustained in real time
+//!   cargo bench --bench load -- --calls 40       # one run of 40 calls
+//!   cargo bench --bench load -- --seconds 60     # audio per call (default 40)
+//!
+//! Reports, per run: alert latency after clone onset (audio time, p50/p95/max) and how long the
+//! alert took to reach the client after that audio was sent (wall time), false alerts per
+//! genuine call-hour, daemon CPU per call-second, daemon peak memory and memory per call, and
+//! lost frames and dropped windows. A run is sustained when nothing was lost or dropped and
+//! every call's summary arrived within 5 s of its last frame. Results print as JSON lines.
+//! Needs scripts/setup.sh and a release build of the binary (cargo bench builds it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callguard::audio::g711::{self, Law};
+use callguard::audio::{AudioSource, Read};
+use callguard::grpc::proto as pb;
+use callguard::grpc::proto::call_guard_client::CallGuardClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+const TOKEN: &str = "load-harness-token";
+const FRAME_MS: u64 = 20;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A recording from `.deps/audio` as 8 kHz mono.
+fn decode(name: &str) -> Vec<f32> {
+    let path = root().join(".deps/audio").join(name);
+    let mut src = callguard::audio::file::FileSource::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", path.display()));
+    let f = src.format();
+    assert_eq!(f.sample_rate, 8_000, "{name}");
+    let mut all = Vec::new();
+    let mut buf = Vec::new();
+    while let Read::Samples = src.read(&mut buf).unwrap() {
+        all.extend_from_slice(&buf);
+    }
+    all.chunks(f.channels as usize)
+        .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+        .collect()
+}
+
+struct Plan {
+    id: String,
+    /// 20 ms G.711 frames.
+    frames: Arc<Vec<Vec<u8>>>,
+    /// Where the synthetic voice starts, in ms of call audio; None for a genuine call.
+    onset_ms: Option<u64>,
+}
+
+fn plans(n: usize, seconds: u64) -> Vec<Plan> {
+    let genuine: Vec<f32> = ["genuine_1.wav", "genuine_2.wav", "genuine_3.wav"]
+        .iter()
+        .flat_map(|f| decode(f))
+        .collect();
+    let clone = decode("synthetic_espeak_ulaw.wav");
+    let total = (seconds * 8_000) as usize;
+    let looped = |src: &[f32], offset: usize, len: usize| -> Vec<f32> {
+        (0..len).map(|i| src[(offset + i) % src.len()]).collect()
+    };
+    let encode = |x: &[f32]| -> Arc<Vec<Vec<u8>>> {
+        Arc::new(
+            x.chunks(160)
+                .map(|c| {
+                    let mut out = Vec::with_capacity(160);
+                    g711::encode_into(Law::MuLaw, c, &mut out);
+                    out
+                })
+                .collect(),
+        )
+    };
+    (0..n)
+        .map(|i| {
+            // Different starting points in the genuine material, and onsets from 40% to 60%.
+            let offset = (i * 37_123) % genuine.len();
+            if i % 2 == 0 {
+                Plan {
+                    id: format!("genuine-{i}"),
+                    frames: encode(&looped(&genuine, offset, total)),
+                    onset_ms: None,
+                }
+            } else {
+                let onset = total * (40 + (i * 7) % 21) / 100 / 160 * 160;
+                let mut x = looped(&genuine, offset, onset);
+                x.extend(looped(&clone, 0, total - onset));
+                Plan {
+                    id: format!("switch-{i}"),
+                    frames: encode(&x),
+                    onset_ms: Some(onset as u64 / 8),
+                }
+            }
+        })
+        .collect()
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("load.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nmax_calls_per_tenant = 100000\n[[server.tenants]]\nname = \"load\"\ntoken_sha256 = \"{}\"\n[store]\npath = \"alerts.db\"\n",
+                root().join(".deps/silero_vad.onnx").display(),
+                root().join("models/detector.onnx").display(),
+                callguard::grpc::token_sha256(TOKEN)
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("daemon exited").unwrap();
+            if let Some(rest) = line.split("gRPC listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// (user+system CPU seconds, resident memory in bytes) of the daemon.
+    fn usage(&self) -> (f64, u64) {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // Fields after the command name: utime is the 12th, stime the 13th (0-based 11, 12).
+        let cpu = (ticks(11) + ticks(12)) / 100.0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024;
+        (cpu, rss)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default)]
+struct CallResult {
+    onset_ms: Option<u64>,
+    /// Audio time of each suspected-clone alert, and when it arrived after that audio was sent.
+    suspected: Vec<(u64, Duration)>,
+    summary: Option<pb::CallSummary>,
+    rejected: u64,
+    summary_delay: Option<Duration>,
+}
+
+async fn run_call(
+    mut client: CallGuardClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>,
+    plan: Plan,
+    start: tokio::time::Instant,
+) -> CallResult {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let open = pb::AudioFrame {
+        frame: Some(pb::audio_frame::Frame::Open(pb::CallOpen {
+            call_id: plan.id.clone(),
+            codec: pb::Codec::G711Mulaw as i32,
+            sample_rate: 8_000,
+            channels: 1,
+            ..Default::default()
+        })),
+    };
+    tx.send(open).await.unwrap();
+    let frames = plan.frames.clone();
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(start, Duration::from_millis(FRAME_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for (seq, data) in frames.iter().enumerate() {
+            tick.tick().await;
+            let frame = pb::AudioFrame {
+                frame: Some(pb::audio_frame::Frame::Audio(pb::AudioChunk {
+                    sequence: seq as u64,
+                    data: data.clone(),
+                })),
+            };
+            if tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+        tokio::time::Instant::now()
+    });
+    let mut result = CallResult {
+        onset_ms: plan.onset_ms,
+        ..Default::default()
+    };
+    let mut updates = match client
+        .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("{}: {e}", plan.id),
+    };
+    while let Ok(Some(u)) = updates.message().await {
+        use pb::call_update::Update;
+        match u.update {
+            Some(Update::Alert(a)) if a.kind == pb::AlertKind::SuspectedClone as i32 => {
+                let sent_at = start + Duration::from_millis(a.audio_ms);
+                result.suspected.push((
+                    a.audio_ms,
+                    tokio::time::Instant::now().saturating_duration_since(sent_at),
+                ));
+            }
+            Some(Update::Rejected(_)) => result.rejected += 1,
+            Some(Update::Ended(s)) => result.summary = Some(s),
+            _ => {}
+        }
+    }
+    if let Ok(last_sent) = sender.await {
+        result.summary_delay = Some(tokio::time::Instant::now() - last_sent);
+    }
+    result
+}
+
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    Some(sorted[i])
+}
+
+/// One load run; returns whether it was sustained, and prints its report.
+fn run(n: usize, seconds: u64) -> bool {
+    let daemon = Daemon::start();
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu0, rss0) = daemon.usage();
+    let plans = plans(n, seconds);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pid = daemon.child.id();
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                if let Some(kb) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                {
+                    peak.fetch_max(kb * 1024, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let wall = Instant::now();
+    let results: Vec<CallResult> = runtime.block_on(async {
+        let channel = Channel::from_shared(format!("http://{}", daemon.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let bearer = Bearer(format!("Bearer {TOKEN}").parse().unwrap());
+        let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+        let tasks: Vec<_> = plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                let client = CallGuardClient::with_interceptor(channel.clone(), bearer.clone());
+                // Calls start spread over the first second, like real traffic.
+                let start = t0 + Duration::from_millis((i as u64 * 997) % 1000);
+                tokio::spawn(run_call(client, plan, start))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let elapsed = wall.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let (cpu1, _) = daemon.usage();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+
+    let mut latency_audio = Vec::new();
+    let mut latency_wall = Vec::new();
+    let (mut false_alerts, mut missed, mut genuine_ms) = (0u64, 0u64, 0u64);
+    let (mut lost, mut rejected, mut dropped_windows, mut failed_windows, mut no_summary) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut slow_summary = 0u64;
+    for r in &results {
+        let audio_ms = seconds * 1000;
+        let onset = r.onset_ms.unwrap_or(audio_ms);
+        genuine_ms += onset;
+        false_alerts += r.suspected.iter().filter(|(at, _)| *at < onset).count() as u64;
+        if r.onset_ms.is_some() {
+            match r.suspected.iter().find(|(at, _)| *at >= onset) {
+                Some((at, wall)) => {
+                    latency_audio.push((at - onset) as f64 / 1000.0);
+                    latency_wall.push(wall.as_secs_f64());
+                }
+                None => missed += 1,
+            }
+        }
+        rejected += r.rejected;
+        match &r.summary {
+            Some(s) => {
+                lost += s.frames_lost;
+                dropped_windows += s.windows_dropped;
+                failed_windows += s.windows_failed;
+            }
+            None => no_summary += 1,
+        }
+        if r.summary_delay.is_none_or(|d| d > Duration::from_secs(5)) {
+            slow_summary += 1;
+        }
+    }
+    latency_audio.sort_by(f64::total_cmp);
+    latency_wall.sort_by(f64::total_cmp);
+    let call_seconds = (n as u64 * seconds) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let sustained = lost == 0
+        && rejected == 0
+        && dropped_windows == 0
+        && failed_windows == 0
+        && no_summary == 0
+        && slow_summary == 0;
+    let report = json!({
+        "calls": n,
+        "seconds_per_call": seconds,
+        "wall_s": elapsed,
+        "sustained": sustained,
+        "clone_calls": latency_audio.len() as u64 + missed,
+        "missed_clones": missed,
+        "alert_latency_audio_s": {
+            "p50": percentile(&latency_audio, 0.5),
+            "p95": percentile(&latency_audio, 0.95),
+            "max": latency_audio.last(),
+        },
+        "alert_delivery_wall_s": {
+            "p50": percentile(&latency_wall, 0.5),
+            "p95": percentile(&latency_wall, 0.95),
+            "max": latency_wall.last(),
+        },
+        "false_alerts": false_alerts,
+        "false_alerts_per_genuine_call_hour": false_alerts as f64 / (genuine_ms as f64 / 3_600_000.0),
+        "daemon_cpu_ms_per_call_second": (cpu1 - cpu0) * 1000.0 / call_seconds,
+        "daemon_cpu_cores_used": (cpu1 - cpu0) / elapsed,
+        "machine_cores": cores,
+        "daemon_rss_idle_mb": rss0 as f64 / 1e6,
+        "daemon_rss_peak_mb": peak as f64 / 1e6,
+        "memory_per_call_kb": (peak.saturating_sub(rss0)) as f64 / 1e3 / n as f64,
+        "frames_lost": lost,
+        "frames_rejected": rejected,
+        "windows_dropped": dropped_windows,
+        "windows_failed": failed_windows,
+        "calls_without_summary": no_summary,
+        "calls_with_late_summary": slow_summary,
+    });
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{report}");
+    }
+    sustained
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| -> Option<u64> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+    };
+    let seconds = value("--seconds").unwrap_or(40);
+    assert!(Path::new(env!("CARGO_BIN_EXE_callguard")).exists());
+    if let Some(n) = value("--calls") {
+        run(n as usize, seconds);
+        return;
+    }
+    // Double until a run is not sustained, then bisect between the last good and first bad.
+    let (mut good, mut bad) = (0usize, None::<usize>);
+    let mut n = 8usize;
+    while bad.is_none() && n <= 4_096 {
+        if run(n, seconds) {
+            good = n;
+            n *= 2;
+        } else {
+            bad = Some(n);
+        }
+    }
+    if let Some(mut hi) = bad {
+        while hi - good > (good / 8).max(2) {
+            let mid = (good + hi) / 2;
+            if run(mid, seconds) {
+                good = mid;
+            } else {
+                hi = mid;
+            }
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "{}",
+            json!({ "largest_sustained_calls": good, "per_core": good as f64 / cores as f64, "machine_cores": cores })
+        );
+    }
+}
