@@ -8,12 +8,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::Shared;
-use super::registry::{CallEntry, CallSource, EndSignal, FrameCounters, RegisterError};
-use crate::alert::{CallMeta, now_ms};
+use super::registry::{CallEntry, CallSource, EndSignal, RegisterError};
+use crate::alert::CallMeta;
 use crate::audio::capture::{CaptureSource, CaptureSpec};
 use crate::audio::{AudioError, AudioSource, ChannelPick};
 use crate::pipeline::{CallSpec, EngineError, drive};
-use crate::verdict::CallState;
 
 /// A device and the call it is screened as.
 #[derive(Debug, Clone)]
@@ -143,25 +142,14 @@ fn screen(
             })??;
             Ok((call.key(), call))
         },
-        || CallEntry {
-            tenant: spec.tenant.as_str().into(),
-            call_id: id.into(),
-            source: CallSource::Device,
-            metadata: spec.metadata.clone(),
-            started_wall_time_ms: now_ms(),
-            state: CallState::Listening,
-            p_spoof: None,
-            p_spoof_peak: None,
-            first_alert_ms: None,
-            audio_ms: 0,
-            windows_scored: 0,
-            alerts: 0,
-            recent: Default::default(),
-            updates: None,
-            window_updates: false,
-            ended: None,
-            end: end.clone(),
-            frames: Arc::new(FrameCounters::default()),
+        || {
+            CallEntry::opened(
+                &spec.tenant,
+                id,
+                CallSource::Device,
+                spec.metadata.clone(),
+                end.clone(),
+            )
         },
     )?;
     drive(call, vad, source, stop)?;

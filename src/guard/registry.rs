@@ -139,6 +139,36 @@ pub struct CallEntry {
 }
 
 impl CallEntry {
+    /// A call that has just opened: listening, nothing scored, no client to tell yet.
+    pub fn opened(
+        tenant: &str,
+        call_id: &str,
+        source: CallSource,
+        metadata: CallMeta,
+        end: Arc<EndSignal>,
+    ) -> Self {
+        Self {
+            tenant: tenant.into(),
+            call_id: call_id.into(),
+            source,
+            metadata,
+            started_wall_time_ms: crate::alert::now_ms(),
+            state: CallState::Listening,
+            p_spoof: None,
+            p_spoof_peak: None,
+            first_alert_ms: None,
+            audio_ms: 0,
+            windows_scored: 0,
+            alerts: 0,
+            recent: VecDeque::new(),
+            updates: None,
+            window_updates: false,
+            ended: None,
+            end,
+            frames: Arc::default(),
+        }
+    }
+
     pub fn record(&self) -> CallRecord {
         CallRecord {
             call_id: self.call_id.to_string(),

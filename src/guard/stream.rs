@@ -13,13 +13,10 @@ use super::ingest::IngestCmd;
 use super::registry::{
     CallEntry, CallRecord, CallSource, CallUpdate, EndSignal, FrameCounters, RegisterError,
 };
-use crate::alert::{
-    AlertFilter, CallMeta, HubError, LoggedAlert, StoreError, Subscription, now_ms,
-};
+use crate::alert::{AlertFilter, CallMeta, HubError, LoggedAlert, StoreError, Subscription};
 use crate::audio::push::Encoding;
 use crate::audio::{ChannelPick, SourceFormat};
 use crate::pipeline::{CallSpec, EngineError};
-use crate::verdict::CallState;
 
 /// Updates queued for a `StreamAudio` client before some are skipped.
 const UPDATE_QUEUE: usize = 256;
@@ -168,24 +165,17 @@ pub(super) fn open(
             Ok((call.key(), call))
         },
         || CallEntry {
-            tenant: tenant.into(),
-            call_id: spec.call_id.as_str().into(),
-            source: CallSource::Stream,
-            metadata: spec.metadata.clone(),
-            started_wall_time_ms: now_ms(),
-            state: CallState::Listening,
-            p_spoof: None,
-            p_spoof_peak: None,
-            first_alert_ms: None,
-            audio_ms: 0,
-            windows_scored: 0,
-            alerts: 0,
-            recent: VecDeque::new(),
             updates: Some(updates_tx),
             window_updates: spec.window_updates,
             ended: Some(ended_tx),
-            end: end.clone(),
             frames: frames.clone(),
+            ..CallEntry::opened(
+                tenant,
+                &spec.call_id,
+                CallSource::Stream,
+                spec.metadata.clone(),
+                end.clone(),
+            )
         },
     )?;
     // The call is registered; if a worker cannot take it, dropping it closes it and the
