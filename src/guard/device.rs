@@ -60,7 +60,11 @@ pub(super) fn start(
         retry_initial: Duration::from_millis(c.retry_initial_ms),
         retry_max: Duration::from_millis(c.retry_max_ms),
     };
-    if shared.registry.find(&spec.tenant, &spec.call_id).is_some() {
+    if shared
+        .registry
+        .with_id(&spec.tenant, &spec.call_id, |_| ())
+        .is_some()
+    {
         return Err(RegisterError::AlreadyLive(spec.call_id).into());
     }
     let first = if wait_for_device {

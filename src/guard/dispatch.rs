@@ -127,15 +127,11 @@ fn retry(shared: &Shared, pending: &mut VecDeque<NewAlert>) {
                 pending.pop_front();
                 let logged = Arc::new(logged);
                 shared.hub.publish(logged.clone());
-                let key = shared
+                shared
                     .registry
-                    .find(&logged.tenant, &logged.call_id)
-                    .map(|(k, ..)| k);
-                if let Some(key) = key {
-                    shared
-                        .registry
-                        .with(key, |e| e.tell(CallUpdate::Alert(logged.clone())));
-                }
+                    .with_id(&logged.tenant, &logged.call_id, |e| {
+                        e.tell(CallUpdate::Alert(logged.clone()))
+                    });
             }
             Err(e) => {
                 tracing::error!(error = %e, waiting = pending.len(), "Alert not yet logged; will retry.");

@@ -170,18 +170,19 @@ impl Guard {
 
     /// Asks the tenant's live call to end; false if there is none.
     pub fn end_call(&self, tenant: &str, call_id: &str) -> bool {
-        match self.shared.registry.find(tenant, call_id) {
-            Some((_, _, end)) => {
-                end.end();
-                true
-            }
-            None => false,
-        }
+        self.shared
+            .registry
+            .with_id(tenant, call_id, |e| e.end.end())
+            .is_some()
     }
 
     /// A live call, or else the last ended one with that id.
     pub fn get_call(&self, tenant: &str, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
-        if let Some((_, record, _)) = self.shared.registry.find(tenant, call_id) {
+        if let Some(record) = self
+            .shared
+            .registry
+            .with_id(tenant, call_id, |e| e.record())
+        {
             return Ok(Some(record));
         }
         self.shared.log.get_call(tenant, call_id)

@@ -270,6 +270,20 @@ impl CallRegistry {
         self.lock().by_key.get_mut(&key).map(f)
     }
 
+    /// Runs `f` on the tenant's live call with this id, under one lock, without copying it.
+    pub fn with_id<R>(
+        &self,
+        tenant: &str,
+        call_id: &str,
+        f: impl FnOnce(&mut CallEntry) -> R,
+    ) -> Option<R> {
+        let mut inner = self.lock();
+        let key = *inner
+            .by_id
+            .get(&(Arc::<str>::from(tenant), Arc::<str>::from(call_id)))?;
+        inner.by_key.get_mut(&key).map(f)
+    }
+
     pub fn remove(&self, key: u64) -> Option<CallEntry> {
         let mut inner = self.lock();
         let entry = inner.by_key.remove(&key)?;
@@ -277,15 +291,6 @@ impl CallRegistry {
             .by_id
             .remove(&(entry.tenant.clone(), entry.call_id.clone()));
         Some(entry)
-    }
-
-    pub fn find(&self, tenant: &str, call_id: &str) -> Option<(u64, CallRecord, Arc<EndSignal>)> {
-        let inner = self.lock();
-        let key = *inner
-            .by_id
-            .get(&(Arc::<str>::from(tenant), Arc::<str>::from(call_id)))?;
-        let e = inner.by_key.get(&key)?;
-        Some((key, e.record(), e.end.clone()))
     }
 
     pub fn list(&self, tenant: &str) -> Vec<CallRecord> {
