@@ -40,8 +40,14 @@ def load_stubs(out_dir):
     return callguard_pb2, callguard_pb2_grpc
 
 
+# The alert listener and the call stream print from two threads: one whole line at a time.
+PRINT_LOCK = threading.Lock()
+
+
 def emit(kind, message):
-    print(json.dumps({kind: MessageToDict(message)}), flush=True)
+    line = json.dumps({kind: MessageToDict(message)})
+    with PRINT_LOCK:
+        print(line, flush=True)
 
 
 def frames(pb, path, call_id, realtime, caller_channel):
@@ -112,7 +118,8 @@ def main():
                 if update.HasField("ended"):
                     summary = update.ended
         except grpc.RpcError as e:
-            print(json.dumps({"error": e.code().name, "details": e.details()}), flush=True)
+            with PRINT_LOCK:
+                print(json.dumps({"error": e.code().name, "details": e.details()}), flush=True)
             subscription.cancel()
             return 2
         if summary is not None and summary.alerts > 0:
