@@ -2,8 +2,12 @@
 //! bounded worker pool, with card and account numbers masked before text goes anywhere, and
 //! social-engineering cues matched in the masked text.
 
+pub mod cues;
+pub mod redact;
 pub mod whisper;
 
+pub use cues::{Cue, CueMatcher, CueRule};
+pub use redact::{Masked, Redacted, redact};
 pub use whisper::{RawText, WhisperModel, WhisperSession};
 
 #[derive(Debug, thiserror::Error)]
