@@ -257,14 +257,54 @@ fn write_summary(out: &mut impl Write, s: &CallSummary) -> Result<()> {
     for a in &s.alerts {
         writeln!(
             out,
-            "  alert {:?} at {} p_spoof={:.3} (threshold {:.3}, {} windows)",
+            "  alert {:?} at {} p_spoof={:.3} risk={:.3} (threshold {:.3}, {} windows){}",
             a.kind,
             fmt_ms(Some(a.audio_ms)),
             a.p_spoof,
+            a.risk,
             a.threshold,
-            a.evidence.len()
+            a.evidence.len(),
+            fmt_cues(&a.cues)
         )?;
     }
+    for seg in &s.transcript {
+        write_segment(out, "  ", seg)?;
+    }
+    let c = &s.segment_counts;
+    if c.skipped + c.failed > 0 {
+        writeln!(
+            out,
+            "  transcription: {} of {} segments skipped (over budget), {} failed",
+            c.skipped, s.segments, c.failed
+        )?;
+    }
+    Ok(())
+}
+
+fn fmt_cues(cues: &[callguard::transcribe::Cue]) -> String {
+    if cues.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = cues
+        .iter()
+        .map(|c| format!("{}:\"{}\"", c.rule, c.text))
+        .collect();
+    format!(" cues [{}]", names.join(", "))
+}
+
+fn write_segment(
+    out: &mut impl Write,
+    indent: &str,
+    seg: &callguard::transcribe::TranscriptSegment,
+) -> Result<()> {
+    writeln!(
+        out,
+        "{indent}{}-{} \"{}\"{}",
+        fmt_ms(Some(seg.start_ms)),
+        fmt_ms(Some(seg.end_ms)),
+        seg.text,
+        fmt_cues(&seg.cues)
+    )?;
     Ok(())
 }
 
@@ -276,6 +316,10 @@ fn evaluate(
     plot_path: Option<&Path>,
 ) -> Result<ExitCode> {
     let manifest = Manifest::load(manifest_path)?;
+    // Evaluation measures the detector; transcripts would only cost time.
+    let mut config = config.clone();
+    config.transcribe.enabled = false;
+    let config = &config;
     let engine = Engine::start(config)?;
     let paths: Vec<PathBuf> = manifest.entries.iter().map(|e| e.path.clone()).collect();
     let outcomes = score_with_progress(config, &engine, &paths, ChannelPick::Mix);
@@ -637,6 +681,16 @@ fn print_event(out: &mut impl Write, event: &EngineEvent, as_json: bool) -> Resu
         (EngineEvent::Alert { alert, .. }, true) => {
             writeln!(out, "{}", json!({ "event": "alert", "alert": alert }))?
         }
+        (EngineEvent::Transcript {
+            call_id, segment, ..
+        }, true) => writeln!(
+            out,
+            "{}",
+            json!({ "event": "transcript", "call_id": call_id.as_ref(), "segment": segment })
+        )?,
+        (EngineEvent::Transcript {
+            call_id, segment, ..
+        }, false) => write_segment(out, &format!("{call_id}: "), segment)?,
         (EngineEvent::Ended(s), true) => writeln!(
             out,
             "{}",
@@ -645,11 +699,13 @@ fn print_event(out: &mut impl Write, event: &EngineEvent, as_json: bool) -> Resu
         (EngineEvent::Window { .. }, false) => {}
         (EngineEvent::Alert { alert, .. }, false) => writeln!(
             out,
-            "ALERT {:?} call={} at={} p_spoof={:.3}",
+            "ALERT {:?} call={} at={} p_spoof={:.3} risk={:.3}{}",
             alert.kind,
             alert.call_id,
             fmt_ms(Some(alert.audio_ms)),
-            alert.p_spoof
+            alert.p_spoof,
+            alert.risk,
+            fmt_cues(&alert.cues)
         )?,
         (EngineEvent::Ended(s), false) => write_summary(out, s)?,
     }

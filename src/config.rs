@@ -20,6 +20,7 @@ pub struct Config {
     pub verdict: VerdictConfig,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub transcribe: TranscribeConfig,
 }
 
 /// Live capture from sound devices (`callguard run`).
@@ -189,6 +190,7 @@ pub const DEFAULT_RETRY_INITIAL_MS: u64 = 250;
 pub const DEFAULT_RETRY_MAX_MS: u64 = 10_000;
 pub const DEFAULT_VAD_MODEL: &str = ".deps/silero_vad.onnx";
 pub const DEFAULT_DETECTOR_MODEL: &str = "models/detector.onnx";
+pub const DEFAULT_WHISPER_MODEL: &str = ".deps/whisper/ggml-tiny.en.bin";
 pub const DEFAULT_STORE_PATH: &str = "state/callguard.db";
 
 impl Default for ServerConfig {
@@ -276,6 +278,156 @@ impl Default for VerdictConfig {
     }
 }
 
+/// What a missing or unloadable optional model does at startup.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    /// Log a warning and run without the feature.
+    Warn,
+    /// Refuse to start.
+    Error,
+}
+
+/// Transcription of the caller (whisper.cpp), cues and redaction.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscribeConfig {
+    pub enabled: bool,
+    /// ggml Whisper model (scripts/setup.sh converts tiny.en from PyPI).
+    pub model: PathBuf,
+    pub on_missing: OnMissing,
+    /// Language spoken ("en" for an English-only model).
+    pub language: String,
+    /// Worker threads, and whisper threads in each: the CPU budget in cores is their product.
+    pub workers: usize,
+    pub threads_per_worker: usize,
+    /// Most speech waiting for a worker, over all calls, in seconds.
+    pub queue_s: u32,
+    /// A live call's segment waiting longer than this is skipped (and counted).
+    pub max_wait_s: u32,
+    /// Speech segments shorter than this are not transcribed; longer than max are cut.
+    pub min_segment_ms: u32,
+    pub max_segment_ms: u32,
+    /// Seconds of transcript before an alert that travel with it.
+    pub snippet_s: u32,
+    /// Segments kept per call (the oldest are let go and counted).
+    pub transcript_limit: usize,
+    /// Cues said within this many seconds of audio count toward a call's intent.
+    pub cue_window_s: u32,
+    /// A suspected call is escalated once when the caller's intent (from cues) reaches this.
+    pub escalate_intent: f32,
+    /// Phrase rules; see src/transcribe/cues.rs.
+    pub cues: Vec<crate::transcribe::CueRule>,
+}
+
+impl Default for TranscribeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: PathBuf::from(DEFAULT_WHISPER_MODEL),
+            on_missing: OnMissing::Warn,
+            language: "en".into(),
+            workers: 1,
+            threads_per_worker: 1,
+            queue_s: 120,
+            max_wait_s: 20,
+            min_segment_ms: 300,
+            max_segment_ms: 8_000,
+            snippet_s: 15,
+            transcript_limit: 200,
+            cue_window_s: 120,
+            escalate_intent: 0.5,
+            cues: crate::transcribe::cues::default_rules(),
+        }
+    }
+}
+
+impl TranscribeConfig {
+    fn validate(&self, bad: &mut impl FnMut(&str, String)) {
+        if !self.enabled {
+            return;
+        }
+        if self.language.len() < 2
+            || self.language.len() > 3
+            || !self.language.chars().all(|c| c.is_ascii_lowercase())
+        {
+            bad(
+                "transcribe.language",
+                format!("{:?} is not an ISO 639-1 code such as \"en\"", self.language),
+            );
+        }
+        for (key, v, range) in [
+            ("transcribe.workers", self.workers, 1..=64),
+            ("transcribe.threads_per_worker", self.threads_per_worker, 1..=16),
+            ("transcribe.transcript_limit", self.transcript_limit, 1..=100_000),
+        ] {
+            if !range.contains(&v) {
+                bad(key, format!("{v} is outside {range:?}"));
+            }
+        }
+        for (key, v, range) in [
+            ("transcribe.queue_s", self.queue_s, 1..=3_600),
+            ("transcribe.max_wait_s", self.max_wait_s, 1..=3_600),
+            ("transcribe.min_segment_ms", self.min_segment_ms, 100..=10_000),
+            ("transcribe.max_segment_ms", self.max_segment_ms, 1_000..=30_000),
+            ("transcribe.snippet_s", self.snippet_s, 0..=600),
+            ("transcribe.cue_window_s", self.cue_window_s, 1..=86_400),
+        ] {
+            if !range.contains(&v) {
+                bad(key, format!("{v} is outside {range:?}"));
+            }
+        }
+        if self.min_segment_ms > self.max_segment_ms {
+            bad(
+                "transcribe.min_segment_ms",
+                format!(
+                    "{} is above transcribe.max_segment_ms ({})",
+                    self.min_segment_ms, self.max_segment_ms
+                ),
+            );
+        }
+        if self.queue_s as u64 * 1000 < self.max_segment_ms as u64 {
+            bad(
+                "transcribe.queue_s",
+                format!(
+                    "{} s cannot hold one segment of transcribe.max_segment_ms ({} ms)",
+                    self.queue_s, self.max_segment_ms
+                ),
+            );
+        }
+        if !(self.escalate_intent > 0.0 && self.escalate_intent <= 1.0) {
+            bad(
+                "transcribe.escalate_intent",
+                format!("{} is outside (0, 1]", self.escalate_intent),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in self.cues.iter().enumerate() {
+            let key = format!("transcribe.cues[{i}]");
+            if rule.name.trim().is_empty() || !names.insert(rule.name.as_str()) {
+                bad(&format!("{key}.name"), format!("{:?} is empty or repeated", rule.name));
+            }
+            if !(rule.weight > 0.0 && rule.weight <= 1.0) {
+                bad(
+                    &format!("{key}.weight"),
+                    format!("{} is outside (0, 1]", rule.weight),
+                );
+            }
+            if rule.phrases.is_empty()
+                || rule
+                    .phrases
+                    .iter()
+                    .any(|p| !p.chars().any(char::is_alphanumeric))
+            {
+                bad(
+                    &format!("{key}.phrases"),
+                    "must list phrases, each with at least one word".into(),
+                );
+            }
+        }
+    }
+}
+
 /// One thing wrong with a configuration, named by its key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigProblem {
@@ -333,7 +485,11 @@ impl Config {
     /// Makes relative model paths absolute where the file can be found, and the store and TLS
     /// files relative to the config file's folder.
     pub fn resolve_paths(&mut self, base: Option<&Path>) {
-        for path in [&mut self.speech.vad_model, &mut self.detector.model] {
+        for path in [
+            &mut self.speech.vad_model,
+            &mut self.detector.model,
+            &mut self.transcribe.model,
+        ] {
             if let Some(found) = assets::locate(path, base) {
                 *path = found;
             }
@@ -513,6 +669,7 @@ impl Config {
             );
         }
         self.validate_server(&mut bad);
+        self.transcribe.validate(&mut bad);
         for (key, n) in [
             ("verdict.smoothing_windows", v.smoothing_windows),
             ("verdict.enter_windows", v.enter_windows),

@@ -177,7 +177,9 @@ mod tests {
             wall_time_ms: 0,
             evidence: vec![],
             model: String::new(),
-            transcript_snippet: String::new(),
+            transcript_snippet: Default::default(),
+            risk: 0.8,
+            cues: Vec::new(),
             metadata: CallMeta::default(),
         })
     }

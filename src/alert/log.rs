@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::{AlertFilter, CallMeta, LoggedAlert, Severity};
+use crate::transcribe::{Cue, Redacted};
 use crate::verdict::{AlertKind, WindowScore};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +50,9 @@ pub struct NewAlert {
     pub wall_time_ms: i64,
     pub evidence: Vec<WindowScore>,
     pub model: String,
-    pub transcript_snippet: String,
+    pub transcript_snippet: Redacted,
+    pub risk: f32,
+    pub cues: Vec<Cue>,
     pub metadata: CallMeta,
 }
 
@@ -157,6 +160,8 @@ impl AlertLog {
             evidence: new.evidence,
             model: new.model,
             transcript_snippet: new.transcript_snippet,
+            risk: new.risk,
+            cues: new.cues,
             metadata: new.metadata,
         };
         let body = serde_json::to_string(&alert)?;
@@ -296,7 +301,9 @@ mod tests {
                 fused: 0.8,
             }],
             model: "m@1".into(),
-            transcript_snippet: String::new(),
+            transcript_snippet: Redacted::default(),
+            risk: 0.8,
+            cues: Vec::new(),
             metadata: CallMeta::default(),
         }
     }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use hub::{AlertHub, HubError, Subscription};
 pub use log::{AlertLog, NewAlert, StoreError};
 
+use crate::transcribe::{Cue, Redacted};
 use crate::verdict::{AlertKind, WindowScore};
 
 /// What the call-center software told us about a call.
@@ -40,11 +41,14 @@ pub enum Severity {
 }
 
 impl Severity {
-    /// A suspected clone is critical at or above `critical_p`; a cleared call is informational.
-    pub fn of(kind: AlertKind, p_spoof: f32, critical_p: f32) -> Self {
+    /// A suspected clone is critical when its risk (clone score raised by the caller's
+    /// requests, `crate::verdict::risk`) is at or above `critical`, else a warning; an
+    /// escalation is critical; a cleared call is informational.
+    pub fn of(kind: AlertKind, risk: f32, critical: f32) -> Self {
         match kind {
             AlertKind::Cleared => Self::Info,
-            AlertKind::SuspectedClone if p_spoof >= critical_p => Self::Critical,
+            AlertKind::Escalated => Self::Critical,
+            AlertKind::SuspectedClone if risk >= critical => Self::Critical,
             AlertKind::SuspectedClone => Self::Warning,
         }
     }
@@ -78,8 +82,15 @@ pub struct LoggedAlert {
     pub wall_time_ms: i64,
     pub evidence: Vec<WindowScore>,
     pub model: String,
-    /// What the caller said just before the decision (masked); empty without transcription.
-    pub transcript_snippet: String,
+    /// What the caller said just before the decision (redacted); empty without transcription.
+    #[serde(default)]
+    pub transcript_snippet: Redacted,
+    /// Clone score raised by the caller's requests (`crate::verdict::risk`).
+    #[serde(default)]
+    pub risk: f32,
+    /// Social-engineering cues said before the decision.
+    #[serde(default)]
+    pub cues: Vec<Cue>,
     pub metadata: CallMeta,
 }
 

@@ -4,6 +4,7 @@ use super::proto as pb;
 use crate::alert::{CallMeta, LoggedAlert, Severity};
 use crate::audio::push::Encoding;
 use crate::guard::{CallRecord, CallSource, EndedSummary, FrameError, OpenError, OpenSpec};
+use crate::transcribe::{Cue, TranscriptSegment};
 use crate::verdict::{AlertKind, CallState, WindowScore};
 use tonic::{Code, Status};
 
@@ -127,6 +128,7 @@ pub fn alert(a: &LoggedAlert) -> pb::Alert {
         kind: (match a.kind {
             AlertKind::SuspectedClone => pb::AlertKind::SuspectedClone,
             AlertKind::Cleared => pb::AlertKind::Cleared,
+            AlertKind::Escalated => pb::AlertKind::Escalated,
         }) as i32,
         severity: severity(a.severity),
         p_spoof: a.p_spoof,
@@ -135,8 +137,30 @@ pub fn alert(a: &LoggedAlert) -> pb::Alert {
         wall_time_ms: a.wall_time_ms,
         evidence: a.evidence.iter().map(window).collect(),
         model: a.model.clone(),
-        transcript_snippet: a.transcript_snippet.clone(),
+        transcript_snippet: a.transcript_snippet.to_string(),
         metadata: Some(meta(&a.metadata)),
+        risk: a.risk,
+        cues: a.cues.iter().map(cue).collect(),
+    }
+}
+
+pub fn cue(c: &Cue) -> pb::Cue {
+    pb::Cue {
+        rule: c.rule.clone(),
+        weight: c.weight,
+        text: c.text.clone(),
+        start_ms: c.start_ms,
+        end_ms: c.end_ms,
+    }
+}
+
+pub fn transcript(s: &TranscriptSegment) -> pb::TranscriptSegment {
+    pb::TranscriptSegment {
+        seq: s.seq,
+        start_ms: s.start_ms,
+        end_ms: s.end_ms,
+        text: s.text.to_string(),
+        cues: s.cues.iter().map(cue).collect(),
     }
 }
 
@@ -159,6 +183,11 @@ pub fn summary(call_id: &str, s: &EndedSummary) -> pb::CallSummary {
         frames_lost: s.frames_lost,
         model: s.model.clone(),
         alerts: s.alerts,
+        segments: s.segments,
+        segments_transcribed: s.segment_counts.transcribed,
+        segments_no_speech: s.segment_counts.no_speech,
+        segments_skipped: s.segment_counts.skipped,
+        segments_failed: s.segment_counts.failed,
     }
 }
 
@@ -186,5 +215,6 @@ pub fn call_info(r: &CallRecord) -> pb::CallInfo {
         metadata: Some(meta(&r.metadata)),
         recent_windows: r.recent_windows.iter().map(window).collect(),
         summary: r.summary.as_ref().map(|s| summary(&r.call_id, s)),
+        transcript: r.transcript.iter().map(transcript).collect(),
     }
 }

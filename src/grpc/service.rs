@@ -51,6 +51,7 @@ fn update(u: CallUpdate) -> pb::CallUpdate {
         }),
         CallUpdate::Window(w) => Update::Window(convert::window(&w)),
         CallUpdate::Alert(a) => Update::Alert(convert::alert(&a)),
+        CallUpdate::Transcript(s) => Update::Transcript(convert::transcript(&s)),
     };
     pb::CallUpdate {
         update: Some(update),

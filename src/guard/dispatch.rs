@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::Shared;
-use super::registry::{CallRecord, CallUpdate, EndedSummary};
+use super::registry::{CallRecord, CallUpdate, EndedSummary, RECENT_SEGMENTS};
 use crate::alert::{NewAlert, Severity, now_ms};
 use crate::pipeline::{CallSummary, EngineEvent};
+use crate::transcribe::Redacted;
 use crate::verdict::{AlertKind, CallState};
 
 /// Sees every engine event after the guard has handled it.
@@ -79,7 +80,7 @@ fn handle(shared: &Shared, event: &EngineEvent, pending: &mut VecDeque<NewAlert>
         }
         EngineEvent::Alert { call, alert } => {
             let state = match alert.kind {
-                AlertKind::SuspectedClone => CallState::Suspected,
+                AlertKind::SuspectedClone | AlertKind::Escalated => CallState::Suspected,
                 AlertKind::Cleared => CallState::Genuine,
             };
             let critical = shared.config.server.critical_p_spoof;
@@ -99,14 +100,16 @@ fn handle(shared: &Shared, event: &EngineEvent, pending: &mut VecDeque<NewAlert>
                     tenant: e.tenant.to_string(),
                     call_id: e.call_id.to_string(),
                     kind: alert.kind,
-                    severity: Severity::of(alert.kind, alert.p_spoof, critical),
+                    severity: Severity::of(alert.kind, alert.risk, critical),
                     p_spoof: alert.p_spoof,
                     threshold: alert.threshold,
                     audio_ms: alert.audio_ms,
                     wall_time_ms: now_ms(),
                     evidence: alert.evidence.clone(),
                     model: alert.model.clone(),
-                    transcript_snippet: String::new(),
+                    transcript_snippet: Redacted::join(alert.transcript.iter().map(|s| &s.text)),
+                    risk: alert.risk,
+                    cues: alert.cues.clone(),
                     metadata: e.metadata.clone(),
                 }
             });
@@ -114,6 +117,15 @@ fn handle(shared: &Shared, event: &EngineEvent, pending: &mut VecDeque<NewAlert>
                 pending.push_back(new);
                 retry(shared, pending);
             }
+        }
+        EngineEvent::Transcript { call, segment, .. } => {
+            shared.registry.with(*call, |e| {
+                if e.transcript.len() == RECENT_SEGMENTS {
+                    e.transcript.pop_front();
+                }
+                e.transcript.push_back(segment.clone());
+                e.tell(CallUpdate::Transcript(segment.clone()));
+            });
         }
         EngineEvent::Ended(summary) => ended(shared, summary),
     }
@@ -171,7 +183,10 @@ fn ended(shared: &Shared, s: &CallSummary) {
         frames_lost: frames.lost.load(Ordering::Relaxed),
         model: s.model.clone(),
         alerts: s.alerts.len() as u32,
+        segments: s.segments,
+        segment_counts: s.segment_counts,
     });
+    record.transcript = s.transcript.clone();
     record.audio_ms = record.audio_ms.max(s.audio_ms);
     if let Err(e) = shared
         .log

@@ -11,10 +11,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::alert::{CallMeta, LoggedAlert};
+use crate::transcribe::{SegmentCounts, TranscriptSegment};
 use crate::verdict::{CallState, WindowScore};
 
 /// Windows kept for `GetCall`'s recent timeline.
 pub const RECENT_WINDOWS: usize = 20;
+
+/// Transcript segments kept for `GetCall` while a call runs (an ended call has its whole,
+/// `transcribe.transcript_limit`-bounded transcript).
+pub const RECENT_SEGMENTS: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,6 +76,8 @@ pub enum CallUpdate {
     },
     Window(WindowScore),
     Alert(Arc<LoggedAlert>),
+    /// The caller said something (redacted).
+    Transcript(TranscriptSegment),
 }
 
 /// A call's totals when it ended.
@@ -92,6 +99,11 @@ pub struct EndedSummary {
     pub frames_lost: u64,
     pub model: String,
     pub alerts: u32,
+    /// Speech segments cut for transcription and what became of them.
+    #[serde(default)]
+    pub segments: u64,
+    #[serde(default)]
+    pub segment_counts: SegmentCounts,
 }
 
 /// What `GetCall` answers, for a live or an ended call.
@@ -111,6 +123,9 @@ pub struct CallRecord {
     pub ended_wall_time_ms: Option<i64>,
     pub metadata: CallMeta,
     pub recent_windows: Vec<WindowScore>,
+    /// What the caller said (redacted), oldest first.
+    #[serde(default)]
+    pub transcript: Vec<TranscriptSegment>,
     pub summary: Option<EndedSummary>,
 }
 
@@ -129,6 +144,7 @@ pub struct CallEntry {
     pub windows_scored: u64,
     pub alerts: u32,
     pub recent: VecDeque<WindowScore>,
+    pub transcript: VecDeque<TranscriptSegment>,
     /// The `StreamAudio` client's updates (never waited on; a full queue skips an update).
     pub updates: Option<mpsc::Sender<CallUpdate>>,
     pub window_updates: bool,
@@ -161,6 +177,7 @@ impl CallEntry {
             windows_scored: 0,
             alerts: 0,
             recent: VecDeque::new(),
+            transcript: VecDeque::new(),
             updates: None,
             window_updates: false,
             ended: None,
@@ -185,6 +202,7 @@ impl CallEntry {
             ended_wall_time_ms: None,
             metadata: self.metadata.clone(),
             recent_windows: self.recent.iter().copied().collect(),
+            transcript: self.transcript.iter().cloned().collect(),
             summary: None,
         }
     }

@@ -14,12 +14,16 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
 
-use super::stream::{CallStream, StreamError, StreamStats};
+use super::stream::{CallStream, SegmentLimits, StreamError, StreamOutput, StreamStats};
 use crate::audio::{AudioSource, ChannelPick, Read, SourceFormat};
-use crate::config::{Config, WhenFull};
+use crate::config::{Config, OnMissing, TranscribeConfig, WhenFull};
 use crate::detect::pool::WindowSubmitter;
 use crate::detect::{DetectError, DetectorPool, ModelCard, PoolStats, ScoredWindow, SileroVad};
-use crate::verdict::{Alert, CallEvidence, CallState, FusionParams, WindowScore};
+use crate::transcribe::{
+    CallTranscript, SegmentCounts, SegmentResult, SegmentSubmitter, TranscribeError,
+    TranscribeStats, TranscriberPool, TranscriptSegment, WhisperModel,
+};
+use crate::verdict::{Alert, AlertKind, CallEvidence, CallState, FusionParams, WindowScore};
 
 /// Fusion inputs and engine events waiting at most this many deep.
 const FUSION_QUEUE: usize = 8_192;
@@ -33,6 +37,8 @@ pub enum EngineError {
     Stream(#[from] StreamError),
     #[error("model {model} runs at {rate} Hz; the pipeline needs 16000 Hz")]
     ModelRate { model: String, rate: u32 },
+    #[error(transparent)]
+    Transcribe(#[from] TranscribeError),
     #[error("the engine has shut down")]
     Stopped,
 }
@@ -59,6 +65,12 @@ pub enum EngineEvent {
     },
     /// The call changed state.
     Alert { call: u64, alert: Alert },
+    /// The caller said something (redacted text, with the cues it raised).
+    Transcript {
+        call: u64,
+        call_id: Arc<str>,
+        segment: TranscriptSegment,
+    },
     /// The call ended and every window it produced has been accounted for.
     Ended(Box<CallSummary>),
 }
@@ -88,6 +100,13 @@ pub struct CallSummary {
     pub timeline: Vec<WindowScore>,
     pub timeline_truncated: u64,
     pub model: String,
+    /// What the caller said (redacted), oldest first; empty without transcription.
+    pub transcript: Vec<TranscriptSegment>,
+    /// Older segments let go because of `transcribe.transcript_limit`.
+    pub transcript_truncated: u64,
+    /// Speech segments cut for transcription and what became of them.
+    pub segments: u64,
+    pub segment_counts: SegmentCounts,
 }
 
 enum FusionInput {
@@ -106,6 +125,13 @@ enum FusionInput {
         windows: u64,
         stats: StreamStats,
     },
+    Transcribed(SegmentResult),
+}
+
+impl From<SegmentResult> for FusionInput {
+    fn from(r: SegmentResult) -> Self {
+        Self::Transcribed(r)
+    }
 }
 
 impl From<ScoredWindow> for FusionInput {
@@ -122,6 +148,8 @@ pub struct Engine {
     submitter: Option<WindowSubmitter>,
     fusion_tx: Option<Sender<FusionInput>>,
     fusion: Option<JoinHandle<()>>,
+    transcriber: Option<TranscriberPool>,
+    segments: Option<SegmentSubmitter>,
     events: Receiver<EngineEvent>,
     next_key: AtomicU64,
 }
@@ -147,9 +175,12 @@ impl Engine {
             d.queue_windows,
             fusion_tx.clone(),
         )?;
+        let transcriber = start_transcriber(&config.transcribe, fusion_tx.clone())?;
+        let segments = transcriber.as_ref().map(|t| t.submitter());
+        let context = TranscriptContext::new(&config.transcribe, segments.clone());
         let fusion = std::thread::Builder::new()
             .name("fusion".into())
-            .spawn(move || fuse(fusion_rx, events_tx))
+            .spawn(move || fuse(fusion_rx, events_tx, context))
             .map_err(|e| EngineError::Detect(DetectError::Run(e.to_string())))?;
         Ok(Self {
             config: config.clone(),
@@ -158,9 +189,21 @@ impl Engine {
             pool: Some(pool),
             fusion_tx: Some(fusion_tx),
             fusion: Some(fusion),
+            transcriber,
+            segments,
             events,
             next_key: AtomicU64::new(0),
         })
+    }
+
+    /// Transcription counters, when transcription runs.
+    pub fn transcribe_stats(&self) -> Option<&TranscribeStats> {
+        self.transcriber.as_ref().map(|t| t.stats())
+    }
+
+    /// Milliseconds of speech waiting for a transcription worker.
+    pub fn transcribe_queued_ms(&self) -> u64 {
+        self.transcriber.as_ref().map_or(0, |t| t.queued_ms())
     }
 
     pub fn card(&self) -> &ModelCard {
@@ -210,6 +253,14 @@ impl Engine {
             &self.config.speech,
             &self.config.windows,
             self.card.input.window_samples,
+            self.segments.as_ref().map(|_| {
+                let ms = |v: u32| v as usize * super::PIPELINE_RATE as usize / 1000;
+                let t = &self.config.transcribe;
+                SegmentLimits {
+                    min_samples: ms(t.min_segment_ms),
+                    max_samples: ms(t.max_segment_ms),
+                }
+            }),
         )?;
         let params =
             FusionParams::from_config(&self.config.verdict, &self.card, spec.timeline_limit);
@@ -223,6 +274,7 @@ impl Engine {
         Ok(Call {
             stream,
             submitter: submitter.clone(),
+            segments: self.segments.clone(),
             fusion: fusion.clone(),
             when_full: spec.when_full,
             closed: false,
@@ -236,8 +288,12 @@ impl Engine {
 
     fn stop(&mut self) {
         self.submitter = None;
+        self.segments = None;
         if let Some(pool) = self.pool.take() {
             pool.shutdown();
+        }
+        if let Some(t) = self.transcriber.take() {
+            t.shutdown();
         }
         self.fusion_tx = None;
         // Unblock the fusion thread if nobody reads events any more.
@@ -265,6 +321,7 @@ impl Drop for Engine {
 pub struct Call {
     stream: CallStream,
     submitter: WindowSubmitter,
+    segments: Option<SegmentSubmitter>,
     fusion: Sender<FusionInput>,
     when_full: WhenFull,
     closed: bool,
@@ -288,13 +345,14 @@ impl Call {
         let Self {
             stream,
             submitter,
+            segments,
             fusion,
             when_full,
             ..
         } = self;
         let key = stream.key();
-        stream.push(vad, interleaved, &mut |job| {
-            submit(submitter, fusion, *when_full, key, job)
+        stream.push(vad, interleaved, &mut |out| {
+            submit(submitter, segments.as_ref(), fusion, *when_full, key, out)
         })
     }
 
@@ -303,13 +361,14 @@ impl Call {
         let Self {
             stream,
             submitter,
+            segments,
             fusion,
             when_full,
             ..
         } = &mut self;
         let key = stream.key();
-        let result = stream.finish(vad, &mut |job| {
-            submit(submitter, fusion, *when_full, key, job)
+        let result = stream.finish(vad, &mut |out| {
+            submit(submitter, segments.as_ref(), fusion, *when_full, key, out)
         });
         self.close();
         result
@@ -335,13 +394,72 @@ impl Drop for Call {
 
 fn submit(
     submitter: &WindowSubmitter,
+    segments: Option<&SegmentSubmitter>,
     fusion: &Sender<FusionInput>,
     when_full: WhenFull,
     key: u64,
-    job: crate::detect::WindowJob,
+    out: StreamOutput,
 ) {
-    if let Err(job) = submitter.submit(job, when_full) {
-        let _ = fusion.send(FusionInput::Dropped { key, seq: job.seq });
+    match out {
+        StreamOutput::Window(job) => {
+            if let Err(job) = submitter.submit(job, when_full) {
+                let _ = fusion.send(FusionInput::Dropped { key, seq: job.seq });
+            }
+        }
+        StreamOutput::Speech(segment) => {
+            let Some(segments) = segments else { return };
+            if let Some(skipped) = segments.submit(segment, when_full) {
+                let _ = fusion.send(FusionInput::Transcribed(skipped));
+            }
+        }
+    }
+}
+
+/// Loads the Whisper model and starts its workers, or explains why not (as configured).
+fn start_transcriber(
+    config: &TranscribeConfig,
+    results: Sender<FusionInput>,
+) -> Result<Option<TranscriberPool>, EngineError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let started = WhisperModel::load(&config.model, Some(&config.language))
+        .and_then(|model| TranscriberPool::start(&model, config, results));
+    match (started, config.on_missing) {
+        (Ok(pool), _) => Ok(Some(pool)),
+        (Err(e), OnMissing::Warn) => {
+            tracing::warn!(error = %e, "Transcription is off: running without transcripts.");
+            Ok(None)
+        }
+        (Err(e), OnMissing::Error) => Err(e.into()),
+    }
+}
+
+/// What the fusion thread needs to attach transcripts to alerts.
+struct TranscriptContext {
+    segments: Option<SegmentSubmitter>,
+    limit: usize,
+    snippet_ms: u64,
+    cue_window_ms: u64,
+    escalate_intent: f32,
+}
+
+impl TranscriptContext {
+    fn new(c: &TranscribeConfig, segments: Option<SegmentSubmitter>) -> Self {
+        Self {
+            segments,
+            limit: c.transcript_limit,
+            snippet_ms: u64::from(c.snippet_s) * 1000,
+            cue_window_ms: u64::from(c.cue_window_s) * 1000,
+            escalate_intent: c.escalate_intent,
+        }
+    }
+
+    /// Suspected calls' speech is transcribed first.
+    fn prioritise(&self, key: u64, suspected: bool) {
+        if let Some(s) = &self.segments {
+            s.set_priority(key, suspected);
+        }
     }
 }
 
@@ -365,6 +483,7 @@ pub fn drive(
 struct CallFusion {
     id: Arc<str>,
     evidence: CallEvidence,
+    transcript: CallTranscript,
     next_seq: u64,
     waiting: BTreeMap<u64, Option<ScoredWindow>>,
     closed: Option<(u64, StreamStats)>,
@@ -372,7 +491,7 @@ struct CallFusion {
     failed: u64,
 }
 
-fn fuse(inputs: Receiver<FusionInput>, events: Sender<EngineEvent>) {
+fn fuse(inputs: Receiver<FusionInput>, events: Sender<EngineEvent>, context: TranscriptContext) {
     let mut calls: HashMap<u64, CallFusion> = HashMap::new();
     for input in inputs {
         let key = match input {
@@ -381,6 +500,7 @@ fn fuse(inputs: Receiver<FusionInput>, events: Sender<EngineEvent>) {
                     key,
                     CallFusion {
                         evidence: CallEvidence::new(id.to_string(), params),
+                        transcript: CallTranscript::new(context.limit),
                         id,
                         next_seq: 0,
                         waiting: BTreeMap::new(),
@@ -414,16 +534,27 @@ fn fuse(inputs: Receiver<FusionInput>, events: Sender<EngineEvent>) {
                 }
                 key
             }
+            FusionInput::Transcribed(result) => {
+                let key = result.call;
+                if let Some(c) = calls.get_mut(&key)
+                    && transcribed(key, c, result, &context, &events).is_err()
+                {
+                    return;
+                }
+                key
+            }
         };
         let Some(call) = calls.get_mut(&key) else {
             continue;
         };
-        if advance(key, call, &events).is_err() {
+        if advance(key, call, &context, &events).is_err() {
             return;
         }
-        if let Some((windows, _)) = &call.closed
+        if let Some((windows, stats)) = &call.closed
             && call.next_seq >= *windows
+            && call.transcript.accounted() >= stats.segments_emitted
         {
+            context.prioritise(key, false);
             let call = calls.remove(&key).expect("present");
             if events
                 .send(EngineEvent::Ended(Box::new(summary(key, call))))
@@ -435,8 +566,48 @@ fn fuse(inputs: Receiver<FusionInput>, events: Sender<EngineEvent>) {
     }
 }
 
+/// Records a segment's transcript; a suspected call whose cues bring the caller's intent to
+/// `escalate_intent` is escalated.
+fn transcribed(
+    key: u64,
+    call: &mut CallFusion,
+    result: SegmentResult,
+    context: &TranscriptContext,
+    events: &Sender<EngineEvent>,
+) -> Result<(), ()> {
+    let Some(segment) = call.transcript.add(result).cloned() else {
+        return Ok(());
+    };
+    let end_ms = segment.end_ms;
+    let has_cues = !segment.cues.is_empty();
+    events
+        .send(EngineEvent::Transcript {
+            call: key,
+            call_id: call.id.clone(),
+            segment,
+        })
+        .map_err(|_| ())?;
+    if !has_cues {
+        return Ok(());
+    }
+    let intent = call.transcript.intent(end_ms, context.cue_window_ms);
+    if let Some(mut alert) = call.evidence.escalate(end_ms, intent, context.escalate_intent) {
+        alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
+        call.evidence.update_last(&alert);
+        events
+            .send(EngineEvent::Alert { call: key, alert })
+            .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
 /// Fuses the call's windows that are next in order.
-fn advance(key: u64, call: &mut CallFusion, events: &Sender<EngineEvent>) -> Result<(), ()> {
+fn advance(
+    key: u64,
+    call: &mut CallFusion,
+    context: &TranscriptContext,
+    events: &Sender<EngineEvent>,
+) -> Result<(), ()> {
     while let Some(entry) = call.waiting.remove(&call.next_seq) {
         call.next_seq += 1;
         match entry {
@@ -464,7 +635,16 @@ fn advance(key: u64, call: &mut CallFusion, events: &Sender<EngineEvent>) -> Res
                         score,
                     })
                     .map_err(|_| ())?;
-                if let Some(alert) = alert {
+                if let Some(mut alert) = alert {
+                    alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
+                    call.evidence.update_last(&alert);
+                    let suspected = alert.kind == AlertKind::SuspectedClone;
+                    context.prioritise(key, suspected);
+                    let intent = crate::transcribe::cues::intent(&alert.cues);
+                    if suspected && intent >= context.escalate_intent {
+                        // The first alert already carries the cues: no second one for them.
+                        call.evidence.mark_escalated();
+                    }
                     events
                         .send(EngineEvent::Alert { call: key, alert })
                         .map_err(|_| ())?;
@@ -498,5 +678,9 @@ fn summary(key: u64, call: CallFusion) -> CallSummary {
         timeline: e.timeline.into(),
         timeline_truncated: e.timeline_dropped,
         model,
+        transcript: call.transcript.segments().cloned().collect(),
+        transcript_truncated: call.transcript.dropped,
+        segments: stats.segments_emitted,
+        segment_counts: call.transcript.counts,
     }
 }

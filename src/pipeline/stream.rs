@@ -8,6 +8,7 @@ use crate::audio::{AudioError, ChannelPick, SourceFormat};
 use crate::config::{SpeechConfig, WindowConfig};
 use crate::detect::vad::FRAME;
 use crate::detect::{DetectError, SileroVad, VadState, WindowJob};
+use crate::transcribe::SpeechSegment;
 
 /// The pipeline's sample rate (Silero VAD and the detector both run at 16 kHz).
 pub const PIPELINE_RATE: u32 = 16_000;
@@ -30,6 +31,78 @@ pub struct StreamStats {
     /// NaN or infinite input samples replaced by silence.
     pub non_finite_samples: u64,
     pub windows_emitted: u64,
+    /// Speech segments handed to transcription.
+    pub segments_emitted: u64,
+}
+
+/// What a call's audio path hands on.
+#[derive(Debug)]
+pub enum StreamOutput {
+    /// A detector window.
+    Window(WindowJob),
+    /// A whole speech segment, for transcription.
+    Speech(SpeechSegment),
+}
+
+/// Lengths of the speech segments cut for transcription, in 16 kHz samples.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentLimits {
+    pub min_samples: usize,
+    pub max_samples: usize,
+}
+
+/// Gated speech gathered into segments: one per stretch of speech, cut at `max_samples`.
+#[derive(Debug)]
+struct Segmenter {
+    limits: SegmentLimits,
+    samples: Vec<f32>,
+    /// Call time (16 kHz samples) of `samples[0]`.
+    start: u64,
+    next_seq: u64,
+}
+
+impl Segmenter {
+    fn new(limits: SegmentLimits) -> Self {
+        Self {
+            limits,
+            samples: Vec::new(),
+            start: 0,
+            next_seq: 0,
+        }
+    }
+
+    /// Adds a kept speech frame that started at call sample `start`.
+    fn push(&mut self, frame: &[f32], start: u64, call: u64) -> Option<SpeechSegment> {
+        if self.samples.is_empty() {
+            self.start = start;
+        }
+        self.samples.extend_from_slice(frame);
+        (self.samples.len() >= self.limits.max_samples)
+            .then(|| self.end(call))
+            .flatten()
+    }
+
+    /// Speech stopped: the segment so far, if long enough.
+    fn end(&mut self, call: u64) -> Option<SpeechSegment> {
+        if self.samples.len() < self.limits.min_samples {
+            self.samples.clear();
+            return None;
+        }
+        let ms = |s: u64| s * 1000 / PIPELINE_RATE as u64;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let samples = std::mem::replace(
+            &mut self.samples,
+            Vec::with_capacity(self.limits.max_samples.min(PIPELINE_RATE as usize * 2)),
+        );
+        Some(SpeechSegment {
+            call,
+            seq,
+            start_ms: ms(self.start),
+            end_ms: ms(self.start + samples.len() as u64),
+            samples,
+        })
+    }
 }
 
 /// Speech gate with hysteresis and hangover over 32 ms VAD frames.
@@ -162,6 +235,7 @@ pub struct CallStream {
     vad: VadState,
     gate: Gate,
     windower: Windower,
+    segmenter: Option<Segmenter>,
     mono: Vec<f32>,
     resampled: Vec<f32>,
     /// 16 kHz samples not yet making a whole VAD frame.
@@ -180,6 +254,7 @@ impl CallStream {
         speech: &SpeechConfig,
         windows: &WindowConfig,
         window_samples: usize,
+        segments: Option<SegmentLimits>,
     ) -> Result<Self, StreamError> {
         let format = format.validate()?;
         let pick = pick.check(format.channels)?;
@@ -196,6 +271,7 @@ impl CallStream {
                 ms(windows.hop_ms),
                 ms(windows.min_final_speech_ms),
             ),
+            segmenter: segments.map(Segmenter::new),
             mono: Vec::new(),
             resampled: Vec::new(),
             pending: Vec::with_capacity(FRAME * 2),
@@ -222,7 +298,7 @@ impl CallStream {
         &mut self,
         vad: &mut SileroVad,
         interleaved: &[f32],
-        emit: &mut dyn FnMut(WindowJob),
+        emit: &mut dyn FnMut(StreamOutput),
     ) -> Result<(), StreamError> {
         self.mono.clear();
         let bad = self
@@ -240,7 +316,7 @@ impl CallStream {
     pub fn finish(
         &mut self,
         vad: &mut SileroVad,
-        emit: &mut dyn FnMut(WindowJob),
+        emit: &mut dyn FnMut(StreamOutput),
     ) -> Result<(), StreamError> {
         self.resampled.clear();
         self.resampler.flush(&mut self.resampled)?;
@@ -253,7 +329,11 @@ impl CallStream {
         }
         if let Some(job) = self.windower.finish(self.key) {
             self.stats.windows_emitted += 1;
-            emit(job);
+            emit(StreamOutput::Window(job));
+        }
+        if let Some(segment) = self.segmenter.as_mut().and_then(|s| s.end(self.key)) {
+            self.stats.segments_emitted += 1;
+            emit(StreamOutput::Speech(segment));
         }
         Ok(())
     }
@@ -261,7 +341,7 @@ impl CallStream {
     fn gate_frames(
         &mut self,
         vad: &mut SileroVad,
-        emit: &mut dyn FnMut(WindowJob),
+        emit: &mut dyn FnMut(StreamOutput),
     ) -> Result<(), StreamError> {
         let mut input = self.resampled.as_slice();
         while !input.is_empty() {
@@ -272,14 +352,26 @@ impl CallStream {
                 break;
             }
             let p = vad.probability(&mut self.vad, &self.pending)?;
-            if self.gate.keep(p) {
+            let kept = self.gate.keep(p);
+            if kept {
                 self.stats.speech_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
                 if let Some(job) = self
                     .windower
                     .push_frame(&self.pending, self.position, self.key)
                 {
                     self.stats.windows_emitted += 1;
-                    emit(job);
+                    emit(StreamOutput::Window(job));
+                }
+            }
+            if let Some(seg) = &mut self.segmenter {
+                let segment = if kept {
+                    seg.push(&self.pending, self.position, self.key)
+                } else {
+                    seg.end(self.key)
+                };
+                if let Some(segment) = segment {
+                    self.stats.segments_emitted += 1;
+                    emit(StreamOutput::Speech(segment));
                 }
             }
             self.position += FRAME as u64;

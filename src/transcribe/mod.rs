@@ -3,10 +3,14 @@
 //! social-engineering cues matched in the masked text.
 
 pub mod cues;
+pub mod pool;
+pub mod transcript;
 pub mod redact;
 pub mod whisper;
 
 pub use cues::{Cue, CueMatcher, CueRule};
+pub use transcript::{CallTranscript, SegmentCounts};
+pub use pool::{SegmentSubmitter, SegmentResult, Skipped, SpeechSegment, TranscribeStats, TranscriberPool, TranscriptSegment};
 pub use redact::{Masked, Redacted, redact};
 pub use whisper::{RawText, WhisperModel, WhisperSession};
 

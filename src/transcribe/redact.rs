@@ -41,6 +41,15 @@ impl Redacted {
     }
 }
 
+/// Text read back (from the alert log) is redacted again on the way in: a stored transcript
+/// can never smuggle a number past the mask, whatever wrote it.
+impl<'de> serde::Deserialize<'de> for Redacted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(redact(&text).0)
+    }
+}
+
 impl std::fmt::Display for Redacted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

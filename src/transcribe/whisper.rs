@@ -106,6 +106,9 @@ impl WhisperSession {
         // Each speech segment stands alone: no carried-over text to hallucinate from.
         params.set_no_context(true);
         params.set_suppress_blank(true);
+        // No sampling fallback at higher temperatures: the same audio gives the same text.
+        params.set_temperature(0.0);
+        params.set_temperature_inc(0.0);
         params.set_suppress_nst(true);
         params.set_print_special(false);
         params.set_print_progress(false);

@@ -75,6 +75,7 @@ pub struct CallEvidence {
     pub first_alert_ms: Option<u64>,
     /// Audio time of the first verdict (the first scored window).
     pub first_verdict_ms: Option<u64>,
+    escalated: bool,
 }
 
 impl CallEvidence {
@@ -95,6 +96,7 @@ impl CallEvidence {
             last_fused: None,
             first_alert_ms: None,
             first_verdict_ms: None,
+            escalated: false,
         }
     }
 
@@ -176,19 +178,63 @@ impl CallEvidence {
                 (AlertKind::SuspectedClone, p.enter_threshold)
             }
         };
+        self.escalated = false;
+        Some(self.alert(kind, end_ms, fused, threshold))
+    }
+
+    fn alert(&mut self, kind: AlertKind, audio_ms: u64, p_spoof: f32, threshold: f32) -> Alert {
         let alert = Alert {
             call_id: self.call_id.clone(),
             kind,
-            audio_ms: end_ms,
-            p_spoof: fused,
+            audio_ms,
+            p_spoof,
             threshold,
             evidence: self.recent.iter().copied().collect(),
-            model: p.model.clone(),
+            model: self.params.model.clone(),
+            risk: p_spoof,
+            cues: Vec::new(),
+            transcript: Vec::new(),
         };
+        self.remember(&alert);
+        alert
+    }
+
+    fn remember(&mut self, alert: &Alert) {
         if self.alerts.len() == ALERTS_KEPT {
             self.alerts.remove(0);
         }
         self.alerts.push(alert.clone());
+    }
+
+    /// Replaces the last alert kept for the summary (after its context was attached).
+    pub fn update_last(&mut self, alert: &Alert) {
+        if let Some(last) = self.alerts.last_mut() {
+            *last = alert.clone();
+        }
+    }
+
+    /// Whether the current suspicion has been escalated already.
+    pub fn escalated(&self) -> bool {
+        self.escalated
+    }
+
+    /// Marks the current suspicion as escalated (its first alert already carried the risk).
+    pub fn mark_escalated(&mut self) {
+        self.escalated = true;
+    }
+
+    /// An `Escalated` alert at `audio_ms`, once per suspicion: the call must be suspected,
+    /// not yet escalated, and the caller's `intent` at or above `escalate_intent` (the alert's
+    /// threshold).
+    pub fn escalate(&mut self, audio_ms: u64, intent: f32, escalate_intent: f32) -> Option<Alert> {
+        if self.state != CallState::Suspected || self.escalated || intent < escalate_intent {
+            return None;
+        }
+        self.escalated = true;
+        let p = self.last_fused.unwrap_or(0.0);
+        let mut alert = self.alert(AlertKind::Escalated, audio_ms, p, escalate_intent);
+        alert.risk = super::risk(p, intent);
+        self.update_last(&alert);
         Some(alert)
     }
 }

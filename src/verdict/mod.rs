@@ -48,6 +48,20 @@ pub enum AlertKind {
     SuspectedClone,
     /// A suspected call no longer looks synthetic.
     Cleared,
+    /// A suspected call's caller asked for something a fraudster would (transfer, codes,
+    /// secrecy...): the intent from their cues reached `transcribe.escalate_intent`. Once per
+    /// suspicion.
+    Escalated,
+}
+
+/// A call's risk from its clone score and what the caller asks for:
+/// `risk = 1 - (1 - p_spoof) * (1 - intent * p_spoof)`, where `intent` (0..1) comes from the
+/// social-engineering cues in the transcript (`crate::transcribe::cues::intent`). With no cues
+/// the risk is the clone score; cues raise it in proportion to the clone score, so a genuine
+/// caller asking for a transfer stays low-risk, and a likely clone asking for one is critical.
+pub fn risk(p_spoof: f32, intent: f32) -> f32 {
+    let (p, i) = (p_spoof.clamp(0.0, 1.0), intent.clamp(0.0, 1.0));
+    1.0 - (1.0 - p) * (1.0 - i * p)
 }
 
 /// A state change of a call, with the windows that justify it.
@@ -64,4 +78,19 @@ pub struct Alert {
     /// The windows fused into the decision.
     pub evidence: Vec<WindowScore>,
     pub model: String,
+    /// [`risk`] at the decision, from `p_spoof` and the cues below.
+    pub risk: f32,
+    /// Cues said within `transcribe.cue_window_s` before the decision.
+    pub cues: Vec<crate::transcribe::Cue>,
+    /// What the caller said in the `transcribe.snippet_s` before the decision (redacted).
+    pub transcript: Vec<crate::transcribe::TranscriptSegment>,
+}
+
+impl Alert {
+    /// Attaches the call's transcript context and sets the risk.
+    pub fn attach(&mut self, transcript: &crate::transcribe::CallTranscript, snippet_ms: u64, cue_window_ms: u64) {
+        self.cues = transcript.recent_cues(self.audio_ms, cue_window_ms);
+        self.transcript = transcript.snippet(self.audio_ms, snippet_ms);
+        self.risk = risk(self.p_spoof, crate::transcribe::cues::intent(&self.cues));
+    }
 }
