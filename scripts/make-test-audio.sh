@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=.deps/audio
 # Bump when the recipe changes, so existing copies are rebuilt.
-VERSION=2
+VERSION=4
 [ "$(cat "$OUT/VERSION" 2>/dev/null)" = "$VERSION" ] || rm -rf "$OUT"
 mkdir -p "$OUT"
 TMP=$(mktemp -d)
@@ -54,4 +54,25 @@ if [ ! -f "$OUT/stereo_call.wav" ]; then
   sox "$OUT/genuine_1.wav" "$OUT/genuine_2.wav" "$TMP/caller.wav"
   sox -M "$TMP/agent.wav" "$TMP/caller.wav" "$OUT/stereo_call.wav"
 fi
+# Transcription: real recordings with known text (Asterisk's prompt list), joined with pauses,
+# as 16-bit PCM and through G.711 mu-law; the reference text beside them.
+PROMPTS=(demo-echotest tt-allbusy ss-noservice priv-introsaved queue-youarenext vm-mismatch
+  vm-invalid-password auth-incorrect agent-user pbx-invalidpark privacy-unident conf-onlyperson
+  conf-waitforleader vm-intro vm-instructions followme/status)
+if [ ! -f "$OUT/prompts.txt" ]; then
+  sox -n -r 8000 -c 1 -b 16 "$TMP/pause.wav" trim 0 0.6
+  parts=()
+  for p in "${PROMPTS[@]}"; do parts+=("$SOUNDS/$p.wav" "$TMP/pause.wav"); done
+  sox "${parts[@]}" "$OUT/prompts.wav"
+  sox "$OUT/prompts.wav" -e u-law "$OUT/prompts_ulaw.wav"
+  for p in "${PROMPTS[@]}"; do
+    zcat /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz | grep -m1 "^$p: " | cut -d' ' -f2-
+  done | sed 's/([^)]*)//g' > "$TMP/prompts.txt"
+  mv "$TMP/prompts.txt" "$OUT/prompts.txt"
+fi
+
+# A voice-clone request, and one that reads out a card number digit by digit (redaction).
+make "$OUT/request.wav" espeak-ng -v en-us -s 140 -w "$OUT/request.wav" "Please wire the money today, and don't tell anyone."
+make "$OUT/card.wav" espeak-ng -v en-us -s 130 -w "$OUT/card.wav" \
+  "My card number is four one one one, one one one one, one one one one, one one one one. Thank you."
 echo "$VERSION" > "$OUT/VERSION"

@@ -78,6 +78,7 @@ fn every_window_of_a_live_call_is_accounted_for() {
                         pick: callguard::audio::ChannelPick::Mix,
                         when_full: WhenFull::DropNewest,
                         timeline_limit: 10_000,
+                        recorded: false,
                     })
                     .unwrap();
                 let mut vad = engine.vad().unwrap();

@@ -21,6 +21,7 @@ fn open_mono_call(engine: &Engine, id: &str, format: SourceFormat) -> callguard:
             pick: ChannelPick::Mix,
             when_full: WhenFull::Block,
             timeline_limit: 10_000,
+            recorded: true,
         })
         .unwrap()
 }

@@ -142,6 +142,7 @@ fn screen(
                     pick: ChannelPick::from_option(spec.caller_channel),
                     when_full: shared.config.detector.when_full,
                     timeline_limit: TIMELINE_LIMIT,
+                    recorded: false,
                 })
             })??;
             Ok((call.key(), call))

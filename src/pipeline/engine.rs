@@ -52,6 +52,9 @@ pub struct CallSpec {
     pub when_full: WhenFull,
     /// Most windows kept on the call's timeline.
     pub timeline_limit: usize,
+    /// Recorded audio (a file): every speech segment is transcribed, however long it takes.
+    /// Live audio: transcription never holds the call up; over budget, segments are skipped.
+    pub recorded: bool,
 }
 
 /// What the engine reports, in order per call.
@@ -275,6 +278,11 @@ impl Engine {
             stream,
             submitter: submitter.clone(),
             segments: self.segments.clone(),
+            segments_when_full: if spec.recorded {
+                WhenFull::Block
+            } else {
+                WhenFull::DropNewest
+            },
             fusion: fusion.clone(),
             when_full: spec.when_full,
             closed: false,
@@ -322,6 +330,7 @@ pub struct Call {
     stream: CallStream,
     submitter: WindowSubmitter,
     segments: Option<SegmentSubmitter>,
+    segments_when_full: WhenFull,
     fusion: Sender<FusionInput>,
     when_full: WhenFull,
     closed: bool,
@@ -346,13 +355,15 @@ impl Call {
             stream,
             submitter,
             segments,
+            segments_when_full,
             fusion,
             when_full,
             ..
         } = self;
         let key = stream.key();
         stream.push(vad, interleaved, &mut |out| {
-            submit(submitter, segments.as_ref(), fusion, *when_full, key, out)
+            let when_full = (*when_full, *segments_when_full);
+            submit(submitter, segments.as_ref(), fusion, when_full, key, out)
         })
     }
 
@@ -362,13 +373,15 @@ impl Call {
             stream,
             submitter,
             segments,
+            segments_when_full,
             fusion,
             when_full,
             ..
         } = &mut self;
         let key = stream.key();
         let result = stream.finish(vad, &mut |out| {
-            submit(submitter, segments.as_ref(), fusion, *when_full, key, out)
+            let when_full = (*when_full, *segments_when_full);
+            submit(submitter, segments.as_ref(), fusion, when_full, key, out)
         });
         self.close();
         result
@@ -396,19 +409,19 @@ fn submit(
     submitter: &WindowSubmitter,
     segments: Option<&SegmentSubmitter>,
     fusion: &Sender<FusionInput>,
-    when_full: WhenFull,
+    (windows_when_full, segments_when_full): (WhenFull, WhenFull),
     key: u64,
     out: StreamOutput,
 ) {
     match out {
         StreamOutput::Window(job) => {
-            if let Err(job) = submitter.submit(job, when_full) {
+            if let Err(job) = submitter.submit(job, windows_when_full) {
                 let _ = fusion.send(FusionInput::Dropped { key, seq: job.seq });
             }
         }
         StreamOutput::Speech(segment) => {
             let Some(segments) = segments else { return };
-            if let Some(skipped) = segments.submit(segment, when_full) {
+            if let Some(skipped) = segments.submit(segment, segments_when_full) {
                 let _ = fusion.send(FusionInput::Transcribed(skipped));
             }
         }

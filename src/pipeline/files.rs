@@ -118,6 +118,7 @@ fn score_one(
         when_full: WhenFull::Block,
         pick,
         timeline_limit: FILE_TIMELINE_LIMIT,
+        recorded: true,
     };
     let call = engine.open_call(spec).map_err(|e| e.to_string())?;
     opened.fetch_add(1, Ordering::SeqCst);

@@ -7,8 +7,9 @@
 //! - `[ssn]`: digits grouped 3-2-4;
 //! - `[number]`: any other run of 4 or more digits (account, routing, phone numbers, one-time
 //!   codes), except a money amount ("$40,000", "40000 dollars") of at most 9 digits or a lone
-//!   year (1900 to 2099); and a run of 1 to 3 digits that follows a word like "PIN", "code" or
-//!   "CVV" within four words.
+//!   year (1900 to 2099); a run of 1 to 3 digits that follows a word like "card", "account",
+//!   "PIN", "code" or "CVV" within four words; and every number in a text that is mostly
+//!   numbers (digits read out, cut from the rest of a card number by a pause).
 //!
 //! IBAN-shaped text (two letters, two check digits, 11 to 30 letters and digits, spaces allowed)
 //! becomes `[iban]`. Over-masking is the safe side: an agent loses a digit string, never a card.
@@ -84,6 +85,15 @@ static IBAN: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Words after which even a short number is a secret.
 const SECRET_CONTEXT: &[&str] = &[
+    "card",
+    "account",
+    "number",
+    "digits",
+    "ending",
+    "expiry",
+    "expiration",
+    "routing",
+    "sort",
     "pin",
     "code",
     "cvv",
@@ -115,15 +125,40 @@ pub fn redact(text: &str) -> (Redacted, Masked) {
         }
     });
     let tokens = tokenize(&text);
-    let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
+    let mut runs = Vec::new();
     let mut i = 0;
     while i < tokens.len() {
-        let Some(run) = number_run(&text, &tokens, i) else {
-            i += 1;
-            continue;
-        };
-        if let Some(kind) = classify(&text, &tokens, &run) {
+        match number_run(&text, &tokens, i) {
+            Some(run) => {
+                i = run.last + 1;
+                runs.push(run);
+            }
+            None => i += 1,
+        }
+    }
+    // A text that is mostly numbers is someone reading digits out (the rest of a card number
+    // cut off by a pause, a code): every number in it is masked, however short.
+    let words = tokens
+        .iter()
+        .filter(|t| matches!(t.kind, TokenKind::Word | TokenKind::Digits))
+        .count();
+    let number_words: usize = runs
+        .iter()
+        .map(|r| {
+            tokens[r.first..=r.last]
+                .iter()
+                .filter(|t| matches!(t.kind, TokenKind::Word | TokenKind::Digits))
+                .count()
+        })
+        .sum();
+    let mostly_numbers = number_words * 2 > words;
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for run in &runs {
+        let kind = classify(&text, &tokens, run).or_else(|| {
+            (mostly_numbers && !is_amount(&text, &tokens, run)).then_some(Kind::Number)
+        });
+        if let Some(kind) = kind {
             let (start, end) = (tokens[run.first].start, tokens[run.last].end);
             out.push_str(&text[copied..start]);
             out.push_str(kind.mask());
@@ -134,7 +169,6 @@ pub fn redact(text: &str) -> (Redacted, Masked) {
                 Kind::Number => masked.numbers += 1,
             }
         }
-        i = run.last + 1;
     }
     out.push_str(&text[copied..]);
     (Redacted(out), masked)
@@ -358,6 +392,22 @@ fn luhn(digits: &str) -> bool {
     sum % 10 == 0
 }
 
+/// A money amount of at most 9 digits: "$40,000", "40,000", "25000 dollars".
+fn is_amount(text: &str, tokens: &[Token], run: &Run) -> bool {
+    let word = |t: &Token| text[t.start..t.end].to_ascii_lowercase();
+    let currency_before = text[..tokens[run.first].start]
+        .trim_end()
+        .ends_with(['$', '£', '€']);
+    let amount_after = tokens[run.last + 1..]
+        .iter()
+        .find(|t| t.kind == TokenKind::Word)
+        .is_some_and(|t| {
+            let between = &text[tokens[run.last].end..t.start];
+            between.trim().is_empty() && AMOUNT_WORDS.contains(&word(t).as_str())
+        });
+    run.digits.len() <= 9 && (currency_before || amount_after || run.comma_grouped)
+}
+
 /// What a run is, or `None` to keep it.
 fn classify(text: &str, tokens: &[Token], run: &Run) -> Option<Kind> {
     let n = run.digits.len();
@@ -381,17 +431,7 @@ fn classify(text: &str, tokens: &[Token], run: &Run) -> Option<Kind> {
     if n < 4 {
         return None;
     }
-    let currency_before = text[..tokens[run.first].start]
-        .trim_end()
-        .ends_with(['$', '£', '€']);
-    let amount_after = tokens[run.last + 1..]
-        .iter()
-        .find(|t| t.kind == TokenKind::Word)
-        .is_some_and(|t| {
-            let between = &text[tokens[run.last].end..t.start];
-            between.trim().is_empty() && AMOUNT_WORDS.contains(&word(t).as_str())
-        });
-    if n <= 9 && (currency_before || amount_after || run.comma_grouped) {
+    if is_amount(text, tokens, run) {
         return None;
     }
     let year = n == 4
@@ -444,6 +484,10 @@ mod tests {
             "IBAN [iban] today"
         );
         assert_eq!(r("DE89370400440532013000"), "[iban]");
+        // The end of a card number cut off by a pause, read out alone.
+        assert_eq!(r("0.51"), "[number]");
+        assert_eq!(r("5 5, 4 4."), "[number].");
+        assert_eq!(r("card ending in 12"), "card ending in [number]");
     }
 
     #[test]
@@ -457,6 +501,8 @@ mod tests {
             "press 1 now",
             "I have two kids and 3 dogs",
             "one of the best",
+            "Press 1.",
+            "$40,000.",
         ] {
             assert_eq!(r(keep), keep);
         }

@@ -18,9 +18,23 @@ pub fn audio(name: &str) -> PathBuf {
     p
 }
 
-/// The shipped configuration with the shipped model.
+/// The shipped configuration with the shipped model, without transcription (the tests that
+/// want it use [`transcribing_config`]; elsewhere it would only load the machine).
 pub fn shipped_config() -> Config {
-    Config::load(&root().join("config.toml")).expect("shipped config.toml validates")
+    let mut c = transcribing_config();
+    c.transcribe.enabled = false;
+    c
+}
+
+/// The shipped configuration as it is, transcription included.
+pub fn transcribing_config() -> Config {
+    let c = Config::load(&root().join("config.toml")).expect("shipped config.toml validates");
+    assert!(
+        c.transcribe.model.is_file(),
+        "{} missing: run scripts/setup.sh",
+        c.transcribe.model.display()
+    );
+    c
 }
 
 /// The shipped configuration with the test-only loudness model (tests/models/make_test_models.py).
