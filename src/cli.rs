@@ -681,16 +681,22 @@ fn print_event(out: &mut impl Write, event: &EngineEvent, as_json: bool) -> Resu
         (EngineEvent::Alert { alert, .. }, true) => {
             writeln!(out, "{}", json!({ "event": "alert", "alert": alert }))?
         }
-        (EngineEvent::Transcript {
-            call_id, segment, ..
-        }, true) => writeln!(
+        (
+            EngineEvent::Transcript {
+                call_id, segment, ..
+            },
+            true,
+        ) => writeln!(
             out,
             "{}",
             json!({ "event": "transcript", "call_id": call_id.as_ref(), "segment": segment })
         )?,
-        (EngineEvent::Transcript {
-            call_id, segment, ..
-        }, false) => write_segment(out, &format!("{call_id}: "), segment)?,
+        (
+            EngineEvent::Transcript {
+                call_id, segment, ..
+            },
+            false,
+        ) => write_segment(out, &format!("{call_id}: "), segment)?,
         (EngineEvent::Ended(s), true) => writeln!(
             out,
             "{}",

@@ -353,13 +353,24 @@ impl TranscribeConfig {
         {
             bad(
                 "transcribe.language",
-                format!("{:?} is not an ISO 639-1 code such as \"en\"", self.language),
+                format!(
+                    "{:?} is not an ISO 639-1 code such as \"en\"",
+                    self.language
+                ),
             );
         }
         for (key, v, range) in [
             ("transcribe.workers", self.workers, 1..=64),
-            ("transcribe.threads_per_worker", self.threads_per_worker, 1..=16),
-            ("transcribe.transcript_limit", self.transcript_limit, 1..=100_000),
+            (
+                "transcribe.threads_per_worker",
+                self.threads_per_worker,
+                1..=16,
+            ),
+            (
+                "transcribe.transcript_limit",
+                self.transcript_limit,
+                1..=100_000,
+            ),
         ] {
             if !range.contains(&v) {
                 bad(key, format!("{v} is outside {range:?}"));
@@ -368,8 +379,16 @@ impl TranscribeConfig {
         for (key, v, range) in [
             ("transcribe.queue_s", self.queue_s, 1..=3_600),
             ("transcribe.max_wait_s", self.max_wait_s, 1..=3_600),
-            ("transcribe.min_segment_ms", self.min_segment_ms, 100..=10_000),
-            ("transcribe.max_segment_ms", self.max_segment_ms, 1_000..=30_000),
+            (
+                "transcribe.min_segment_ms",
+                self.min_segment_ms,
+                100..=10_000,
+            ),
+            (
+                "transcribe.max_segment_ms",
+                self.max_segment_ms,
+                1_000..=30_000,
+            ),
             ("transcribe.snippet_s", self.snippet_s, 0..=600),
             ("transcribe.cue_window_s", self.cue_window_s, 1..=86_400),
         ] {
@@ -405,7 +424,10 @@ impl TranscribeConfig {
         for (i, rule) in self.cues.iter().enumerate() {
             let key = format!("transcribe.cues[{i}]");
             if rule.name.trim().is_empty() || !names.insert(rule.name.as_str()) {
-                bad(&format!("{key}.name"), format!("{:?} is empty or repeated", rule.name));
+                bad(
+                    &format!("{key}.name"),
+                    format!("{:?} is empty or repeated", rule.name),
+                );
             }
             if !(rule.weight > 0.0 && rule.weight <= 1.0) {
                 bad(

@@ -6,7 +6,7 @@ use callguard::config::{Config, WhenFull};
 
 #[test]
 fn shipped_config_validates_and_matches_the_defaults() {
-    let shipped = common::shipped_config();
+    let shipped = common::transcribing_config();
     let mut defaults = Config::default();
     defaults.resolve_paths(Some(&common::root()));
     assert_eq!(
@@ -22,7 +22,9 @@ fn a_bad_file_reports_every_problem_with_its_key() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[windows]\nhop_ms = 0\n[detector]\nmax_batch = 0\nmodel = \"nope.onnx\"\n[verdict]\nexit_threshold = 1.5\n",
+        "[windows]\nhop_ms = 0\n[detector]\nmax_batch = 0\nmodel = \"nope.onnx\"\n[verdict]\nexit_threshold = 1.5\n\
+         [transcribe]\nworkers = 0\nmax_segment_ms = 60000\n\
+         [[transcribe.cues]]\nname = \"x\"\nweight = 2.0\nphrases = []\n",
     )
     .unwrap();
     let err = Config::load(&path).unwrap_err().to_string();
@@ -31,6 +33,10 @@ fn a_bad_file_reports_every_problem_with_its_key() {
         "detector.max_batch",
         "detector.model",
         "verdict.exit_threshold",
+        "transcribe.workers",
+        "transcribe.max_segment_ms",
+        "transcribe.cues[0].weight",
+        "transcribe.cues[0].phrases",
     ] {
         assert!(err.contains(key), "{key} not in: {err}");
     }

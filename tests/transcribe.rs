@@ -60,7 +60,11 @@ fn words(text: &str) -> Vec<String> {
                     .map(|c| DIGITS[c as usize - '0' as usize].to_string())
                     .collect()
             } else {
-                vec![w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect()]
+                vec![
+                    w.chars()
+                        .filter(|c| c.is_alphanumeric() || *c == '\'')
+                        .collect(),
+                ]
             }
         })
         .filter(|w: &String| !w.is_empty())
@@ -83,6 +87,23 @@ fn wer(reference: &[String], hypothesis: &[String]) -> f64 {
     row[hypothesis.len()] as f64 / reference.len() as f64
 }
 
+/// A missing model is a clear startup error, or a warning and no transcripts, as configured.
+#[test]
+fn a_missing_model_fails_or_disables_transcription_as_configured() {
+    let mut config = common::transcribing_config();
+    config.transcribe.model = "/nonexistent/ggml-tiny.en.bin".into();
+    config.transcribe.on_missing = callguard::config::OnMissing::Error;
+    let err = Engine::start(&config).err().expect("refuses to start");
+    assert!(
+        err.to_string().contains("/nonexistent/ggml-tiny.en.bin"),
+        "{err}"
+    );
+    config.transcribe.on_missing = callguard::config::OnMissing::Warn;
+    let engine = Engine::start(&config).unwrap();
+    assert!(engine.transcribe_stats().is_none());
+    engine.shutdown();
+}
+
 #[test]
 fn wer_counts_substitutions_insertions_and_deletions() {
     let w = |s: &str| words(s);
@@ -98,12 +119,22 @@ fn wer_counts_substitutions_insertions_and_deletions() {
 fn real_recordings_transcribe_within_15_percent_wer() {
     let reference = words(&std::fs::read_to_string(common::audio("prompts.txt")).unwrap());
     assert!(reference.len() > 250, "{} words", reference.len());
-    let (pcm, ulaw) = (common::audio("prompts.wav"), common::audio("prompts_ulaw.wav"));
+    let (pcm, ulaw) = (
+        common::audio("prompts.wav"),
+        common::audio("prompts_ulaw.wav"),
+    );
     let doc = scan_json(&[&pcm, &ulaw]);
-    for (name, file) in ["pcm", "mu-law"].iter().zip(doc["files"].as_array().unwrap()) {
+    for (name, file) in ["pcm", "mu-law"]
+        .iter()
+        .zip(doc["files"].as_array().unwrap())
+    {
         let text = transcript_text(file);
         let rate = wer(&reference, &words(&text));
-        eprintln!("{name}: WER {:.1}% over {} words", rate * 100.0, reference.len());
+        eprintln!(
+            "{name}: WER {:.1}% over {} words",
+            rate * 100.0,
+            reference.len()
+        );
         assert!(rate <= 0.15, "{name}: WER {rate:.3}: {text}");
         let counts = &file["segment_counts"];
         assert_eq!(counts["skipped"], 0, "recorded audio is never skipped");
@@ -133,7 +164,10 @@ fn a_synthesized_request_raises_its_cues_and_risk() {
         .collect();
     let rules: Vec<&str> = cues.iter().map(|c| c["rule"].as_str().unwrap()).collect();
     for want in ["transfer", "urgency", "secrecy"] {
-        assert!(rules.contains(&want), "{want} missing: {rules:?} in {segs:?}");
+        assert!(
+            rules.contains(&want),
+            "{want} missing: {rules:?} in {segs:?}"
+        );
     }
     for c in &cues {
         let text = c["text"].as_str().unwrap().to_lowercase();
@@ -320,10 +354,7 @@ fn suspected_calls_are_transcribed_first() {
     let (speech, rate) = common::read_wav(&common::audio("prompts.wav"));
     assert_eq!(rate, 8_000);
     // 2 s of 16 kHz speech per segment (the sample values matter little to the scheduler).
-    let two_s: Vec<f32> = speech[..16_000]
-        .iter()
-        .flat_map(|v| [*v, *v])
-        .collect();
+    let two_s: Vec<f32> = speech[..16_000].iter().flat_map(|v| [*v, *v]).collect();
     let submitter = pool.submitter();
     submitter.set_priority(99, true);
     let mut skipped_now = Vec::new();

@@ -604,7 +604,10 @@ fn transcribed(
         return Ok(());
     }
     let intent = call.transcript.intent(end_ms, context.cue_window_ms);
-    if let Some(mut alert) = call.evidence.escalate(end_ms, intent, context.escalate_intent) {
+    if let Some(mut alert) = call
+        .evidence
+        .escalate(end_ms, intent, context.escalate_intent)
+    {
         alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
         call.evidence.update_last(&alert);
         events

@@ -75,12 +75,23 @@ pub fn default_rules() -> Vec<CueRule> {
         rule(
             "gift_cards",
             0.5,
-            &["gift card*", "itunes card*", "google play card*", "steam card*"],
+            &[
+                "gift card*",
+                "itunes card*",
+                "google play card*",
+                "steam card*",
+            ],
         ),
         rule(
             "crypto",
             0.5,
-            &["bitcoin*", "crypto*", "ethereum", "tether", "wallet address"],
+            &[
+                "bitcoin*",
+                "crypto*",
+                "ethereum",
+                "tether",
+                "wallet address",
+            ],
         ),
         rule(
             "one_time_code",
@@ -293,7 +304,11 @@ mod tests {
     #[test]
     fn matched_text_keeps_its_case_and_intent_counts_each_rule_once() {
         let m = CueMatcher::new(&default_rules());
-        let cues = m.find(&redact("WIRE it. Wire it again. Do NOT tell anyone").0, 5, 9);
+        let cues = m.find(
+            &redact("WIRE it. Wire it again. Do NOT tell anyone").0,
+            5,
+            9,
+        );
         assert_eq!(cues[0].text, "WIRE");
         assert_eq!(cues[1].text, "Do NOT tell");
         assert_eq!((cues[0].start_ms, cues[0].end_ms), (5, 9));

@@ -4,14 +4,17 @@
 
 pub mod cues;
 pub mod pool;
-pub mod transcript;
 pub mod redact;
+pub mod transcript;
 pub mod whisper;
 
 pub use cues::{Cue, CueMatcher, CueRule};
-pub use transcript::{CallTranscript, SegmentCounts};
-pub use pool::{SegmentSubmitter, SegmentResult, Skipped, SpeechSegment, TranscribeStats, TranscriberPool, TranscriptSegment};
+pub use pool::{
+    SegmentResult, SegmentSubmitter, Skipped, SpeechSegment, TranscribeStats, TranscriberPool,
+    TranscriptSegment,
+};
 pub use redact::{Masked, Redacted, redact};
+pub use transcript::{CallTranscript, SegmentCounts};
 pub use whisper::{RawText, WhisperModel, WhisperSession};
 
 #[derive(Debug, thiserror::Error)]

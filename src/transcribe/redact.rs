@@ -108,8 +108,8 @@ const SECRET_CONTEXT: &[&str] = &[
 
 /// Words that make the number before them a money amount.
 const AMOUNT_WORDS: &[&str] = &[
-    "dollar", "dollars", "euro", "euros", "pound", "pounds", "bucks", "cents", "usd", "eur",
-    "gbp", "grand", "hundred", "thousand", "million", "k", "percent",
+    "dollar", "dollars", "euro", "euros", "pound", "pounds", "bucks", "cents", "usd", "eur", "gbp",
+    "grand", "hundred", "thousand", "million", "k", "percent",
 ];
 
 /// Masks every sensitive number in `text`.
@@ -351,7 +351,8 @@ fn number_run(text: &str, tokens: &[Token], start: usize) -> Option<Run> {
                             if is_tens(w) {
                                 run.digits.push('0');
                             }
-                            run.groups.push(digits.len() * repeat + usize::from(is_tens(w)));
+                            run.groups
+                                .push(digits.len() * repeat + usize::from(is_tens(w)));
                         }
                         repeat = 1;
                         pending_tens = is_tens(w);
@@ -389,7 +390,7 @@ fn luhn(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A money amount of at most 9 digits: "$40,000", "40,000", "25000 dollars".
@@ -436,7 +437,10 @@ fn classify(text: &str, tokens: &[Token], run: &Run) -> Option<Kind> {
     }
     let year = n == 4
         && run.groups.len() == 1
-        && run.digits.parse::<u32>().is_ok_and(|y| (1900..=2099).contains(&y));
+        && run
+            .digits
+            .parse::<u32>()
+            .is_ok_and(|y| (1900..=2099).contains(&y));
     if year {
         return None;
     }
@@ -551,7 +555,7 @@ mod tests {
                 _ => WORDS[d].to_string(),
             })
             .collect();
-        parts.join(if style % 2 == 0 { " " } else { ", " })
+        parts.join(if style.is_multiple_of(2) { " " } else { ", " })
     }
 
     proptest::proptest! {

@@ -40,12 +40,11 @@ impl WhisperModel {
             use_gpu: false,
             ..Default::default()
         };
-        let context = WhisperContext::new_with_params(path, params).map_err(|e| {
-            TranscribeError::Load {
+        let context =
+            WhisperContext::new_with_params(path, params).map_err(|e| TranscribeError::Load {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         if let Some(lang) = language
             && !context.is_multilingual()
             && lang != "en"

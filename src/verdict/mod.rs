@@ -88,7 +88,12 @@ pub struct Alert {
 
 impl Alert {
     /// Attaches the call's transcript context and sets the risk.
-    pub fn attach(&mut self, transcript: &crate::transcribe::CallTranscript, snippet_ms: u64, cue_window_ms: u64) {
+    pub fn attach(
+        &mut self,
+        transcript: &crate::transcribe::CallTranscript,
+        snippet_ms: u64,
+        cue_window_ms: u64,
+    ) {
         self.cues = transcript.recent_cues(self.audio_ms, cue_window_ms);
         self.transcript = transcript.snippet(self.audio_ms, snippet_ms);
         self.risk = risk(self.p_spoof, crate::transcribe::cues::intent(&self.cues));
