@@ -1,6 +1,7 @@
 //! Per-stage costs, as time per second of call audio where that applies.
 //!   cargo bench --bench pipeline
-//! Needs scripts/setup.sh (ONNX Runtime, Silero VAD) and the shipped model.
+//! Needs scripts/setup.sh (ONNX Runtime, Silero VAD, Whisper tiny.en, test audio) and the
+//! shipped model.
 
 use std::path::PathBuf;
 
@@ -92,6 +93,41 @@ fn detector(c: &mut Criterion) {
     }
 }
 
+/// The Whisper tiny.en anchor (transcription, issue 4): real speech segments of 2, 5 and 8 s
+/// from the Asterisk prompts (8 kHz, resampled to 16 kHz), one thread; time per segment, so
+/// the real-time factor per core is the time over the segment length.
+fn whisper(c: &mut Criterion) {
+    use callguard::transcribe::WhisperModel;
+    let model_path = root().join(".deps/whisper/ggml-tiny.en.bin");
+    let prompts = root().join(".deps/audio/prompts.wav");
+    if !model_path.is_file() || !prompts.is_file() {
+        eprintln!("Whisper anchor skipped: run scripts/setup.sh");
+        return;
+    }
+    let mut reader = hound::WavReader::open(&prompts).unwrap();
+    let rate = reader.spec().sample_rate;
+    let pcm: Vec<f32> = reader
+        .samples::<i16>()
+        .map(|s| s.unwrap() as f32 / 32768.0)
+        .collect();
+    let mut speech = Vec::new();
+    Resampler::new(rate, 16_000)
+        .unwrap()
+        .process(&pcm, &mut speech)
+        .unwrap();
+    let model = WhisperModel::load(&model_path, Some("en")).unwrap();
+    let mut session = model.session(1).unwrap();
+    let mut g = c.benchmark_group("whisper_tiny_en_segment");
+    g.sample_size(10);
+    for seconds in [2usize, 5, 8] {
+        let segment = &speech[16_000..16_000 * (1 + seconds)];
+        g.bench_with_input(BenchmarkId::new("seconds", seconds), &segment, |b, seg| {
+            b.iter(|| session.transcribe(seg).unwrap())
+        });
+    }
+    g.finish();
+}
+
 fn fusion(c: &mut Criterion) {
     let params = FusionParams {
         enter_threshold: 0.6,
@@ -117,6 +153,6 @@ criterion_group! {
     // The project's plotters build (for DET curves) embeds its own font; criterion's HTML plots
     // are not needed for numbers.
     config = Criterion::default().without_plots();
-    targets = resample, g711_decode, vad, detector, fusion
+    targets = resample, g711_decode, vad, detector, whisper, fusion
 }
 criterion_main!(benches);

@@ -195,6 +195,7 @@ fn scan(config: &Config, files: &[PathBuf], as_json: bool, pick: ChannelPick) ->
     {
         eprintln!("error: {}: {}", o.0.display(), o.1);
     }
+    log_transcribe_stats(&engine);
     engine.shutdown();
     Ok(if failed > 0 {
         ExitCode::from(1)
@@ -652,7 +653,31 @@ fn log_stats(guard: &Guard, message: &'static str) {
             "Ingest status."
         );
     }
-    guard.with_engine(|engine| log_detector_stats(engine, message));
+    guard.with_engine(|engine| {
+        log_detector_stats(engine, message);
+        log_transcribe_stats(engine);
+    });
+}
+
+fn log_transcribe_stats(engine: &Engine) {
+    let Some(t) = engine.transcribe_stats() else {
+        return;
+    };
+    let audio_ms = t.audio_ms.load(Ordering::Relaxed);
+    let busy_ms = t.busy_ns.load(Ordering::Relaxed) / 1_000_000;
+    tracing::info!(
+        transcribed = t.segments_transcribed.load(Ordering::Relaxed),
+        no_speech = t.segments_no_speech.load(Ordering::Relaxed),
+        skipped_queue_full = t.segments_skipped_full.load(Ordering::Relaxed),
+        skipped_stale = t.segments_skipped_stale.load(Ordering::Relaxed),
+        failed = t.segments_failed.load(Ordering::Relaxed),
+        masked = t.masked.load(Ordering::Relaxed),
+        queued_ms = engine.transcribe_queued_ms(),
+        audio_ms,
+        busy_ms,
+        real_time_factor = busy_ms as f64 / audio_ms.max(1) as f64,
+        "Transcription status."
+    );
 }
 
 fn log_detector_stats(engine: &Engine, message: &'static str) {

@@ -232,6 +232,11 @@ impl CallEvidence {
         }
         self.escalated = true;
         let p = self.last_fused.unwrap_or(0.0);
+        // Detection usually runs ahead of transcription: decided as of the latest window.
+        let audio_ms = self
+            .recent
+            .back()
+            .map_or(audio_ms, |w| w.end_ms.max(audio_ms));
         let mut alert = self.alert(AlertKind::Escalated, audio_ms, p, escalate_intent);
         alert.risk = super::risk(p, intent);
         self.update_last(&alert);
