@@ -5,6 +5,8 @@
 //!   cargo bench --bench load                     # search the largest N sustained in real time
 //!   cargo bench --bench load -- --calls 40       # one run of 40 calls
 //!   cargo bench --bench load -- --seconds 60     # audio per call (default 40)
+//!   cargo bench --bench load -- --transcribe     # with transcription on (default: off, the
+//!                                                # detection path the targets are about)
 //!
 //! Run without `--bench` (as test runners do) it does nothing.
 //!
@@ -111,16 +113,17 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start() -> Self {
+    fn start(transcribe: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("load.toml");
         std::fs::write(
             &config,
             format!(
-                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nmax_calls_per_tenant = 100000\n[[server.tenants]]\nname = \"load\"\ntoken_sha256 = \"{}\"\n[store]\npath = \"alerts.db\"\n",
+                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nmax_calls_per_tenant = 100000\n[[server.tenants]]\nname = \"load\"\ntoken_sha256 = \"{}\"\n[store]\npath = \"alerts.db\"\n[transcribe]\nenabled = {}\n",
                 root().join(".deps/silero_vad.onnx").display(),
                 root().join("models/detector.onnx").display(),
-                callguard::grpc::token_sha256(TOKEN)
+                callguard::grpc::token_sha256(TOKEN),
+                transcribe
             ),
         )
         .unwrap();
@@ -275,8 +278,8 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// One load run; returns whether it was sustained, and prints its report.
-fn run(n: usize, seconds: u64) -> bool {
-    let daemon = Daemon::start();
+fn run(n: usize, seconds: u64, transcribe: bool) -> bool {
+    let daemon = Daemon::start(transcribe);
     std::thread::sleep(Duration::from_millis(500));
     let (cpu0, rss0) = daemon.usage();
     let plans = plans(n, seconds);
@@ -342,6 +345,7 @@ fn run(n: usize, seconds: u64) -> bool {
     let (mut lost, mut rejected, mut dropped_windows, mut failed_windows, mut no_summary) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut slow_summary = 0u64;
+    let (mut segments, mut transcribed, mut skipped) = (0u64, 0u64, 0u64);
     for r in &results {
         let audio_ms = seconds * 1000;
         let onset = r.onset_ms.unwrap_or(audio_ms);
@@ -362,6 +366,9 @@ fn run(n: usize, seconds: u64) -> bool {
                 lost += s.frames_lost;
                 dropped_windows += s.windows_dropped;
                 failed_windows += s.windows_failed;
+                segments += s.segments;
+                transcribed += s.segments_transcribed;
+                skipped += s.segments_skipped;
             }
             None => no_summary += 1,
         }
@@ -381,6 +388,8 @@ fn run(n: usize, seconds: u64) -> bool {
         && slow_summary == 0;
     let report = json!({
         "calls": n,
+        "transcribe": transcribe,
+        "speech_segments": { "cut": segments, "transcribed": transcribed, "skipped_over_budget": skipped },
         "seconds_per_call": seconds,
         "wall_s": elapsed,
         "sustained": sustained,
@@ -433,16 +442,17 @@ fn main() {
             .and_then(|v| v.parse().ok())
     };
     let seconds = value("--seconds").unwrap_or(40);
+    let transcribe = args.iter().any(|a| a == "--transcribe");
     assert!(Path::new(env!("CARGO_BIN_EXE_callguard")).exists());
     if let Some(n) = value("--calls") {
-        run(n as usize, seconds);
+        run(n as usize, seconds, transcribe);
         return;
     }
     // Double until a run is not sustained, then bisect between the last good and first bad.
     let (mut good, mut bad) = (0usize, None::<usize>);
     let mut n = 8usize;
     while bad.is_none() && n <= 4_096 {
-        if run(n, seconds) {
+        if run(n, seconds, transcribe) {
             good = n;
             n *= 2;
         } else {
@@ -452,7 +462,7 @@ fn main() {
     if let Some(mut hi) = bad {
         while hi - good > (good / 8).max(2) {
             let mid = (good + hi) / 2;
-            if run(mid, seconds) {
+            if run(mid, seconds, transcribe) {
                 good = mid;
             } else {
                 hi = mid;
