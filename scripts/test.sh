@@ -23,4 +23,14 @@ y = s.run([card["output"]["name"]], {card["input"]["name"]: x})[0]
 assert y.shape == (2,), y.shape
 print(f"train smoke: tiny model exported, output {y.shape}, threshold {card['threshold']['p_spoof']}")
 PY
+# The leave-one-family-out evaluation stays alive too (two pretend families, both front-ends).
+.deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo" >/dev/null 2>&1
+.deps/venv/bin/python - "$tiny/lofo/lofo.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert set(r["families"]) == {"tts-a", "tts-b"}, r["families"].keys()
+assert all(set(v) == {"whisper", "lfcc"} for v in r["families"].values())
+assert 0 <= r["nuisance"]["test_eer"] <= 1
+print(f"lofo smoke: {len(r['families'])} folds x 2 front-ends, nuisance EER {r['nuisance']['test_eer']}")
+PY
 rm -rf "$tiny"
