@@ -24,7 +24,7 @@ assert y.shape == (2,), y.shape
 print(f"train smoke: tiny model exported, output {y.shape}, threshold {card['threshold']['p_spoof']}")
 PY
 # The leave-one-family-out evaluation stays alive too (two pretend families, both front-ends).
-.deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo" >/dev/null 2>&1
+.deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo" >/dev/null
 .deps/venv/bin/python - "$tiny/lofo/lofo.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
