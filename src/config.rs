@@ -359,38 +359,33 @@ impl TranscribeConfig {
                 ),
             );
         }
+        let u = |v: u32| u64::from(v);
         for (key, v, range) in [
-            ("transcribe.workers", self.workers, 1..=64),
+            ("transcribe.workers", self.workers as u64, 1..=64),
             (
                 "transcribe.threads_per_worker",
-                self.threads_per_worker,
+                self.threads_per_worker as u64,
                 1..=16,
             ),
             (
                 "transcribe.transcript_limit",
-                self.transcript_limit,
+                self.transcript_limit as u64,
                 1..=100_000,
             ),
-        ] {
-            if !range.contains(&v) {
-                bad(key, format!("{v} is outside {range:?}"));
-            }
-        }
-        for (key, v, range) in [
-            ("transcribe.queue_s", self.queue_s, 1..=3_600),
-            ("transcribe.max_wait_s", self.max_wait_s, 1..=3_600),
+            ("transcribe.queue_s", u(self.queue_s), 1..=3_600),
+            ("transcribe.max_wait_s", u(self.max_wait_s), 1..=3_600),
             (
                 "transcribe.min_segment_ms",
-                self.min_segment_ms,
+                u(self.min_segment_ms),
                 100..=10_000,
             ),
             (
                 "transcribe.max_segment_ms",
-                self.max_segment_ms,
+                u(self.max_segment_ms),
                 1_000..=30_000,
             ),
-            ("transcribe.snippet_s", self.snippet_s, 0..=600),
-            ("transcribe.cue_window_s", self.cue_window_s, 1..=86_400),
+            ("transcribe.snippet_s", u(self.snippet_s), 0..=600),
+            ("transcribe.cue_window_s", u(self.cue_window_s), 1..=86_400),
         ] {
             if !range.contains(&v) {
                 bad(key, format!("{v} is outside {range:?}"));

@@ -89,20 +89,20 @@ impl CallTranscript {
 
     /// Segments said in the `span_ms` before `until_ms` (a segment counts if it overlaps).
     pub fn snippet(&self, until_ms: u64, span_ms: u64) -> Vec<TranscriptSegment> {
-        let from = until_ms.saturating_sub(span_ms);
+        let said = within(until_ms, span_ms);
         self.segments
             .iter()
-            .filter(|s| s.end_ms > from && s.start_ms <= until_ms)
+            .filter(|s| said(s.start_ms, s.end_ms))
             .cloned()
             .collect()
     }
 
     /// Cues said in the `window_ms` before `until_ms`.
     pub fn recent_cues(&self, until_ms: u64, window_ms: u64) -> Vec<Cue> {
-        let from = until_ms.saturating_sub(window_ms);
+        let said = within(until_ms, window_ms);
         self.cues
             .iter()
-            .filter(|c| c.end_ms > from && c.start_ms <= until_ms)
+            .filter(|c| said(c.start_ms, c.end_ms))
             .cloned()
             .collect()
     }
@@ -116,6 +116,12 @@ impl CallTranscript {
     pub fn text(&self) -> Redacted {
         Redacted::join(self.segments.iter().map(|s| &s.text))
     }
+}
+
+/// Whether speech from `start_ms` to `end_ms` overlaps the `span_ms` before `until_ms`.
+fn within(until_ms: u64, span_ms: u64) -> impl Fn(u64, u64) -> bool {
+    let from = until_ms.saturating_sub(span_ms);
+    move |start_ms, end_ms| end_ms > from && start_ms <= until_ms
 }
 
 #[cfg(test)]
