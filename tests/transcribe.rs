@@ -182,23 +182,48 @@ fn a_synthesized_request_raises_its_cues_and_risk() {
     }
 }
 
-/// No run of four or more card digits anywhere in `text`, spelled or not.
+/// Neither eight card digits in a row (separators between digits ignored) nor four spoken
+/// card digits in a row anywhere in `text`. (Shorter digit runs are not checked here: logs and
+/// JSON carry times and scores whose digits could match by chance; the redaction unit and
+/// property tests cover short runs.)
 fn assert_no_card(text: &str, what: &str) {
-    let digits: String = text
-        .chars()
-        .map(|c| if c.is_ascii_digit() { c } else { ' ' })
-        .collect();
-    for run in digits.split_whitespace() {
+    const CARD: &str = "4111111111111111";
+    let mut digits = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        let between_digits = i > 0
+            && chars[i - 1].is_ascii_digit()
+            && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
+        if c.is_ascii_digit() {
+            digits.push(*c);
+        } else if !(between_digits && matches!(c, ' ' | '-' | ',' | '.')) {
+            digits.push(' ');
+        }
+    }
+    for start in 0..=CARD.len() - 8 {
+        let piece = &CARD[start..start + 8];
         assert!(
-            !(run.len() >= 4 && run.chars().all(|c| c == '1' || c == '4')),
-            "{what}: card digits {run:?} leaked"
+            !digits.contains(piece),
+            "{what}: card digits {piece} leaked"
         );
     }
-    assert!(
-        !text.to_lowercase().contains("one one one one"),
-        "{what}: spoken card digits leaked"
-    );
-    assert!(!text.contains("4111"), "{what}: card digits leaked");
+    let lower = text.to_lowercase();
+    for spoken in ["one one one one", "four one one one", "one, one, one, one"] {
+        assert!(!lower.contains(spoken), "{what}: spoken card digits leaked");
+    }
+}
+
+#[test]
+fn the_leak_check_catches_leaks() {
+    for leak in [
+        "my card is 4111 1111 1111 1111",
+        "ends 1111-1111",
+        "\"text\": \"four one one one\"",
+    ] {
+        let caught = std::panic::catch_unwind(|| assert_no_card(leak, "probe")).is_err();
+        assert!(caught, "{leak:?} not caught");
+    }
+    assert_no_card("p_spoof 0.74111 at 4111 ms, masked [card]", "probe");
 }
 
 /// A caller reads a card number aloud. The transcript has the number masked (whisper heard
