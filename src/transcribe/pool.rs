@@ -114,11 +114,9 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn is_priority(&self, call: u64) -> bool {
-        self.priority
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&call)
+    /// The priority calls (taken after the queue lock, never before it).
+    fn priority(&self) -> MutexGuard<'_, HashSet<u64>> {
+        self.priority.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -208,11 +206,7 @@ pub struct SegmentSubmitter {
 impl SegmentSubmitter {
     /// Puts `call`'s segments ahead of the others (a suspected call), or back in line.
     pub fn set_priority(&self, call: u64, first: bool) {
-        let mut p = self
-            .shared
-            .priority
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut p = self.shared.priority();
         if first {
             p.insert(call);
         } else {
@@ -239,13 +233,15 @@ impl SegmentSubmitter {
                 s.stats
                     .segments_skipped_full
                     .fetch_add(1, Ordering::Relaxed);
-                let evict = if s.is_priority(segment.call) {
+                let priority = s.priority();
+                let evict = if priority.contains(&segment.call) {
                     q.items
                         .iter()
-                        .position(|w| w.live && !s.is_priority(w.segment.call))
+                        .position(|w| w.live && !priority.contains(&w.segment.call))
                 } else {
                     None
                 };
+                drop(priority);
                 let Some(i) = evict else {
                     return Some(SegmentResult {
                         call: segment.call,
@@ -279,11 +275,13 @@ fn next(shared: &Shared) -> Option<Waiting> {
     let mut q = shared.lock();
     loop {
         if !q.items.is_empty() {
+            let priority = shared.priority();
             let i = q
                 .items
                 .iter()
-                .position(|w| shared.is_priority(w.segment.call))
+                .position(|w| priority.contains(&w.segment.call))
                 .unwrap_or(0);
+            drop(priority);
             let w = q.items.remove(i).expect("index in range");
             q.samples -= w.segment.samples.len();
             shared.room.notify_all();
