@@ -67,28 +67,7 @@ fn every_window_of_a_live_call_is_accounted_for() {
         sample_rate: rate,
         channels: 1,
     };
-    std::thread::scope(|s| {
-        for i in 0..8 {
-            let (engine, speech) = (&engine, &speech);
-            s.spawn(move || {
-                let mut call = engine
-                    .open_call(callguard::pipeline::CallSpec {
-                        id: format!("live-{i}"),
-                        format,
-                        pick: callguard::audio::ChannelPick::Mix,
-                        when_full: WhenFull::DropNewest,
-                        timeline_limit: 10_000,
-                        recorded: false,
-                    })
-                    .unwrap();
-                let mut vad = engine.vad().unwrap();
-                for chunk in speech.chunks(1_600) {
-                    call.push(&mut vad, chunk).unwrap();
-                }
-                call.finish(&mut vad).unwrap();
-            });
-        }
-    });
+    common::push_live_calls(&engine, 8, &speech, format);
     let mut ended = 0;
     let mut dropped = 0;
     while ended < 8 {

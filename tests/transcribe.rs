@@ -8,11 +8,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use callguard::audio::SourceFormat;
 use callguard::audio::g711::Law;
-use callguard::audio::{ChannelPick, SourceFormat};
 use callguard::config::WhenFull;
 use callguard::grpc::proto as pb;
-use callguard::pipeline::{CallSpec, Engine, EngineEvent};
+use callguard::pipeline::{Engine, EngineEvent};
 use callguard::transcribe::{SegmentResult, SpeechSegment, TranscriberPool, WhisperModel};
 use common::grpc::*;
 use serde_json::Value;
@@ -321,28 +321,7 @@ fn over_budget_transcription_skips_and_counts_but_never_drops_a_window() {
         sample_rate: rate,
         channels: 1,
     };
-    std::thread::scope(|s| {
-        for i in 0..12 {
-            let engine = &engine;
-            s.spawn(move || {
-                let mut call = engine
-                    .open_call(CallSpec {
-                        id: format!("live-{i}"),
-                        format,
-                        pick: ChannelPick::Mix,
-                        when_full: WhenFull::DropNewest,
-                        timeline_limit: 10_000,
-                        recorded: false,
-                    })
-                    .unwrap();
-                let mut vad = engine.vad().unwrap();
-                for chunk in speech.chunks(1_600) {
-                    call.push(&mut vad, chunk).unwrap();
-                }
-                call.finish(&mut vad).unwrap();
-            });
-        }
-    });
+    common::push_live_calls(&engine, 12, speech, format);
     let mut summaries = Vec::new();
     while summaries.len() < 12 {
         match engine.events().recv_timeout(Duration::from_secs(120)) {

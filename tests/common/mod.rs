@@ -102,3 +102,35 @@ pub fn at_level(x: &[f32], dbfs: f32) -> Vec<f32> {
     let gain = 10f32.powf(dbfs / 20.0) / rms.max(1e-9);
     x.iter().map(|v| (v * gain).clamp(-1.0, 1.0)).collect()
 }
+
+/// `n` live calls (`live-0`..), each pushing all of `speech` in chunks of 1600 samples as fast as it can
+/// from its own thread (live policy: windows and segments that do not fit are dropped), then
+/// finishing. Their events arrive on the engine's event stream.
+pub fn push_live_calls(
+    engine: &callguard::pipeline::Engine,
+    n: usize,
+    speech: &[f32],
+    format: callguard::audio::SourceFormat,
+) {
+    std::thread::scope(|s| {
+        for i in 0..n {
+            s.spawn(move || {
+                let mut call = engine
+                    .open_call(callguard::pipeline::CallSpec {
+                        id: format!("live-{i}"),
+                        format,
+                        pick: callguard::audio::ChannelPick::Mix,
+                        when_full: callguard::config::WhenFull::DropNewest,
+                        timeline_limit: 10_000,
+                        recorded: false,
+                    })
+                    .unwrap();
+                let mut vad = engine.vad().unwrap();
+                for chunk in speech.chunks(1_600) {
+                    call.push(&mut vad, chunk).unwrap();
+                }
+                call.finish(&mut vad).unwrap();
+            });
+        }
+    });
+}
