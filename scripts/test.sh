@@ -33,4 +33,14 @@ assert all(set(v) == {"whisper", "lfcc"} for v in r["families"].values())
 assert 0 <= r["nuisance"]["test_eer"] <= 1
 print(f"lofo smoke: {len(r['families'])} folds x 2 front-ends, nuisance EER {r['nuisance']['test_eer']}")
 PY
+# The alert-rule comparison stays alive too (generated clips, the shipped model).
+.deps/venv/bin/python train/fusion.py --tiny --out "$tiny/fusion/fusion.json" >/dev/null
+.deps/venv/bin/python - "$tiny/fusion/fusion.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+kinds = {x["rule"]["kind"] for x in r["results"]}
+assert kinds == {"average", "cusum"}, kinds
+assert r["genuine_calls"] >= 1 and r["switch_calls"] >= 1, r
+print(f"fusion smoke: {len(r['results'])} rules on {r['genuine_calls']} + {r['switch_calls']} calls")
+PY
 rm -rf "$tiny"

@@ -128,6 +128,9 @@ pub struct SpeechConfig {
     pub continue_threshold: f32,
     /// Frames after speech ends that are still kept (short pauses inside a sentence).
     pub hangover_ms: u32,
+    /// A frame whose level (RMS, dB full scale) is below this is silence without asking the VAD
+    /// (the caller's channel is quiet while the agent talks); `-200` asks the VAD about every frame.
+    pub energy_floor_dbfs: f32,
 }
 
 /// Sliding windows over gated speech.
@@ -240,6 +243,7 @@ impl Default for SpeechConfig {
             start_threshold: 0.5,
             continue_threshold: 0.35,
             hangover_ms: 160,
+            energy_floor_dbfs: -60.0,
         }
     }
 }
@@ -600,6 +604,15 @@ impl Config {
                 format!(
                     "{} is above speech.start_threshold ({})",
                     s.continue_threshold, s.start_threshold
+                ),
+            );
+        }
+        if !(-200.0..=-20.0).contains(&s.energy_floor_dbfs) {
+            bad(
+                "speech.energy_floor_dbfs",
+                format!(
+                    "{} is outside -200..=-20 (dB full scale)",
+                    s.energy_floor_dbfs
                 ),
             );
         }

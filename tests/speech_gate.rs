@@ -57,3 +57,38 @@ fn non_speech_is_not_scored_but_speech_is() {
         "{speech:?}"
     );
 }
+
+/// Digital silence (a caller's channel while the agent talks) skips the VAD, and the speech
+/// around it is gated as it is with the VAD asked about every frame.
+#[test]
+fn silence_below_the_energy_floor_skips_the_vad_and_changes_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (speech, rate) = common::read_wav(&common::audio("genuine_2.wav"));
+    assert_eq!(rate, 8_000);
+    let mut x = vec![0.0; 8_000 * 4];
+    x.extend_from_slice(&speech[..8_000 * 6]);
+    x.extend(vec![0.0; 8_000 * 4]);
+    x.extend_from_slice(&speech[8_000 * 6..]);
+    let path = dir.path().join("pauses.wav");
+    common::write_wav_i16(&path, 8_000, 1, &x);
+    let run = |floor: f32| {
+        let mut config = common::shipped_config();
+        config.speech.energy_floor_dbfs = floor;
+        let engine = Engine::start(&config).unwrap();
+        let outcome = score_files(&engine, &[path.clone()], ChannelPick::Mix, 1, &|_| {});
+        outcome[0].result.as_ref().unwrap().clone()
+    };
+    let floored = run(-60.0);
+    let every = run(-200.0);
+    assert_eq!(every.quiet_ms, 0);
+    // At least the 8 s of inserted silence, less the frames that straddle speech.
+    assert!(floored.quiet_ms >= 7_500, "{} ms skipped", floored.quiet_ms);
+    let diff = floored.speech_ms.abs_diff(every.speech_ms);
+    assert!(
+        diff <= 200,
+        "speech {} ms with the floor, {} ms without",
+        floored.speech_ms,
+        every.speech_ms
+    );
+    assert!(floored.windows_scored.abs_diff(every.windows_scored) <= 1);
+}

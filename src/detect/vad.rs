@@ -40,6 +40,13 @@ impl SileroVad {
         })
     }
 
+    /// Passes over a frame without running the model (a silent frame): it becomes the next
+    /// frame's context, and the recurrent state carries on from the last frame scored.
+    pub fn skip(&self, call: &mut VadState, frame: &[f32]) {
+        call.input[CONTEXT..].copy_from_slice(&frame[..FRAME]);
+        call.input.copy_within(FRAME.., 0);
+    }
+
     /// Speech probability of the next 512-sample frame of the call whose state is `call`.
     pub fn probability(&mut self, call: &mut VadState, frame: &[f32]) -> Result<f32, DetectError> {
         call.input[CONTEXT..].copy_from_slice(&frame[..FRAME]);

@@ -93,6 +93,8 @@ pub struct CallSummary {
     pub first_verdict_ms: Option<u64>,
     pub audio_ms: u64,
     pub speech_ms: u64,
+    /// Audio below `speech.energy_floor_dbfs`, taken as silence without running the VAD.
+    pub quiet_ms: u64,
     /// Windows the call produced; each was scored, dropped (queue full) or failed.
     pub windows: u64,
     pub windows_scored: u64,
@@ -685,6 +687,7 @@ fn summary(key: u64, call: CallFusion) -> CallSummary {
         first_verdict_ms: e.first_verdict_ms,
         audio_ms: stats.audio_ms,
         speech_ms: stats.speech_ms,
+        quiet_ms: stats.quiet_ms,
         windows: stats.windows_emitted,
         windows_scored: e.windows_scored,
         windows_dropped: call.dropped,

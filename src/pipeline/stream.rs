@@ -28,6 +28,8 @@ pub struct StreamStats {
     pub audio_ms: u64,
     /// Speech kept by the gate, in milliseconds.
     pub speech_ms: u64,
+    /// Audio below the energy floor, taken as silence without running the VAD, in milliseconds.
+    pub quiet_ms: u64,
     /// NaN or infinite input samples replaced by silence.
     pub non_finite_samples: u64,
     pub windows_emitted: u64,
@@ -108,6 +110,8 @@ impl Segmenter {
 /// Speech gate with hysteresis and hangover over 32 ms VAD frames.
 #[derive(Debug, Clone)]
 struct Gate {
+    /// Mean square below which a frame is silence without asking the VAD.
+    floor: f32,
     start: f32,
     keep: f32,
     hangover_frames: u32,
@@ -118,6 +122,12 @@ struct Gate {
 impl Gate {
     fn new(c: &SpeechConfig) -> Self {
         Self {
+            // -200 dBFS (the lowest allowed) turns the floor off, digital silence included.
+            floor: if c.energy_floor_dbfs <= -200.0 {
+                0.0
+            } else {
+                10f32.powf(c.energy_floor_dbfs / 10.0)
+            },
             start: c.start_threshold,
             keep: c.continue_threshold,
             hangover_frames: (c.hangover_ms as usize * PIPELINE_RATE as usize / 1000 / FRAME)
@@ -125,6 +135,12 @@ impl Gate {
             in_speech: false,
             hangover_left: 0,
         }
+    }
+
+    /// Whether a frame is too quiet to be speech, whatever the VAD would say.
+    fn quiet(&self, frame: &[f32]) -> bool {
+        let power = frame.iter().map(|x| x * x).sum::<f32>() / frame.len().max(1) as f32;
+        power < self.floor
     }
 
     /// Whether a frame with speech probability `p` is kept.
@@ -351,7 +367,13 @@ impl CallStream {
             if self.pending.len() < FRAME {
                 break;
             }
-            let p = vad.probability(&mut self.vad, &self.pending)?;
+            let p = if self.gate.quiet(&self.pending) {
+                self.stats.quiet_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
+                vad.skip(&mut self.vad, &self.pending);
+                0.0
+            } else {
+                vad.probability(&mut self.vad, &self.pending)?
+            };
             let kept = self.gate.keep(p);
             if kept {
                 self.stats.speech_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
@@ -433,5 +455,26 @@ mod tests {
             .map(|p| g.keep(p))
             .collect();
         assert_eq!(kept, [false, true, true, true, true, false, false]);
+    }
+
+    #[test]
+    fn frames_below_the_energy_floor_are_quiet() {
+        let g = Gate::new(&SpeechConfig {
+            energy_floor_dbfs: -60.0,
+            ..SpeechConfig::default()
+        });
+        // A sine of amplitude a has an RMS of a / sqrt(2).
+        let sine =
+            |a: f32| -> Vec<f32> { (0..FRAME).map(|i| a * (i as f32 * 0.3).sin()).collect() };
+        assert!(g.quiet(&[0.0; FRAME]));
+        assert!(g.quiet(&sine(0.001)), "-63 dBFS");
+        assert!(!g.quiet(&sine(0.002)), "-57 dBFS");
+        assert!(!g.quiet(&sine(0.3)));
+        let off = Gate::new(&SpeechConfig {
+            energy_floor_dbfs: -200.0,
+            ..SpeechConfig::default()
+        });
+        assert!(!off.quiet(&sine(0.001)));
+        assert!(!off.quiet(&[0.0; FRAME]));
     }
 }
