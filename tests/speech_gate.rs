@@ -75,7 +75,13 @@ fn silence_below_the_energy_floor_skips_the_vad_and_changes_nothing_else() {
         let mut config = common::shipped_config();
         config.speech.energy_floor_dbfs = floor;
         let engine = Engine::start(&config).unwrap();
-        let outcome = score_files(&engine, &[path.clone()], ChannelPick::Mix, 1, &|_| {});
+        let outcome = score_files(
+            &engine,
+            std::slice::from_ref(&path),
+            ChannelPick::Mix,
+            1,
+            &|_| {},
+        );
         outcome[0].result.as_ref().unwrap().clone()
     };
     let floored = run(-60.0);
