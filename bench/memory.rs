@@ -197,7 +197,11 @@ fn main() {
     let audio = frames();
     for transcribe in [false, true] {
         for &n in &sizes {
-            println!("{}", run(n, transcribe, seconds, &audio));
+            let report = run(n, transcribe, seconds, &audio);
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{report}");
+            }
         }
     }
 }
