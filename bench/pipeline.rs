@@ -61,6 +61,28 @@ fn vad(c: &mut Criterion) {
     c.bench_function("vad_per_32ms_frame", |b| {
         b.iter(|| vad.probability(&mut state, &frame).unwrap())
     });
+    // One frame of each of n calls in one run (what an ingest worker does with the calls whose
+    // audio is waiting); criterion's time is per batch, divide by n.
+    let mut group = c.benchmark_group("vad_batch_of_calls");
+    for n in [4usize, 16, 64] {
+        let mut states = vec![VadState::default(); n];
+        let frames: Vec<Vec<f32>> = (0..n).map(|i| noise(512 + i)[i..].to_vec()).collect();
+        group.bench_function(format!("calls/{n}"), |b| {
+            b.iter(|| {
+                let mut batch: Vec<&mut VadState> = states
+                    .iter_mut()
+                    .zip(&frames)
+                    .map(|(s, f)| {
+                        s.stage(f);
+                        s
+                    })
+                    .collect();
+                vad.run(&mut batch).unwrap();
+                batch.iter_mut().map(|s| s.take()).count()
+            })
+        });
+    }
+    group.finish();
 }
 
 /// The shipped detector, and the AASIST anchor when bench/anchors/setup.sh has exported it,

@@ -98,3 +98,54 @@ fn silence_below_the_energy_floor_skips_the_vad_and_changes_nothing_else() {
     );
     assert!(floored.windows_scored.abs_diff(every.windows_scored) <= 1);
 }
+
+/// One run of the VAD over several calls' frames gives each call what running it alone gives.
+#[test]
+fn batched_vad_matches_one_call_at_a_time() {
+    use callguard::detect::{SileroVad, VadState};
+    let (speech, _) = common::read_wav(&common::audio("genuine_1.wav"));
+    let model = common::shipped_config().speech.vad_model;
+    let mut alone = SileroVad::new(&model).unwrap();
+    let mut together = SileroVad::new(&model).unwrap();
+    let calls = 5;
+    // Call i hears the recording from a different point, louder or softer.
+    let frame = |call: usize, k: usize| -> Vec<f32> {
+        let start = call * 7_919 + k * 512;
+        (start..start + 512)
+            .map(|t| speech[t % speech.len()] * (0.3 + 0.3 * call as f32))
+            .collect()
+    };
+    let mut one_states = vec![VadState::default(); calls];
+    let mut batch_states = vec![VadState::default(); calls];
+    let mut speech_frames = 0;
+    for k in 0..60 {
+        let frames: Vec<Vec<f32>> = (0..calls).map(|c| frame(c, k)).collect();
+        let expected: Vec<f32> = (0..calls)
+            .map(|c| alone.probability(&mut one_states[c], &frames[c]).unwrap())
+            .collect();
+        let mut batch: Vec<&mut VadState> = batch_states
+            .iter_mut()
+            .zip(&frames)
+            .map(|(s, f)| {
+                s.stage(f);
+                s
+            })
+            .collect();
+        together.run(&mut batch).unwrap();
+        let out: Vec<f32> = batch
+            .iter_mut()
+            .map(|s| s.take().unwrap().unwrap())
+            .collect();
+        for (c, (&e, &g)) in expected.iter().zip(&out).enumerate() {
+            assert!(
+                (e - g).abs() < 1e-4,
+                "frame {k}, call {c}: {e} alone, {g} batched"
+            );
+        }
+        speech_frames += expected.iter().filter(|&&p| p > 0.5).count();
+    }
+    assert!(
+        speech_frames > 100,
+        "the recording is speech: {speech_frames} of 300 frames"
+    );
+}

@@ -167,6 +167,7 @@ def main():
     ap.add_argument("--crops", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--front-ends", default="whisper,lfcc")
+    ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
     args = ap.parse_args()
     args.t0 = time.time()
     rng = np.random.default_rng(T.SEED)
@@ -180,7 +181,8 @@ def main():
     else:
         items = T.shared_items(args.data) + T.generated_items(args.cache, 72)
         args.channels = CHANNELS
-    sessions = {name: front_end_session(name, args.cache) for name in args.front_ends.split(",")}
+    sessions = {name: front_end_session(name, args.cache, args.whisper_layers)
+                for name in args.front_ends.split(",")}
     files = collect(items, sessions, args, rng)
     held = sorted({f["family"] for f in files if f["label"] == "spoof"})
     report = {"channels": args.channels, "families": {}, "nuisance": nuisance_check(files)}

@@ -18,7 +18,9 @@ use super::stream::{CallStream, SegmentLimits, StreamError, StreamOutput, Stream
 use crate::audio::{AudioSource, ChannelPick, Read, SourceFormat};
 use crate::config::{Config, OnMissing, TranscribeConfig, WhenFull};
 use crate::detect::pool::WindowSubmitter;
-use crate::detect::{DetectError, DetectorPool, ModelCard, PoolStats, ScoredWindow, SileroVad};
+use crate::detect::{
+    DetectError, DetectorPool, ModelCard, PoolStats, ScoredWindow, SileroVad, VadState,
+};
 use crate::transcribe::{
     CallTranscript, SegmentCounts, SegmentResult, SegmentSubmitter, TranscribeError,
     TranscribeStats, TranscriberPool, TranscriptSegment, WhisperModel,
@@ -278,15 +280,18 @@ impl Engine {
             .map_err(|_| EngineError::Stopped)?;
         Ok(Call {
             stream,
-            submitter: submitter.clone(),
-            segments: self.segments.clone(),
-            segments_when_full: if spec.recorded {
-                WhenFull::Block
-            } else {
-                WhenFull::DropNewest
+            out: CallOutput {
+                key,
+                submitter: submitter.clone(),
+                segments: self.segments.clone(),
+                segments_when_full: if spec.recorded {
+                    WhenFull::Block
+                } else {
+                    WhenFull::DropNewest
+                },
+                fusion: fusion.clone(),
+                windows_when_full: spec.when_full,
             },
-            fusion: fusion.clone(),
-            when_full: spec.when_full,
             closed: false,
         })
     }
@@ -330,12 +335,41 @@ impl Drop for Engine {
 /// One open call. Dropping it without [`Call::finish`] closes it with what it had.
 pub struct Call {
     stream: CallStream,
+    out: CallOutput,
+    closed: bool,
+}
+
+/// Where a call's windows and speech segments go.
+struct CallOutput {
+    key: u64,
     submitter: WindowSubmitter,
     segments: Option<SegmentSubmitter>,
     segments_when_full: WhenFull,
     fusion: Sender<FusionInput>,
-    when_full: WhenFull,
-    closed: bool,
+    windows_when_full: WhenFull,
+}
+
+impl CallOutput {
+    fn submit(&self, out: StreamOutput) {
+        match out {
+            StreamOutput::Window(job) => {
+                if let Err(job) = self.submitter.submit(job, self.windows_when_full) {
+                    let _ = self.fusion.send(FusionInput::Dropped {
+                        key: self.key,
+                        seq: job.seq,
+                    });
+                }
+            }
+            StreamOutput::Speech(segment) => {
+                let Some(segments) = &self.segments else {
+                    return;
+                };
+                if let Some(skipped) = segments.submit(segment, self.segments_when_full) {
+                    let _ = self.fusion.send(FusionInput::Transcribed(skipped));
+                }
+            }
+        }
+    }
 }
 
 impl Call {
@@ -353,38 +387,33 @@ impl Call {
 
     /// Feeds interleaved samples in the call's source format.
     pub fn push(&mut self, vad: &mut SileroVad, interleaved: &[f32]) -> Result<(), StreamError> {
-        let Self {
-            stream,
-            submitter,
-            segments,
-            segments_when_full,
-            fusion,
-            when_full,
-            ..
-        } = self;
-        let key = stream.key();
-        stream.push(vad, interleaved, &mut |out| {
-            let when_full = (*when_full, *segments_when_full);
-            submit(submitter, segments.as_ref(), fusion, when_full, key, out)
-        })
+        let out = &self.out;
+        self.stream.push(vad, interleaved, &mut |o| out.submit(o))
+    }
+
+    /// Takes interleaved samples in without gating them; [`Call::stage`] and
+    /// [`Call::gate_staged`] gate them, so that one VAD run can serve many calls.
+    pub fn take(&mut self, interleaved: &[f32]) -> Result<(), StreamError> {
+        self.stream.take(interleaved)
+    }
+
+    /// Gates the frames too quiet for the VAD, then stages the next frame that needs it and
+    /// returns its VAD state for a (batched) [`SileroVad::run`]; `None` when none is waiting.
+    pub fn stage(&mut self) -> Option<&mut VadState> {
+        let out = &self.out;
+        self.stream.stage(&mut |o| out.submit(o))
+    }
+
+    /// Gates the staged frame with the probability the run gave it (no-op if none is staged).
+    pub fn gate_staged(&mut self) {
+        let out = &self.out;
+        self.stream.gate_staged(&mut |o| out.submit(o))
     }
 
     /// Ends the call: the last audio is scored and the summary follows on the event stream.
     pub fn finish(mut self, vad: &mut SileroVad) -> Result<(), StreamError> {
-        let Self {
-            stream,
-            submitter,
-            segments,
-            segments_when_full,
-            fusion,
-            when_full,
-            ..
-        } = &mut self;
-        let key = stream.key();
-        let result = stream.finish(vad, &mut |out| {
-            let when_full = (*when_full, *segments_when_full);
-            submit(submitter, segments.as_ref(), fusion, when_full, key, out)
-        });
+        let out = &self.out;
+        let result = self.stream.finish(vad, &mut |o| out.submit(o));
         self.close();
         result
     }
@@ -392,7 +421,7 @@ impl Call {
     fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            let _ = self.fusion.send(FusionInput::Closed {
+            let _ = self.out.fusion.send(FusionInput::Closed {
                 key: self.stream.key(),
                 windows: self.stream.stats().windows_emitted,
                 stats: self.stream.stats().clone(),
@@ -404,29 +433,6 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-fn submit(
-    submitter: &WindowSubmitter,
-    segments: Option<&SegmentSubmitter>,
-    fusion: &Sender<FusionInput>,
-    (windows_when_full, segments_when_full): (WhenFull, WhenFull),
-    key: u64,
-    out: StreamOutput,
-) {
-    match out {
-        StreamOutput::Window(job) => {
-            if let Err(job) = submitter.submit(job, windows_when_full) {
-                let _ = fusion.send(FusionInput::Dropped { key, seq: job.seq });
-            }
-        }
-        StreamOutput::Speech(segment) => {
-            let Some(segments) = segments else { return };
-            if let Some(skipped) = segments.submit(segment, segments_when_full) {
-                let _ = fusion.send(FusionInput::Transcribed(skipped));
-            }
-        }
     }
 }
 

@@ -253,8 +253,7 @@ pub struct CallStream {
     windower: Windower,
     segmenter: Option<Segmenter>,
     mono: Vec<f32>,
-    resampled: Vec<f32>,
-    /// 16 kHz samples not yet making a whole VAD frame.
+    /// 16 kHz samples not yet gated, oldest first.
     pending: Vec<f32>,
     /// Call time, in 16 kHz samples, of `pending[0]`.
     position: u64,
@@ -289,8 +288,7 @@ impl CallStream {
             ),
             segmenter: segments.map(Segmenter::new),
             mono: Vec::new(),
-            resampled: Vec::new(),
-            pending: Vec::with_capacity(FRAME * 2),
+            pending: Vec::with_capacity(FRAME * 4),
             position: 0,
             input_frames: 0,
             stats: StreamStats::default(),
@@ -316,6 +314,14 @@ impl CallStream {
         interleaved: &[f32],
         emit: &mut dyn FnMut(StreamOutput),
     ) -> Result<(), StreamError> {
+        self.take(interleaved)?;
+        self.drain(vad, emit)
+    }
+
+    /// Takes interleaved source samples in (caller channel, resampled) without gating them:
+    /// [`CallStream::stage`] and [`CallStream::gate_staged`] then gate them a frame at a time,
+    /// so that one VAD run can serve many calls.
+    pub fn take(&mut self, interleaved: &[f32]) -> Result<(), StreamError> {
         self.mono.clear();
         let bad = self
             .pick
@@ -323,9 +329,8 @@ impl CallStream {
         self.stats.non_finite_samples += bad as u64;
         self.input_frames += self.mono.len() as u64;
         self.stats.audio_ms = self.input_frames * 1000 / self.format.sample_rate as u64;
-        self.resampled.clear();
-        self.resampler.process(&self.mono, &mut self.resampled)?;
-        self.gate_frames(vad, emit)
+        self.resampler.process(&self.mono, &mut self.pending)?;
+        Ok(())
     }
 
     /// Ends the call: drains the resampler and scores what is left.
@@ -334,14 +339,12 @@ impl CallStream {
         vad: &mut SileroVad,
         emit: &mut dyn FnMut(StreamOutput),
     ) -> Result<(), StreamError> {
-        self.resampled.clear();
-        self.resampler.flush(&mut self.resampled)?;
-        self.gate_frames(vad, emit)?;
+        self.resampler.flush(&mut self.pending)?;
+        self.drain(vad, emit)?;
         if !self.pending.is_empty() {
             // The last partial frame, padded with silence.
-            self.resampled.clear();
-            self.resampled.resize(FRAME - self.pending.len(), 0.0);
-            self.gate_frames(vad, emit)?;
+            self.pending.resize(FRAME, 0.0);
+            self.drain(vad, emit)?;
         }
         if let Some(job) = self.windower.finish(self.key) {
             self.stats.windows_emitted += 1;
@@ -354,52 +357,68 @@ impl CallStream {
         Ok(())
     }
 
-    fn gate_frames(
+    /// Gates every whole frame taken in so far, one VAD run per frame.
+    fn drain(
         &mut self,
         vad: &mut SileroVad,
         emit: &mut dyn FnMut(StreamOutput),
     ) -> Result<(), StreamError> {
-        let mut input = self.resampled.as_slice();
-        while !input.is_empty() {
-            let take = (FRAME - self.pending.len()).min(input.len());
-            self.pending.extend_from_slice(&input[..take]);
-            input = &input[take..];
-            if self.pending.len() < FRAME {
-                break;
-            }
-            let p = if self.gate.quiet(&self.pending) {
-                self.stats.quiet_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
-                vad.skip(&mut self.vad, &self.pending);
-                0.0
-            } else {
-                vad.probability(&mut self.vad, &self.pending)?
-            };
-            let kept = self.gate.keep(p);
-            if kept {
-                self.stats.speech_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
-                if let Some(job) = self
-                    .windower
-                    .push_frame(&self.pending, self.position, self.key)
-                {
-                    self.stats.windows_emitted += 1;
-                    emit(StreamOutput::Window(job));
-                }
-            }
-            if let Some(seg) = &mut self.segmenter {
-                let segment = if kept {
-                    seg.push(&self.pending, self.position, self.key)
-                } else {
-                    seg.end(self.key)
-                };
-                if let Some(segment) = segment {
-                    self.stats.segments_emitted += 1;
-                    emit(StreamOutput::Speech(segment));
-                }
-            }
-            self.position += FRAME as u64;
-            self.pending.clear();
+        while let Some(state) = self.stage(emit) {
+            let result = vad.run(&mut [state]);
+            self.gate_staged(emit);
+            result?;
         }
         Ok(())
+    }
+
+    /// Gates the frames that are too quiet to need the VAD, then stages the next whole frame
+    /// that does and returns its VAD state (`None`: no whole frame is waiting).
+    pub fn stage(&mut self, emit: &mut dyn FnMut(StreamOutput)) -> Option<&mut VadState> {
+        while self.pending.len() >= FRAME {
+            if self.gate.quiet(&self.pending[..FRAME]) {
+                self.stats.quiet_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
+                self.vad.pass(&self.pending[..FRAME]);
+                self.gate_frame(0.0, emit);
+            } else {
+                self.vad.stage(&self.pending[..FRAME]);
+                return Some(&mut self.vad);
+            }
+        }
+        None
+    }
+
+    /// Gates the frame [`CallStream::stage`] staged, with the probability the VAD gave it (a
+    /// failed run counts as silence); does nothing if no frame is staged.
+    pub fn gate_staged(&mut self, emit: &mut dyn FnMut(StreamOutput)) {
+        if let Some(p) = self.vad.take() {
+            self.gate_frame(p.unwrap_or(0.0), emit);
+        }
+    }
+
+    /// Gates the first whole frame of `pending`, whose speech probability is `p`.
+    fn gate_frame(&mut self, p: f32, emit: &mut dyn FnMut(StreamOutput)) {
+        let frame = &self.pending[..FRAME];
+        let kept = self.gate.keep(p);
+        if kept {
+            self.stats.speech_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
+            if let Some(job) = self.windower.push_frame(frame, self.position, self.key) {
+                self.stats.windows_emitted += 1;
+                emit(StreamOutput::Window(job));
+            }
+        }
+        if let Some(seg) = &mut self.segmenter {
+            let segment = if kept {
+                seg.push(frame, self.position, self.key)
+            } else {
+                seg.end(self.key)
+            };
+            if let Some(segment) = segment {
+                self.stats.segments_emitted += 1;
+                emit(StreamOutput::Speech(segment));
+            }
+        }
+        self.position += FRAME as u64;
+        self.pending.drain(..FRAME);
     }
 }
 
