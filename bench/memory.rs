@@ -3,10 +3,10 @@
 //! same `open_stream` path the gRPC `StreamAudio` handler uses and fed 8 kHz G.711 mu-law in
 //! 20 ms frames until each is well into speech (window buffers full, a speech segment being
 //! gathered). Once the workers are idle, the heap still held, less what the core held with no
-//! call open, divided by N, is the state one call costs. The calls then end, and a second set of
-//! N calls runs the same way: the heap the second set leaves behind shows whether ended calls leak.
+//! call open, divided by N, is the state one call costs. The calls then end, and two more sets of
+//! N calls run the same way: the heap each set leaves behind shows whether ended calls leak.
 //!
-//!   cargo bench --bench memory                      # 100 and 400 calls, transcription off and on
+//!   cargo bench --bench memory                      # 100 and 400 calls; 100 with transcription
 //!   cargo bench --bench memory -- --calls 200       # one size
 //!
 //! Run without `--bench` (as test runners do) it does nothing. Needs scripts/setup.sh.
@@ -160,8 +160,9 @@ fn run(n: usize, transcribe: bool, seconds: usize, audio: &[Vec<u8>]) -> serde_j
         (fed_s, peak, open_heap, settled())
     };
     let (fed_s, peak, open_heap, after_end) = cycle("first");
-    // The same again: what a second set of calls leaves behind is what ended calls leak.
+    // The same twice more: what later sets of calls leave behind is what ended calls leak.
     let (_, _, _, after_second) = cycle("second");
+    let (_, _, _, after_third) = cycle("third");
     guard.shutdown();
     let mb = |b: f64| (b / 1e4).round() / 1e2;
     let per_call = open_heap.saturating_sub(base) as f64 / n as f64;
@@ -176,6 +177,7 @@ fn run(n: usize, transcribe: bool, seconds: usize, audio: &[Vec<u8>]) -> serde_j
         "heap_peak_per_call_kb": ((peak.saturating_sub(base)) as f64 / n as f64 / 1024.0).round(),
         "heap_after_end_per_call_kb": (after_end.saturating_sub(base) as f64 / n as f64 / 1024.0).round(),
         "heap_left_by_second_calls_per_call_kb": ((after_second as f64 - after_end as f64) / n as f64 / 1024.0).round(),
+        "heap_left_by_third_calls_per_call_kb": ((after_third as f64 - after_second as f64) / n as f64 / 1024.0).round(),
         "target_kb": 1024,
         "met": per_call <= 1024.0 * 1024.0,
     })
@@ -193,15 +195,17 @@ fn main() {
             .map(|v| v.parse::<usize>().expect(flag))
     };
     let seconds = value("--seconds").unwrap_or(12);
-    let sizes = value("--calls").map_or(vec![100, 400], |n| vec![n]);
+    // Transcription holds a segment of speech per call and a shared queue that drains at
+    // whisper's pace, so its runs are slow: 100 calls by default.
+    let runs = value("--calls").map_or(vec![(100, false), (400, false), (100, true)], |n| {
+        vec![(n, false), (n, true)]
+    });
     let audio = frames();
-    for transcribe in [false, true] {
-        for &n in &sizes {
-            let report = run(n, transcribe, seconds, &audio);
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{report}");
-            }
+    for (n, transcribe) in runs {
+        let report = run(n, transcribe, seconds, &audio);
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{report}");
         }
     }
 }
