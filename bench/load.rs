@@ -7,6 +7,8 @@
 //!   cargo bench --bench load -- --seconds 60     # audio per call (default 40)
 //!   cargo bench --bench load -- --transcribe     # with transcription on (default: off, the
 //!                                                # detection path the targets are about)
+//!   cargo bench --bench load -- --turns          # the caller talks in turns, silent between
+//!                                                # them (default: talks without pause)
 //!
 //! Run without `--bench` (as test runners do) it does nothing.
 //!
@@ -61,7 +63,28 @@ struct Plan {
     onset_ms: Option<u64>,
 }
 
-fn plans(n: usize, seconds: u64) -> Vec<Plan> {
+/// With `turns`, the caller talks in turns of 3-8 s and is silent for 2-6 s between them (the
+/// agent's turns; line noise at about -75 dBFS), as on the caller channel of a real call.
+fn talk_in_turns(x: &mut [f32], seed: usize) {
+    let mut rng = seed as u64 * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407;
+    let mut next = |lo: u64, hi: u64| {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        lo + (rng >> 33) % (hi - lo + 1)
+    };
+    let mut t = 0usize;
+    while t < x.len() {
+        t += next(3_000, 8_000) as usize * 8;
+        let quiet = next(2_000, 6_000) as usize * 8;
+        for (k, v) in x.iter_mut().skip(t).take(quiet).enumerate() {
+            *v = if k % 2 == 0 { 2e-4 } else { -2e-4 };
+        }
+        t += quiet;
+    }
+}
+
+fn plans(n: usize, seconds: u64, turns: bool) -> Vec<Plan> {
     let genuine: Vec<f32> = ["genuine_1.wav", "genuine_2.wav", "genuine_3.wav"]
         .iter()
         .flat_map(|f| decode(f))
@@ -87,15 +110,26 @@ fn plans(n: usize, seconds: u64) -> Vec<Plan> {
             // Different starting points in the genuine material, and onsets from 40% to 60%.
             let offset = (i * 37_123) % genuine.len();
             if i % 2 == 0 {
+                let mut x = looped(&genuine, offset, total);
+                if turns {
+                    talk_in_turns(&mut x, i);
+                }
                 Plan {
                     id: format!("genuine-{i}"),
-                    frames: encode(&looped(&genuine, offset, total)),
+                    frames: encode(&x),
                     onset_ms: None,
                 }
             } else {
-                let onset = total * (40 + (i * 7) % 21) / 100 / 160 * 160;
+                let mut onset = total * (40 + (i * 7) % 21) / 100 / 160 * 160;
                 let mut x = looped(&genuine, offset, onset);
                 x.extend(looped(&clone, 0, total - onset));
+                if turns {
+                    talk_in_turns(&mut x, i);
+                    // The clone starts talking at the first turn after the switch.
+                    while onset < x.len() && x[onset].abs() <= 2e-4 {
+                        onset += 1;
+                    }
+                }
                 Plan {
                     id: format!("switch-{i}"),
                     frames: encode(&x),
@@ -278,11 +312,24 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// One load run; returns whether it was sustained, and prints its report.
-fn run(n: usize, seconds: u64, transcribe: bool) -> bool {
+/// What every run of a search shares.
+#[derive(Clone, Copy)]
+struct Options {
+    seconds: u64,
+    transcribe: bool,
+    turns: bool,
+}
+
+fn run(n: usize, options: Options) -> bool {
+    let Options {
+        seconds,
+        transcribe,
+        turns,
+    } = options;
     let daemon = Daemon::start(transcribe);
     std::thread::sleep(Duration::from_millis(500));
     let (cpu0, rss0) = daemon.usage();
-    let plans = plans(n, seconds);
+    let plans = plans(n, seconds, turns);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -389,6 +436,7 @@ fn run(n: usize, seconds: u64, transcribe: bool) -> bool {
     let report = json!({
         "calls": n,
         "transcribe": transcribe,
+        "caller_talks_in_turns": turns,
         "speech_segments": { "cut": segments, "transcribed": transcribed, "skipped_over_budget": skipped },
         "seconds_per_call": seconds,
         "wall_s": elapsed,
@@ -441,18 +489,21 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .and_then(|v| v.parse().ok())
     };
-    let seconds = value("--seconds").unwrap_or(40);
-    let transcribe = args.iter().any(|a| a == "--transcribe");
+    let options = Options {
+        seconds: value("--seconds").unwrap_or(40),
+        transcribe: args.iter().any(|a| a == "--transcribe"),
+        turns: args.iter().any(|a| a == "--turns"),
+    };
     assert!(Path::new(env!("CARGO_BIN_EXE_callguard")).exists());
     if let Some(n) = value("--calls") {
-        run(n as usize, seconds, transcribe);
+        run(n as usize, options);
         return;
     }
     // Double until a run is not sustained, then bisect between the last good and first bad.
     let (mut good, mut bad) = (0usize, None::<usize>);
     let mut n = 8usize;
     while bad.is_none() && n <= 4_096 {
-        if run(n, seconds, transcribe) {
+        if run(n, options) {
             good = n;
             n *= 2;
         } else {
@@ -462,7 +513,7 @@ fn main() {
     if let Some(mut hi) = bad {
         while hi - good > (good / 8).max(2) {
             let mid = (good + hi) / 2;
-            if run(mid, seconds, transcribe) {
+            if run(mid, options) {
                 good = mid;
             } else {
                 hi = mid;
