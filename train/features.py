@@ -11,6 +11,8 @@ Training runs this very graph through onnxruntime to get its features, then appe
 classifier; there is no second implementation to drift.
 """
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -143,7 +145,20 @@ def compact_initializers(model, min_size=1024):
     return model
 
 
-def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None):
+def quantize_int8(model):
+    """Dynamic int8 quantisation of every MatMul with a weight initialiser (the Whisper blocks'
+    projections and MLPs; ONNX Runtime's MatMulInteger, activations quantised per run): about
+    1.6x faster on a CPU. The classifier is trained on the quantised front-end's features."""
+    import tempfile
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
+        onnx.save(model, str(src))
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        return onnx.load(str(dst))
+
+
+def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None, int8=False):
     """Front-end plus a one-hidden-layer classifier whose output is a calibrated logit."""
     nodes, init, _ = front or lfcc_front_end()
     nodes, init = list(nodes), list(init)
@@ -173,6 +188,9 @@ def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None):
     for k, v in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, str(v)
-    compact_initializers(model)
+    if int8:
+        model = quantize_int8(model)
+    else:
+        compact_initializers(model)
     onnx.checker.check_model(model)
     return model

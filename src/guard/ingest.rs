@@ -2,14 +2,16 @@
 //! and takes decoded audio from a bounded queue. Audio that does not fit is lost and counted;
 //! opening and finishing a call wait for room instead, so no call is left open.
 //!
-//! A worker takes every command already queued (up to `DRAIN`), then gates the audio of all its
-//! calls together: each VAD run scores the next frame of up to `BATCH` calls at once, which
-//! costs well under half of what running it call by call does.
+//! A worker gathers commands for up to `GATHER` after the first arrives (at most `DRAIN`), then
+//! gates the audio of all its calls together: each VAD run scores the next frame of up to
+//! `BATCH` calls at once, which costs well under half of what running it call by call does.
+//! Gathering delays the speech gate by at most `GATHER`, a small part of a detector window.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
@@ -47,7 +49,9 @@ pub enum IngestError {
     Stopped,
 }
 
-/// Most queued commands a worker takes before it gates their audio.
+/// How long a worker gathers commands before it gates their audio.
+const GATHER: Duration = Duration::from_millis(20);
+/// Most commands a worker gathers before it gates their audio.
 const DRAIN: usize = 512;
 /// Most calls whose frames one VAD run scores.
 const BATCH: usize = 64;
@@ -74,7 +78,12 @@ impl IngestPool {
                     let mut calls: HashMap<u64, Call> = HashMap::new();
                     let mut finishing = Vec::new();
                     while let Ok(first) = rx.recv() {
-                        for cmd in std::iter::once(first).chain(rx.try_iter().take(DRAIN)) {
+                        let until = Instant::now() + GATHER;
+                        take(first, &mut calls, &mut finishing, &stats);
+                        for _ in 1..DRAIN {
+                            let Ok(cmd) = rx.recv_deadline(until) else {
+                                break;
+                            };
                             take(cmd, &mut calls, &mut finishing, &stats);
                         }
                         gate(&mut calls, &mut vad, &stats);
