@@ -147,8 +147,9 @@ def compact_initializers(model, min_size=1024):
 
 def quantize_int8(model):
     """Dynamic int8 quantisation of every MatMul with a weight initialiser (the Whisper blocks'
-    projections and MLPs; ONNX Runtime's MatMulInteger, activations quantised per run): about
-    1.6x faster on a CPU. The classifier is trained on the quantised front-end's features."""
+    projections and MLPs; ONNX Runtime's MatMulInteger): about 1.6x faster on a CPU. The
+    activations' scale is taken over the whole input of each run, so a window's features depend
+    on the other windows in its batch: scores are exact only at batch 1 (not shipped for that)."""
     import tempfile
     from onnxruntime.quantization import QuantType, quantize_dynamic
     with tempfile.TemporaryDirectory() as d:

@@ -40,14 +40,17 @@ import train as T  # noqa: E402
 CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm"]
 
 
-def front_end_session(name, cache, layers=2):
+def front_end_session(name, cache, layers=2, precision="fp32"):
     front = None
     if name == "whisper":
         import whisper_frontend
         weights = whisper_frontend.load_ctranslate2(whisper_frontend.fetch_weights(cache))
         front = whisper_frontend.encoder_nodes(weights, "waveform", "features", T.WINDOW, layers)
+    model = features.feature_model(T.WINDOW, front)
+    if precision == "int8" and name == "whisper":
+        model = features.quantize_int8(model)
     options = ort.SessionOptions()
-    return ort.InferenceSession(features.feature_model(T.WINDOW, front).SerializeToString(), options)
+    return ort.InferenceSession(model.SerializeToString(), options)
 
 
 def nuisance(path):
@@ -168,6 +171,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--front-ends", default="whisper,lfcc")
     ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
+    ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32", help="as train.py (whisper front-end)")
     args = ap.parse_args()
     args.t0 = time.time()
     rng = np.random.default_rng(T.SEED)
@@ -181,7 +185,7 @@ def main():
     else:
         items = T.shared_items(args.data) + T.generated_items(args.cache, 72)
         args.channels = CHANNELS
-    sessions = {name: front_end_session(name, args.cache, args.whisper_layers)
+    sessions = {name: front_end_session(name, args.cache, args.whisper_layers, args.precision)
                 for name in args.front_ends.split(",")}
     files = collect(items, sessions, args, rng)
     held = sorted({f["family"] for f in files if f["label"] == "spoof"})
