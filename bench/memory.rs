@@ -3,11 +3,13 @@
 //! same `open_stream` path the gRPC `StreamAudio` handler uses and fed 8 kHz G.711 mu-law in
 //! 20 ms frames until each is well into speech (window buffers full, a speech segment being
 //! gathered). Once the workers are idle, the heap still held, less what the core held with no
-//! call open, divided by N, is the state one call costs. The calls then end, and two more sets of
-//! N calls run the same way: the heap each set leaves behind shows whether ended calls leak.
+//! call open, divided by N, is the state one call costs. The calls then end, and more sets of N
+//! calls run the same way (`--sets`, 3 in all by default): the heap each later set leaves behind
+//! shows whether ended calls leak.
 //!
 //!   cargo bench --bench memory                      # 100 and 400 calls; 100 with transcription
 //!   cargo bench --bench memory -- --calls 200       # one size
+//!   cargo bench --bench memory -- --sets 6          # sets of calls run one after another
 //!
 //! Run without `--bench` (as test runners do) it does nothing. Needs scripts/setup.sh.
 
@@ -134,7 +136,13 @@ fn settled() -> usize {
     }
 }
 
-fn run(n: usize, transcribe: bool, seconds: usize, audio: &[Vec<u8>]) -> serde_json::Value {
+fn run(
+    n: usize,
+    transcribe: bool,
+    seconds: usize,
+    sets: usize,
+    audio: &[Vec<u8>],
+) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let guard = Guard::start(&config(dir.path(), transcribe), None).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -159,10 +167,16 @@ fn run(n: usize, transcribe: bool, seconds: usize, audio: &[Vec<u8>]) -> serde_j
         drop(calls);
         (fed_s, peak, open_heap, settled())
     };
-    let (fed_s, peak, open_heap, after_end) = cycle("first");
-    // The same twice more: what later sets of calls leave behind is what ended calls leak.
-    let (_, _, _, after_second) = cycle("second");
-    let (_, _, _, after_third) = cycle("third");
+    let (fed_s, peak, open_heap, after_end) = cycle("set-0");
+    // The same again: what each later set of calls leaves behind is what ended calls leak.
+    let mut after = vec![after_end];
+    for k in 1..sets {
+        after.push(cycle(&format!("set-{k}")).3);
+    }
+    let left_per_call_kb: Vec<f64> = after
+        .windows(2)
+        .map(|w| ((w[1] as f64 - w[0] as f64) / n as f64 / 1024.0 * 10.0).round() / 10.0)
+        .collect();
     guard.shutdown();
     let mb = |b: f64| (b / 1e4).round() / 1e2;
     let per_call = open_heap.saturating_sub(base) as f64 / n as f64;
@@ -176,8 +190,7 @@ fn run(n: usize, transcribe: bool, seconds: usize, audio: &[Vec<u8>]) -> serde_j
         "heap_per_call_kb": (per_call / 1024.0).round(),
         "heap_peak_per_call_kb": ((peak.saturating_sub(base)) as f64 / n as f64 / 1024.0).round(),
         "heap_after_end_per_call_kb": (after_end.saturating_sub(base) as f64 / n as f64 / 1024.0).round(),
-        "heap_left_by_second_calls_per_call_kb": ((after_second as f64 - after_end as f64) / n as f64 / 1024.0).round(),
-        "heap_left_by_third_calls_per_call_kb": ((after_third as f64 - after_second as f64) / n as f64 / 1024.0).round(),
+        "heap_left_by_each_later_set_per_call_kb": left_per_call_kb,
         "target_kb": 1024,
         "met": per_call <= 1024.0 * 1024.0,
     })
@@ -195,6 +208,7 @@ fn main() {
             .map(|v| v.parse::<usize>().expect(flag))
     };
     let seconds = value("--seconds").unwrap_or(12);
+    let sets = value("--sets").unwrap_or(3).max(1);
     // Transcription holds a segment of speech per call and a shared queue that drains at
     // whisper's pace, so its runs are slow: 100 calls by default.
     let runs = value("--calls").map_or(vec![(100, false), (400, false), (100, true)], |n| {
@@ -202,7 +216,7 @@ fn main() {
     });
     let audio = frames();
     for (n, transcribe) in runs {
-        let report = run(n, transcribe, seconds, &audio);
+        let report = run(n, transcribe, seconds, sets, &audio);
         #[allow(clippy::print_stdout)]
         {
             println!("{report}");
