@@ -24,7 +24,7 @@ pub struct SileroVad {
 }
 
 /// Where a call's next frame stands.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 enum Frame {
     /// No frame handed over.
     Idle,
@@ -34,7 +34,7 @@ enum Frame {
     Scored(f32),
 }
 
-/// The recurrent state and audio context of one call (about 1.3 KB).
+/// The recurrent state and audio context of one call (about 3.3 KB).
 #[derive(Clone)]
 pub struct VadState {
     input: [f32; WIDTH],
@@ -57,11 +57,6 @@ impl VadState {
     pub fn stage(&mut self, frame: &[f32]) {
         self.input[CONTEXT..].copy_from_slice(&frame[..FRAME]);
         self.frame = Frame::Staged;
-    }
-
-    /// Whether a frame was handed over and not yet taken back with [`VadState::take`].
-    pub fn is_staged(&self) -> bool {
-        self.frame != Frame::Idle
     }
 
     /// The staged frame's speech probability, once: `None` if no frame was staged, `Some(None)`

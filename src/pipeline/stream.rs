@@ -253,9 +253,11 @@ pub struct CallStream {
     windower: Windower,
     segmenter: Option<Segmenter>,
     mono: Vec<f32>,
-    /// 16 kHz samples not yet gated, oldest first.
+    /// 16 kHz samples taken in, oldest first; the first `gated` of them are done with (they are
+    /// let go once per chunk taken in, not once per frame).
     pending: Vec<f32>,
-    /// Call time, in 16 kHz samples, of `pending[0]`.
+    gated: usize,
+    /// Call time, in 16 kHz samples, of `pending[gated]`.
     position: u64,
     input_frames: u64,
     stats: StreamStats,
@@ -289,6 +291,7 @@ impl CallStream {
             segmenter: segments.map(Segmenter::new),
             mono: Vec::new(),
             pending: Vec::with_capacity(FRAME * 4),
+            gated: 0,
             position: 0,
             input_frames: 0,
             stats: StreamStats::default(),
@@ -329,8 +332,19 @@ impl CallStream {
         self.stats.non_finite_samples += bad as u64;
         self.input_frames += self.mono.len() as u64;
         self.stats.audio_ms = self.input_frames * 1000 / self.format.sample_rate as u64;
+        self.let_go_of_gated();
         self.resampler.process(&self.mono, &mut self.pending)?;
         Ok(())
+    }
+
+    fn let_go_of_gated(&mut self) {
+        self.pending.drain(..self.gated);
+        self.gated = 0;
+    }
+
+    /// The next whole frame not yet gated, as a range of `pending`.
+    fn next_frame(&self) -> Option<std::ops::Range<usize>> {
+        (self.pending.len() - self.gated >= FRAME).then(|| self.gated..self.gated + FRAME)
     }
 
     /// Ends the call: drains the resampler and scores what is left.
@@ -339,11 +353,12 @@ impl CallStream {
         vad: &mut SileroVad,
         emit: &mut dyn FnMut(StreamOutput),
     ) -> Result<(), StreamError> {
+        self.let_go_of_gated();
         self.resampler.flush(&mut self.pending)?;
         self.drain(vad, emit)?;
-        if !self.pending.is_empty() {
+        if self.pending.len() > self.gated {
             // The last partial frame, padded with silence.
-            self.pending.resize(FRAME, 0.0);
+            self.pending.resize(self.gated + FRAME, 0.0);
             self.drain(vad, emit)?;
         }
         if let Some(job) = self.windower.finish(self.key) {
@@ -374,13 +389,13 @@ impl CallStream {
     /// Gates the frames that are too quiet to need the VAD, then stages the next whole frame
     /// that does and returns its VAD state (`None`: no whole frame is waiting).
     pub fn stage(&mut self, emit: &mut dyn FnMut(StreamOutput)) -> Option<&mut VadState> {
-        while self.pending.len() >= FRAME {
-            if self.gate.quiet(&self.pending[..FRAME]) {
+        while let Some(frame) = self.next_frame() {
+            if self.gate.quiet(&self.pending[frame.clone()]) {
                 self.stats.quiet_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
-                self.vad.pass(&self.pending[..FRAME]);
+                self.vad.pass(&self.pending[frame]);
                 self.gate_frame(0.0, emit);
             } else {
-                self.vad.stage(&self.pending[..FRAME]);
+                self.vad.stage(&self.pending[frame]);
                 return Some(&mut self.vad);
             }
         }
@@ -395,9 +410,9 @@ impl CallStream {
         }
     }
 
-    /// Gates the first whole frame of `pending`, whose speech probability is `p`.
+    /// Gates the next whole frame, whose speech probability is `p`.
     fn gate_frame(&mut self, p: f32, emit: &mut dyn FnMut(StreamOutput)) {
-        let frame = &self.pending[..FRAME];
+        let frame = &self.pending[self.gated..self.gated + FRAME];
         let kept = self.gate.keep(p);
         if kept {
             self.stats.speech_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
@@ -418,7 +433,7 @@ impl CallStream {
             }
         }
         self.position += FRAME as u64;
-        self.pending.drain(..FRAME);
+        self.gated += FRAME;
     }
 }
 
