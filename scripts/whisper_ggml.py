@@ -59,9 +59,9 @@ def load_ctranslate2(path: Path) -> dict:
     return out
 
 
-def slaney_mel(sr=16000, n_fft=400, n_mels=80):
-    """librosa.filters.mel(sr, n_fft, n_mels) with its defaults (Slaney scale and norm), which is
-    what Whisper's mel_filters.npz holds."""
+def slaney_mel(sr=16000, n_fft=400, n_mels=80, fmax=None):
+    """librosa.filters.mel(sr, n_fft, n_mels, fmax) with its defaults (Slaney scale and norm), which
+    is what Whisper's mel_filters.npz holds (fmax = sr / 2)."""
     def hz_to_mel(f):
         f = np.asarray(f, float)
         mel = f / (200.0 / 3)
@@ -75,7 +75,7 @@ def slaney_mel(sr=16000, n_fft=400, n_mels=80):
         return np.where(log_t, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), f)
 
     fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    mel_f = mel_to_hz(np.linspace(hz_to_mel(0), hz_to_mel(sr / 2), n_mels + 2))
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(0), hz_to_mel(fmax or sr / 2), n_mels + 2))
     fdiff = np.diff(mel_f)
     ramps = mel_f[:, None] - fft_freqs[None, :]
     weights = np.zeros((n_mels, len(fft_freqs)))

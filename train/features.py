@@ -145,21 +145,37 @@ def compact_initializers(model, min_size=1024):
     return model
 
 
-def quantize_int8(model):
-    """Dynamic int8 quantisation of every MatMul with a weight initialiser (the Whisper blocks'
-    projections and MLPs; ONNX Runtime's MatMulInteger): about 1.6x faster on a CPU. The
-    activations' scale is taken over the whole input of each run, so a window's features depend
-    on the other windows in its batch: scores are exact only at batch 1 (not shipped for that)."""
+def quantize_int8(model, windows):
+    """Static int8 quantisation of every MatMul with a weight initialiser (the Whisper blocks'
+    projections and MLPs), as QDQ: int8 weights, and int8 activations whose scales are fixed here
+    from `windows` [N, samples] (MinMax). Fixed scales keep a window's output independent of the
+    other windows in its batch, which dynamic quantisation does not."""
     import tempfile
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"waveform": windows[i:i + 16]} for i in range(0, len(windows), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
     with tempfile.TemporaryDirectory() as d:
         src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
         onnx.save(model, str(src))
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
         return onnx.load(str(dst))
 
 
-def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None, int8=False):
+def graph_front(model, dim):
+    """(nodes, initialisers, dim) of a feature model, to put a classifier on (as `front`)."""
+    return list(model.graph.node), list(model.graph.initializer), dim
+
+
+def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None):
     """Front-end plus a one-hidden-layer classifier whose output is a calibrated logit."""
     nodes, init, _ = front or lfcc_front_end()
     nodes, init = list(nodes), list(init)
@@ -189,9 +205,6 @@ def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None, int8=Fa
     for k, v in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, str(v)
-    if int8:
-        model = quantize_int8(model)
-    else:
-        compact_initializers(model)
+    compact_initializers(model)
     onnx.checker.check_model(model)
     return model

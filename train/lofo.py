@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Leave-one-family-out evaluation of the detector recipe, the from-scratch baseline beside it,
+"""Leave-one-family-out evaluation of detector recipes, the from-scratch baseline beside them,
 and a nuisance-feature check. Nothing here is exported; train/train.py makes the shipped model.
 
-    python train/lofo.py                        # ../shared/data, both front-ends (~20 min, 2 cores)
-    python train/lofo.py --tiny --out /tmp/r    # seconds, generated clips (CI)
+    python train/lofo.py --features .deps/lofo/features.pkl   # ../shared/data (~40 min, 2 cores)
+    python train/lofo.py --tiny --out /tmp/r                    # seconds, generated clips (CI)
 
-For each synthesis family F of ../shared/data/demo: the classifier (same recipe as train.py:
-frozen front-end, MLP head, Platt calibration, 99th-percentile genuine threshold) is trained on
-the train split without any F system, calibrated on the calibration split without F, and
-tested on every F file against the genuine speakers of the test split (never seen in training
-or calibration). Each file goes through each evaluation channel (wideband, G.711 mu/A-law,
-GSM 06.10), and is scored like the daemon (1 s windows, 0.5 s hop): over the whole file, and
-over its first 1.5 s of speech (two windows).
+For each synthesis family F of ../shared/data/demo: a classifier (the recipe of train.py: frozen
+front-end, MLP head, Platt calibration, 99th-percentile genuine threshold) is trained on the
+train split without any F system, calibrated on the calibration split without F, and tested on
+every F file against the genuine speakers of the test split (never seen in training or
+calibration). Copy-synthesised spoofs (train/copysynth.py) count as vocoder copy-synthesis and
+leave with that family. Each file goes through each evaluation channel (wideband, G.711 mu/A-law,
+GSM 06.10, AMR-NB, Opus), and is scored like the daemon (1 s windows, 0.5 s hop): over the whole
+file, and over its first 1.5 s of speech (two windows).
+
+`--variants` names the recipes compared on the same features (see Variant); every Whisper tap
+is featurised once, so recipes that differ in taps, data or head share one pass, and
+`--features` keeps that pass for the next run.
 
 The nuisance check trains a logistic regression on features that differ between the classes
 for reasons other than synthesis (source sample rate, band limit, loudness, leading and
@@ -23,6 +28,7 @@ Writes OUT/lofo.json and prints a Markdown table.
 
 import argparse
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -34,21 +40,22 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
+import copysynth  # noqa: E402
 import features  # noqa: E402
 import train as T  # noqa: E402
 
-CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm"]
+CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"]
 
 
-def front_end_session(name, cache, layers=2, precision="fp32"):
+def front_end_session(name, cache, layers=2, precision="fp32", taps="last", calibration=None):
     front = None
     if name == "whisper":
         import whisper_frontend
         weights = whisper_frontend.load_ctranslate2(whisper_frontend.fetch_weights(cache))
-        front = whisper_frontend.encoder_nodes(weights, "waveform", "features", T.WINDOW, layers)
+        front = whisper_frontend.encoder_nodes(weights, "waveform", "features", T.WINDOW, layers, taps=taps)
     model = features.feature_model(T.WINDOW, front)
     if precision == "int8" and name == "whisper":
-        model = features.quantize_int8(model)
+        model = features.quantize_int8(model, calibration)
     options = ort.SessionOptions()
     return ort.InferenceSession(model.SerializeToString(), options)
 
@@ -86,10 +93,12 @@ def collect(items, sessions, args, rng):
         f = dict(label=label, system=system, family=family, split=split, nuisance=nuisance(path),
                  train={}, eval={})
         if split == "train":
-            crops = [T.augment(w, rng) for w in T.crops(x, args.crops, rng)]
-            for name, s in sessions.items():
-                f["train"][name] = T.featurize(s, crops) if crops else None
-        if split != "train" or label == "spoof":
+            windows = T.crops(x, args.crops, rng)
+            for recipe in args.recipes:
+                crops = [T.augment(w, rng, recipe) for w in windows]
+                for name, s in sessions.items():
+                    f["train"][f"{name}:{recipe}"] = T.featurize(s, crops) if crops else None
+        if split != "train" or (label == "spoof" and not is_copysynth(f)):
             crng = np.random.default_rng(T.SEED + 1)
             for ch in args.channels:
                 ws = T.sliding(T.channel(x, ch, crng))
@@ -102,20 +111,64 @@ def collect(items, sessions, args, rng):
     return files
 
 
-def fold(files, front, held_out, args):
-    """Trains without `held_out` family; returns EERs on it per channel."""
+def is_copysynth(f):
+    return f["system"].startswith(copysynth.SYSTEM_PREFIX)
+
+
+class Variant:
+    """A classifier recipe on stored features: FRONT[/TAPS[/FLAG...]]. TAPS: which pooled points of
+    the Whisper encoder (768 columns each) it reads. Flags: `cs` adds the copy-synthesised spoofs;
+    `ph` the "phone" augmentation recipe (else "basic"); `hN` N hidden units; `aX` L2 penalty X; `bs` weighs every spoof system equally (and the two
+    classes equally) instead of every window."""
+
+    def __init__(self, spec, hidden=64):
+        self.spec = spec
+        front, *rest = spec.split("/")
+        self.front, self.taps = front, rest[0] if rest else ""
+        flags = rest[1:]
+        self.copysynth = "cs" in flags
+        self.recipe = "phone" if "ph" in flags else "basic"
+        self.train_key = f"{front}:{self.recipe}"
+        self.balance_systems = "bs" in flags
+        self.hidden = next((int(f[1:]) for f in flags if f.startswith("h")), hidden)
+        self.alpha = next((float(f[1:]) for f in flags if f.startswith("a")), 1e-2)
+
+    def columns(self, x):
+        if self.front != "whisper" or self.taps in ("", "all"):
+            return x
+        return np.concatenate([x[..., 768 * int(t):768 * (int(t) + 1)] for t in self.taps], axis=-1)
+
+
+def fold(files, variant, held_out, args):
+    """Trains without `held_out` family; returns EERs on it per channel. Copy-synthesised spoofs
+    (HiFi-GAN, Griffin-Lim) count as vocoder copy-synthesis: they leave with that family."""
+    front = variant.front
+
     def usable(f):
+        if is_copysynth(f) and (not variant.copysynth or held_out == copysynth.FAMILY):
+            return False
         return f["family"] != held_out
-    tr = [f for f in files if f["split"] == "train" and usable(f) and f["train"].get(front) is not None]
-    X = np.concatenate([f["train"][front] for f in tr])
-    y = np.concatenate([np.full(len(f["train"][front]), f["label"] == "spoof") for f in tr]).astype(int)
+    key = variant.train_key
+    tr = [f for f in files if f["split"] == "train" and usable(f) and f["train"].get(key) is not None]
+    X = variant.columns(np.concatenate([f["train"][key] for f in tr]))
+    y = np.concatenate([np.full(len(f["train"][key]), f["label"] == "spoof") for f in tr]).astype(int)
     mu, sd = X.mean(0), X.std(0) + 1e-6
-    clf = MLPClassifier(hidden_layer_sizes=(args.hidden,), alpha=1e-2, max_iter=300 if not args.tiny else 50,
-                        early_stopping=not args.tiny, random_state=T.SEED)
-    idx = T.balanced_indices(y, np.random.default_rng(T.SEED))
-    clf.fit((X[idx] - mu) / sd, y[idx])
+    clf = MLPClassifier(hidden_layer_sizes=(variant.hidden,), alpha=variant.alpha,
+                        max_iter=300 if not args.tiny else 50, early_stopping=not args.tiny, random_state=T.SEED)
+    if variant.balance_systems:
+        system = np.concatenate([np.full(len(f["train"][key]), f["system"]) for f in tr])
+        names, inverse, counts = np.unique(system, return_inverse=True, return_counts=True)
+        w = 1.0 / counts[inverse]
+        n_spoof_systems = len(set(system[y == 1]))
+        w[y == 1] *= 1.0 / n_spoof_systems  # each class sums to 1
+        w[y == 0] = 1.0 / (y == 0).sum()
+        clf.fit((X - mu) / sd, y, sample_weight=w * len(y) / 2)
+    else:
+        idx = T.balanced_indices(y, np.random.default_rng(T.SEED))
+        clf.fit((X[idx] - mu) / sd, y[idx])
 
     def logits(feats):
+        feats = variant.columns(feats)
         h = np.maximum(0, ((feats - mu) / sd) @ clf.coefs_[0] + clf.intercepts_[0])
         return (h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0]
 
@@ -134,7 +187,8 @@ def fold(files, front, held_out, args):
         bona = [a * logits(f["eval"][front][ch]) + b for f in files
                 if f["split"] == "test" and f["label"] == "bonafide" and ch in f["eval"].get(front, {})]
         spoof = [a * logits(f["eval"][front][ch]) + b for f in files
-                 if f["family"] == held_out and f["label"] == "spoof" and ch in f["eval"].get(front, {})]
+                 if f["family"] == held_out and f["label"] == "spoof" and not is_copysynth(f)
+                 and ch in f["eval"].get(front, {})]
         if not bona or not spoof:
             continue
         e_file, _ = T.eer([s.mean() for s in bona], [s.mean() for s in spoof])
@@ -147,7 +201,7 @@ def fold(files, front, held_out, args):
 
 
 def nuisance_check(files):
-    tr = [f for f in files if f["split"] != "test" and f["nuisance"] is not None]
+    tr = [f for f in files if f["split"] != "test" and f["nuisance"] is not None and not is_copysynth(f)]
     te = [f for f in files if f["split"] == "test" and f["nuisance"] is not None]
     X, y = np.array([f["nuisance"] for f in tr]), np.array([f["label"] == "spoof" for f in tr])
     mu, sd = X.mean(0), X.std(0) + 1e-6
@@ -169,35 +223,73 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="a seconds-long run on generated clips (CI)")
     ap.add_argument("--crops", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--front-ends", default="whisper,lfcc")
     ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
     ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32", help="as train.py (whisper front-end)")
+    ap.add_argument("--variants", default="whisper/2,whisper/all/cs/ph,lfcc//cs/ph",
+                    help="classifier recipes, comma-separated FRONT[/TAPS[/cs]]: TAPS are the Whisper encoder "
+                         "points pooled (0 = its input, k = after block k, 'all'); cs adds copy-synthesised "
+                         "spoofs (HiFi-GAN, Griffin-Lim) of the train split's genuine files")
+    ap.add_argument("--features", type=Path, help="a pickle of the featurised files: read if it exists, else written")
     args = ap.parse_args()
     args.t0 = time.time()
     rng = np.random.default_rng(T.SEED)
+    variants = [Variant(v, args.hidden) for v in args.variants.split(",")]
+    fronts = sorted({v.front for v in variants})
+    args.recipes = sorted({v.recipe for v in variants})
     if args.tiny:
         items = T.generated_items(args.cache, 18) + T.tiny_bonafide(args.cache)
         families = ["tts-a", "tts-b"]
         for k, it in enumerate(items):  # both classes in every split, two pretend families
             family = families[k % 2] if it[1] == "spoof" else "bonafide"
             items[k] = it[:3] + (family, it[4], ["train", "calib", "test"][k % 3]) + it[6:]
-        args.channels = ["wideband", "g711_mu"]
+        args.channels = ["wideband", "g711_mu", "amr_nb"]
     else:
         items = T.shared_items(args.data) + T.generated_items(args.cache, 72)
         args.channels = CHANNELS
-    sessions = {name: front_end_session(name, args.cache, args.whisper_layers, args.precision)
-                for name in args.front_ends.split(",")}
-    files = collect(items, sessions, args, rng)
-    held = sorted({f["family"] for f in files if f["label"] == "spoof"})
+    if any(v.copysynth for v in variants):
+        genuine = [it for it in items if it[1] == "bonafide" and it[5] == "train"]
+        items += copysynth.items(args.cache, genuine, T.load, ("griffin-lim",) if args.tiny else ("hifigan", "griffin-lim"))
+    if args.features and args.features.exists():
+        files = pickle.loads(args.features.read_bytes())
+    else:
+        # Every tap is stored, so recipes that differ only in the taps they read share one pass.
+        calibration = None
+        if args.precision == "int8":  # activation scales from windows of the train split, as train.py
+            pick = [items[i] for i in np.random.default_rng(T.SEED).permutation(len(items)) if items[i][5] == "train"]
+            windows = [T.augment(w, rng) for it in pick[:200] for w in T.crops(T.load(it[0]), 3, rng)]
+            calibration = np.stack(windows[:512])
+        sessions = {name: front_end_session(name, args.cache, args.whisper_layers, args.precision, taps="all",
+                                            calibration=calibration)
+                    for name in fronts}
+        files = collect(items, sessions, args, rng)
+        if args.features:
+            args.features.parent.mkdir(parents=True, exist_ok=True)
+            args.features.write_bytes(pickle.dumps(files))
+    held = sorted({f["family"] for f in files if f["label"] == "spoof" and not is_copysynth(f)})
     report = {"channels": args.channels, "families": {}, "nuisance": nuisance_check(files)}
-    for front in sessions:
+    for v in variants:
         for fam in held:
-            report["families"].setdefault(fam, {})[front] = fold(files, front, fam, args)
-            print(f"{front} without {fam}: {report['families'][fam][front]}", flush=True)
+            report["families"].setdefault(fam, {})[v.spec] = fold(files, v, fam, args)
+            print(f"{v.spec} without {fam}: {report['families'][fam][v.spec]}", flush=True)
+    report["pooled"] = pooled(report, [v.spec for v in variants])
     report["seconds"] = round(time.time() - args.t0)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lofo.json").write_text(json.dumps(report, indent=1))
-    print(table(report, list(sessions)))
+    print(table(report, [v.spec for v in variants]))
+
+
+def pooled(report, specs):
+    """Per recipe and channel: the families' EERs weighted by their number of spoof files."""
+    out = {}
+    for spec in specs:
+        for ch in report["channels"] + ["first_1500ms"]:
+            key = "eer_1500ms" if ch == "first_1500ms" else "eer_file"
+            src = "g711_mu" if ch == "first_1500ms" else ch
+            rows = [by[spec][src] for by in report["families"].values() if src in by.get(spec, {})]
+            n = sum(r["n_spoof"] for r in rows)
+            if n:
+                out.setdefault(spec, {})[ch] = round(sum(r[key] * r["n_spoof"] for r in rows) / n, 4)
+    return out
 
 
 def table(report, fronts):
@@ -211,6 +303,10 @@ def table(report, fronts):
             n = next(iter(r.values()), {}).get("n_spoof", 0)
             first = f"{mu * 100:.1f}%" if mu is not None else "-"
             lines.append(f"| {fam} (n={n}) | {front} | " + " | ".join(cells) + f" | {first} |")
+    for front in fronts:
+        p = report.get("pooled", {}).get(front, {})
+        cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in report["channels"] + ["first_1500ms"]]
+        lines.append(f"| all, weighted by n | {front} | " + " | ".join(cells) + " |")
     lines.append(f"\nNuisance-feature classifier, test EER: {report['nuisance']['test_eer'] * 100:.1f}%")
     return "\n".join(lines)
 

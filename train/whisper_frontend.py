@@ -73,7 +73,11 @@ class Graph:
         return self.op("Add", [self.op("MatMul", [x, self.const(w.T.copy())]), self.const(b)])
 
 
-def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, prefix="wh_"):
+def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, prefix="wh_", taps="last"):
+    """Nodes computing `output_name` [B, 2 * 384 * len(taps)] from `input_name` [B, N]: the mean
+    and std over time of the encoder's output after `n_layers` blocks (taps="last"), or of the
+    points named by `taps`, concatenated: "all" (its input and every block's output) or digits
+    ("12": after blocks 1 and 2; "0" is the input to the first block)."""
     g = Graph(prefix)
     w = weights
     n = np.arange(N_FFT)
@@ -106,6 +110,7 @@ def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, 
     d = 384
     heads = int(np.ravel(w.get("encoder/num_heads", 6))[0])
     dh = d // heads
+    tapped = [x]
     for i in range(n_layers):
         p = f"encoder/layer_{i}/"
         h = g.layer_norm(x, w[p + "self_attention/layer_norm/gamma"], w[p + "self_attention/layer_norm/beta"])
@@ -121,13 +126,20 @@ def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, 
         h = g.layer_norm(x, w[p + "ffn/layer_norm/gamma"], w[p + "ffn/layer_norm/beta"])
         h = g.gelu(g.linear(h, w[p + "ffn/linear_0/weight"], w[p + "ffn/linear_0/bias"]))
         x = g.op("Add", [x, g.linear(h, w[p + "ffn/linear_1/weight"], w[p + "ffn/linear_1/bias"])])
+        tapped.append(x)
     if n_layers == 4:
-        x = g.layer_norm(x, w["encoder/layer_norm/gamma"], w["encoder/layer_norm/beta"])
+        tapped[-1] = g.layer_norm(x, w["encoder/layer_norm/gamma"], w["encoder/layer_norm/beta"])
+    if taps == "last":
+        tapped = tapped[-1:]
+    elif taps != "all":
+        tapped = [tapped[int(t)] for t in taps]
     axis = g.const(np.array([1], np.int64))
-    mean = g.op("ReduceMean", [x, axis], keepdims=1)
-    centred = g.op("Sub", [x, mean])
-    var = g.op("ReduceMean", [g.op("Mul", [centred, centred]), axis], keepdims=0)
-    std = g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(1e-6))])])
-    mean = g.op("Squeeze", [mean, axis])
-    g.nodes.append(helper.make_node("Concat", [mean, std], [output_name], axis=1))
-    return g.nodes, g.init, 2 * d
+    stats = []
+    for x in tapped:
+        mean = g.op("ReduceMean", [x, axis], keepdims=1)
+        centred = g.op("Sub", [x, mean])
+        var = g.op("ReduceMean", [g.op("Mul", [centred, centred]), axis], keepdims=0)
+        std = g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(1e-6))])])
+        stats += [g.op("Squeeze", [mean, axis]), std]
+    g.nodes.append(helper.make_node("Concat", stats, [output_name], axis=1))
+    return g.nodes, g.init, 2 * d * len(tapped)
