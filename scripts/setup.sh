@@ -60,7 +60,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # grpcio and grpcio-tools: the independent gRPC client (clients/python) and its stubs.
-want=(numpy scipy soundfile onnx "onnxruntime==$ORT_VERSION" scikit-learn grpcio grpcio-tools)
+want=(numpy scipy "soundfile>=0.12" onnx "onnxruntime==$ORT_VERSION" scikit-learn grpcio grpcio-tools)
 if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools" 2>/dev/null; then
   log "installing Python packages: ${want[*]}"
   "$VENV/bin/pip" install -q "${want[@]}"

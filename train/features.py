@@ -175,8 +175,9 @@ def graph_front(model, dim):
     return list(model.graph.node), list(model.graph.initializer), dim
 
 
-def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None):
-    """Front-end plus a one-hidden-layer classifier whose output is a calibrated logit."""
+def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None, one_class=None):
+    """Front-end plus a one-hidden-layer classifier whose output is a calibrated logit; with
+    `one_class` = (shift, scale, W, weight), weight * |((features - shift) * scale) W|^2 is added."""
     nodes, init, _ = front or lfcc_front_end()
     nodes, init = list(nodes), list(init)
     n = helper.make_node
@@ -190,9 +191,28 @@ def detector_model(window_samples, w1, b1, w2, b2, metadata, front=None):
     nodes += [
         n("Gemm", ["features", "w1", "b1"], ["h1"]),
         n("Relu", ["h1"], ["a1"]),
-        n("Gemm", ["a1", "w2", "b2"], ["logit2"]),
-        n("Squeeze", ["logit2", "squeeze_axis"], ["logit"]),
+        n("Gemm", ["a1", "w2", "b2"], ["mlp_logit"]),
     ]
+    logit2 = "mlp_logit"
+    if one_class is not None:
+        shift, scale, w, weight = one_class
+        init += [
+            numpy_helper.from_array(shift.astype(np.float32), "oc_shift"),
+            numpy_helper.from_array(scale.astype(np.float32), "oc_scale"),
+            numpy_helper.from_array(w.astype(np.float32), "oc_w"),
+            numpy_helper.from_array(np.array(weight, np.float32), "oc_weight"),
+        ]
+        nodes += [
+            n("Sub", ["features", "oc_shift"], ["oc_centred"]),
+            n("Mul", ["oc_centred", "oc_scale"], ["oc_std"]),
+            n("MatMul", ["oc_std", "oc_w"], ["oc_z"]),
+            n("Mul", ["oc_z", "oc_z"], ["oc_z2"]),
+            n("ReduceSum", ["oc_z2", "squeeze_axis"], ["oc_d"], keepdims=1),
+            n("Mul", ["oc_d", "oc_weight"], ["oc_term"]),
+            n("Add", ["mlp_logit", "oc_term"], ["mixed_logit"]),
+        ]
+        logit2 = "mixed_logit"
+    nodes.append(n("Squeeze", [logit2, "squeeze_axis"], ["logit"]))
     graph = helper.make_graph(
         nodes,
         "callguard_detector",

