@@ -9,7 +9,7 @@ files (at most --per-family of them, a fixed sample) and the genuine speakers of
 (the same 213 files train/lofo.py tests against), through the same channels. File score: the
 mean of AASIST's logit over up to three 4.04 s windows (its own input length; shorter files are
 tiled, as AASIST's recipe does). All of its families are unseen to it. Writes
-.deps/lofo/aasist.json and prints a Markdown table. Never part of the product.
+.deps/lofo/aasist-CHANNELS.json and prints a Markdown table. Never part of the product.
 """
 
 import argparse
@@ -39,6 +39,8 @@ def main():
     ap.add_argument("--model", type=Path, default=ROOT / ".deps" / "anchors" / "aasist.onnx")
     ap.add_argument("--out", type=Path, default=ROOT / ".deps" / "lofo")
     ap.add_argument("--per-family", type=int, default=60)
+    ap.add_argument("--channels", default="wideband,g711_mu,g711_a,gsm",
+                    help="comma-separated, from train/lofo.py's (also amr_nb, opus)")
     args = ap.parse_args()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -54,7 +56,7 @@ def main():
     for fam, its in sorted(spoof.items()):
         pick = rng.permutation(len(its))[: args.per_family]
         chosen += [its[i] for i in sorted(pick)]
-    scores = {ch: {"bonafide": [], "spoof": {}} for ch in ["wideband", "g711_mu", "g711_a", "gsm"]}
+    scores = {ch: {"bonafide": [], "spoof": {}} for ch in args.channels.split(",")}
     for k, (path, label, system, family, *_rest) in enumerate(chosen):
         try:
             x = T.load(path)
@@ -78,9 +80,9 @@ def main():
             report.setdefault(fam, {})[ch] = {"n_spoof": len(s), "n_bonafide": len(sc["bonafide"]),
                                               "eer_file": round(e, 4)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "aasist.json").write_text(json.dumps(report, indent=1))
-    print("| held-out family | AASIST wideband | G.711 mu | G.711 A | GSM |")
-    print("|---|---|---|---|---|")
+    (args.out / f"aasist-{'-'.join(scores)}.json").write_text(json.dumps(report, indent=1))
+    print("| held-out family | " + " | ".join(f"AASIST {ch}" for ch in scores) + " |")
+    print("|---|" + "---|" * len(scores))
     for fam, r in sorted(report.items()):
         n = r["wideband"]["n_spoof"]
         print(f"| {fam} (n={n}) | " + " | ".join(f"{r[ch]['eer_file'] * 100:.1f}%" for ch in scores) + " |")
