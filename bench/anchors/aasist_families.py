@@ -84,7 +84,7 @@ def main():
     print("| held-out family | " + " | ".join(f"AASIST {ch}" for ch in scores) + " |")
     print("|---|" + "---|" * len(scores))
     for fam, r in sorted(report.items()):
-        n = r["wideband"]["n_spoof"]
+        n = next(iter(r.values()))["n_spoof"]
         print(f"| {fam} (n={n}) | " + " | ".join(f"{r[ch]['eer_file'] * 100:.1f}%" for ch in scores) + " |")
 
 
