@@ -119,8 +119,8 @@ def is_copysynth(f):
 class Variant:
     """A classifier recipe on stored features: FRONT[/TAPS[/FLAG...]]. TAPS: which pooled points of
     the Whisper encoder (768 columns each) it reads. Flags: `cs` adds the copy-synthesised spoofs;
-    `ph` the "phone" augmentation recipe (else "basic"); `hN` N hidden units; `aX` L2 penalty X; `bs` weighs every spoof system equally (and the two
-    classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
+    `ph` the "phone" augmentation recipe (else "basic"); `hN` N hidden units; `aX` L2 penalty X;
+    `bs` weighs every spoof system equally (and the two classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
     Mahalanobis distance from the genuine training windows, in their top `kN` principal
     components); `hy` both, combined by the calibration."""
 
@@ -163,8 +163,8 @@ def fold(files, variant, held_out, args):
     mu, sd = T.standardiser(X)
     clf = MLPClassifier(hidden_layer_sizes=(variant.hidden,), alpha=variant.alpha,
                         max_iter=300 if not args.tiny else 50, early_stopping=not args.tiny, random_state=T.SEED)
-    if variant.head == "oc":
-        pass
+    if variant.head == "oc":  # no classifier: the one-class score alone
+        clf = None
     elif variant.balance_systems:
         system = np.concatenate([np.full(len(f["train"][key]), f["system"]) for f in tr])
         names, inverse, counts = np.unique(system, return_inverse=True, return_counts=True)
@@ -248,10 +248,10 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
     ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32", help="as train.py (whisper front-end)")
-    ap.add_argument("--variants", default="whisper/2,whisper/all/cs/ph/a1,lfcc//cs/ph",
-                    help="classifier recipes, comma-separated FRONT[/TAPS[/cs]]: TAPS are the Whisper encoder "
-                         "points pooled (0 = its input, k = after block k, 'all'); cs adds copy-synthesised "
-                         "spoofs (HiFi-GAN, Griffin-Lim) of the train split's genuine files")
+    ap.add_argument("--variants", default="whisper/2,whisper/all/cs/ph,lfcc//cs/ph",
+                    help="classifier recipes, comma-separated FRONT[/TAPS[/FLAG...]] (see Variant): TAPS are the "
+                         "Whisper encoder points pooled (0 = its input, k = after block k, 'all'); the default "
+                         "compares 0.2.0's recipe, the shipped one and the from-scratch baseline")
     ap.add_argument("--features", type=Path, help="a pickle of the featurised files: read if it exists, else written")
     args = ap.parse_args()
     args.t0 = time.time()
