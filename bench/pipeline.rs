@@ -87,17 +87,44 @@ fn vad(c: &mut Criterion) {
 
 /// The shipped detector, and the AASIST anchor when bench/anchors/setup.sh has exported it,
 /// on the same kind of windows (each at its own window length), batch 1 and batch 16.
+/// Candidate models (with their sidecars) are timed beside them in the same run when listed in
+/// `CALLGUARD_BENCH_MODELS` (paths separated by `:`), each named by its folder.
 fn detector(c: &mut Criterion) {
     let anchor = root().join(".deps/anchors/aasist.onnx");
-    let models = [root().join("models/detector.onnx"), anchor.clone()];
-    for model in models.iter().filter(|m| m.is_file()) {
+    let mut models = vec![
+        ("shipped".to_string(), root().join("models/detector.onnx")),
+        ("anchor".to_string(), anchor.clone()),
+    ];
+    for path in std::env::var("CALLGUARD_BENCH_MODELS")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|p| !p.is_empty())
+    {
+        let path = PathBuf::from(path);
+        let folder = path
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        assert!(
+            path.is_file(),
+            "CALLGUARD_BENCH_MODELS: no model at {}",
+            path.display()
+        );
+        models.push((folder, path));
+    }
+    for (label, model) in models.iter().filter(|(_, m)| m.is_file()) {
         let card = ModelCard::load(model).unwrap();
         let mut detector = Detector::new(&card, 1).unwrap();
         let windows: Vec<Vec<f32>> = (0..16)
             .map(|i| noise(card.input.window_samples + i)[i..].to_vec())
             .collect();
         let mut out = Vec::new();
-        let mut g = c.benchmark_group(format!("detector_window/{}", card.name));
+        let name = match label.as_str() {
+            "shipped" | "anchor" => card.name.clone(),
+            _ => format!("{}-{label}", card.name),
+        };
+        let mut g = c.benchmark_group(format!("detector_window/{name}"));
         for batch in [1usize, 16] {
             g.throughput(Throughput::Elements(batch as u64));
             g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {

@@ -158,6 +158,11 @@ def segment(x, key):
     return x[best:best + SEGMENT]
 
 
+def file_key(path):
+    """The name (without .wav) of a genuine file's copy-synthesised versions."""
+    return hashlib.sha1(str(path).encode()).hexdigest()[:16]
+
+
 def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
     """Copy-synthesised spoof items, one per genuine item and vocoder, in the train split only.
     `genuine`: (path, ..., source) items of the train split. Output items as train.py's."""
@@ -169,7 +174,7 @@ def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
     out_items = []
     done = 0
     for k, (path, *_rest) in enumerate(genuine):
-        key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+        key = file_key(path)
         x = None
         for name, session in makers.items():
             if name == "hifigan-ljspeech" and k % 2:  # a single-speaker vocoder: half the files

@@ -43,12 +43,15 @@ from sklearn.neural_network import MLPClassifier
 sys.path.insert(0, str(Path(__file__).parent))
 import copysynth  # noqa: E402
 import features  # noqa: E402
+import ge2e_frontend  # noqa: E402
 import train as T  # noqa: E402
 
 CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"]
 
 
 def front_end_session(name, cache, layers=2, precision="fp32", taps="last", calibration=None):
+    if name == "ge2e":
+        return ge2e_frontend.session(cache)
     front = None
     if name == "whisper":
         import whisper_frontend
@@ -112,6 +115,22 @@ def collect(items, sessions, args, rng):
     return files
 
 
+def merge(files, new):
+    """Adds the features of `new` (a replay of the pass that made `files`) to `files`."""
+    if len(new) != len(files):
+        sys.exit(f"lofo: the replay found {len(new)} files, the stored features {len(files)}: the data changed")
+    for f, g in zip(files, new):
+        if (f["system"], f["label"], f["split"]) != (g["system"], g["label"], g["split"]):
+            sys.exit(f"lofo: the replay diverged at {g['system']}: the data changed; delete the features pickle")
+        old = {k.split(":")[1]: len(v) for k, v in f["train"].items() if v is not None}
+        old_eval = {ch: len(v) for by_channel in f["eval"].values() for ch, v in by_channel.items()}
+        if any(v is not None and len(v) != old.get(k.split(":")[1], len(v)) for k, v in g["train"].items()) or any(
+                len(v) != old_eval.get(ch, len(v)) for by_channel in g["eval"].values() for ch, v in by_channel.items()):
+            sys.exit(f"lofo: the replay cut other windows from {g['system']}: delete the features pickle")
+        f["train"].update(g["train"])
+        f["eval"].update(g["eval"])
+
+
 def is_copysynth(f):
     return f["system"].startswith(copysynth.SYSTEM_PREFIX)
 
@@ -128,10 +147,11 @@ class Variant:
         self.spec = spec
         front, *rest = spec.split("/")
         self.front, self.taps = front, rest[0] if rest else ""
+        self.fronts = front.split("+")  # several front-ends: their features side by side
+        self.tap_sets = (self.taps.split("+") + [""] * len(self.fronts))[:len(self.fronts)]
         flags = rest[1:]
         self.copysynth = "cs" in flags
         self.recipe = "phone" if "ph" in flags else "basic"
-        self.train_key = f"{front}:{self.recipe}"
         self.balance_systems = "bs" in flags
         def number(prefix, default, kind):
             found = [kind(f[1:]) for f in flags if re.fullmatch(prefix + r"[0-9.e-]+", f)]
@@ -141,32 +161,50 @@ class Variant:
         self.components = number("k", 64, int)
         self.head = "oc" if "oc" in flags else "hy" if "hy" in flags else "mlp"
 
-    def columns(self, x):
-        if self.front != "whisper" or self.taps in ("", "all"):
+    def columns(self, front, taps, x):
+        if taps in ("", "all"):
             return x
-        return np.concatenate([x[..., 768 * int(t):768 * (int(t) + 1)] for t in self.taps], axis=-1)
+        if front == "ge2e":
+            return np.concatenate([x[..., slice(*ge2e_frontend.TAPS[t])] for t in taps], axis=-1)
+        if front == "whisper":
+            return np.concatenate([x[..., 768 * int(t):768 * (int(t) + 1)] for t in taps], axis=-1)
+        return x
+
+    def has(self, f, split_key):
+        """Whether file `f` has every front-end's features (`train` crops or `eval` channels)."""
+        if split_key == "train":
+            return all(f["train"].get(f"{fr}:{self.recipe}") is not None for fr in self.fronts)
+        return all(fr in f["eval"] for fr in self.fronts)
+
+    def train_features(self, f):
+        return np.concatenate([self.columns(fr, t, f["train"][f"{fr}:{self.recipe}"])
+                               for fr, t in zip(self.fronts, self.tap_sets)], axis=-1)
+
+    def eval_channels(self, f):
+        return list(f["eval"][self.fronts[0]]) if self.has(f, "eval") else []
+
+    def eval_features(self, f, ch):
+        return np.concatenate([self.columns(fr, t, f["eval"][fr][ch]) for fr, t in zip(self.fronts, self.tap_sets)],
+                              axis=-1)
 
 
 def fold(files, variant, held_out, args):
     """Trains without `held_out` family; returns EERs on it per channel. Copy-synthesised spoofs
     (HiFi-GAN, Griffin-Lim) count as vocoder copy-synthesis: they leave with that family."""
-    front = variant.front
-
     def usable(f):
         if is_copysynth(f) and (not variant.copysynth or held_out == copysynth.FAMILY):
             return False
         return f["family"] != held_out
-    key = variant.train_key
-    tr = [f for f in files if f["split"] == "train" and usable(f) and f["train"].get(key) is not None]
-    X = variant.columns(np.concatenate([f["train"][key] for f in tr]))
-    y = np.concatenate([np.full(len(f["train"][key]), f["label"] == "spoof") for f in tr]).astype(int)
+    tr = [f for f in files if f["split"] == "train" and usable(f) and variant.has(f, "train")]
+    X = np.concatenate([variant.train_features(f) for f in tr])
+    y = np.concatenate([np.full(len(variant.train_features(f)), f["label"] == "spoof") for f in tr]).astype(int)
     mu, sd = T.standardiser(X)
     clf = MLPClassifier(hidden_layer_sizes=(variant.hidden,), alpha=variant.alpha,
                         max_iter=300 if not args.tiny else 50, early_stopping=not args.tiny, random_state=T.SEED)
     if variant.head == "oc":  # no classifier: the one-class score alone
         clf = None
     elif variant.balance_systems:
-        system = np.concatenate([np.full(len(f["train"][key]), f["system"]) for f in tr])
+        system = np.concatenate([np.full(len(variant.train_features(f)), f["system"]) for f in tr])
         names, inverse, counts = np.unique(system, return_inverse=True, return_counts=True)
         w = 1.0 / counts[inverse]
         n_spoof_systems = len(set(system[y == 1]))
@@ -182,7 +220,7 @@ def fold(files, variant, held_out, args):
 
     def raw(feats):
         """[N, scores]: the MLP's logit and/or the one-class distance."""
-        z = (variant.columns(feats) - mu) / sd
+        z = (feats - mu) / sd
         cols = []
         if variant.head != "oc":
             h = np.maximum(0, z @ clf.coefs_[0] + clf.intercepts_[0])
@@ -192,26 +230,26 @@ def fold(files, variant, held_out, args):
         return np.stack(cols, axis=1)
 
     cal = [f for f in files if f["split"] == "calib" and usable(f)]
-    cx = np.concatenate([raw(f["eval"][front][ch]) for f in cal for ch in f["eval"].get(front, {})])
-    cy = np.concatenate([np.full(len(f["eval"][front][ch]), f["label"] == "spoof")
-                         for f in cal for ch in f["eval"].get(front, {})])
+    cx = np.concatenate([raw(variant.eval_features(f, ch)) for f in cal for ch in variant.eval_channels(f)])
+    cy = np.concatenate([np.full(len(variant.eval_features(f, ch)), f["label"] == "spoof")
+                         for f in cal for ch in variant.eval_channels(f)])
     platt = LogisticRegression(C=1e4).fit(cx, cy)
     a, b = platt.coef_[0], float(platt.intercept_[0])
 
     def logits(feats):
         return raw(feats) @ a
 
-    bona_cal = [np.mean(logits(f["eval"][front][ch]) + b) for f in cal if f["label"] == "bonafide"
-                for ch in f["eval"].get(front, {})]
+    bona_cal = [np.mean(logits(variant.eval_features(f, ch)) + b) for f in cal if f["label"] == "bonafide"
+                for ch in variant.eval_channels(f)]
     thr = float(np.quantile(bona_cal, 0.99))
 
     out = {}
     for ch in args.channels:
-        bona = [logits(f["eval"][front][ch]) + b for f in files
-                if f["split"] == "test" and f["label"] == "bonafide" and ch in f["eval"].get(front, {})]
-        spoof = [logits(f["eval"][front][ch]) + b for f in files
+        bona = [logits(variant.eval_features(f, ch)) + b for f in files
+                if f["split"] == "test" and f["label"] == "bonafide" and ch in variant.eval_channels(f)]
+        spoof = [logits(variant.eval_features(f, ch)) + b for f in files
                  if f["family"] == held_out and f["label"] == "spoof" and not is_copysynth(f)
-                 and ch in f["eval"].get(front, {})]
+                 and ch in variant.eval_channels(f)]
         if not bona or not spoof:
             continue
         e_file, _ = T.eer([s.mean() for s in bona], [s.mean() for s in spoof])
@@ -257,7 +295,7 @@ def main():
     args.t0 = time.time()
     rng = np.random.default_rng(T.SEED)
     variants = [Variant(v, args.hidden) for v in args.variants.split(",")]
-    fronts = sorted({v.front for v in variants})
+    fronts = sorted({fr for v in variants for fr in v.fronts})
     args.recipes = sorted({v.recipe for v in variants})
     if args.tiny:
         items = T.generated_items(args.cache, 18) + T.tiny_bonafide(args.cache)
@@ -269,12 +307,17 @@ def main():
     else:
         items = T.shared_items(args.data) + T.generated_items(args.cache, 72)
         args.channels = CHANNELS
-    if any(v.copysynth for v in variants):
+    files = pickle.loads(args.features.read_bytes()) if args.features and args.features.exists() else None
+    if files is not None:
+        # Front-ends missing from the stored features are added by replaying the stored pass for
+        # them only: same items, recipes and seeds, so every window (crop, augmentation, channel)
+        # is the one the stored features saw.
+        args.recipes = sorted({k.split(":")[1] for f in files for k in f["train"]})
+    if any(v.copysynth for v in variants) or (files is not None and any(is_copysynth(f) for f in files)):
         genuine = [it for it in items if it[1] == "bonafide" and it[5] == "train"]
         items += copysynth.items(args.cache, genuine, T.load, ("griffin-lim",) if args.tiny else ("hifigan", "griffin-lim"))
-    if args.features and args.features.exists():
-        files = pickle.loads(args.features.read_bytes())
-    else:
+    missing = [fr for fr in fronts if files is None or not any(fr in f["eval"] for f in files)]
+    if missing:
         # Every tap is stored, so recipes that differ only in the taps they read share one pass.
         calibration = None
         if args.precision == "int8":  # activation scales from windows of the train split, as train.py
@@ -283,8 +326,12 @@ def main():
             calibration = np.stack(windows[:512])
         sessions = {name: front_end_session(name, args.cache, args.whisper_layers, args.precision, taps="all",
                                             calibration=calibration)
-                    for name in fronts}
-        files = collect(items, sessions, args, rng)
+                    for name in missing}
+        new = collect(items, sessions, args, rng)
+        if files is None:
+            files = new
+        else:
+            merge(files, new)
         if args.features:
             args.features.parent.mkdir(parents=True, exist_ok=True)
             args.features.write_bytes(pickle.dumps(files))

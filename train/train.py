@@ -370,21 +370,27 @@ def main():
         front = whisper_frontend.encoder_nodes(weights, "waveform", "features", WINDOW, args.whisper_layers,
                                                taps=args.taps)
     args.front = front
-    split_windows = {s: ([], [], []) for s in ["train", "calib", "test"]}  # windows, labels, file ids
+    split_windows = {s: ([], [], []) for s in ["train", "calib", "test"]}  # windows, labels, folds
     file_meta = []
+    # A copy-synthesised spoof belongs to its genuine source's speaker group (for the folds).
+    twin_group = {copysynth.file_key(it[0]): it[4] for it in items if it[1] == "bonafide" and it[5] == "train"}
     for fid, (path, label, system, family, group, split, source) in enumerate(items):
         try:
             x = load(path)
         except Exception as e:  # a corrupt file is skipped and reported, never fatal
             print(f"skip {path}: {e}", file=sys.stderr)
             continue
+        if system.startswith(copysynth.SYSTEM_PREFIX):
+            group = twin_group.get(Path(path).stem, group)
+        fold = fold_of(group)
         file_meta.append(dict(path=str(path), label=label, system=system, family=family, split=split,
-                              source=source, x=x if split != "train" else None))
+                              source=source, fold=fold, x=x if split != "train" or label == "bonafide" else None))
         if split != "train":
             continue
         for w in crops(x, args.crops, rng):
             split_windows["train"][0].append(augment(w, rng, args.augment))
             split_windows["train"][1].append(1 if label == "spoof" else 0)
+            split_windows["train"][2].append(fold)
     feat_model = features.feature_model(WINDOW, front)
     if args.precision == "int8":
         # Activation scales from a fixed sample of the (augmented) training windows, both classes.
@@ -398,27 +404,12 @@ def main():
     train_y = np.array(split_windows["train"][1])
     print(f"train windows: {len(train_y)} ({train_y.sum()} spoof) in {time.time() - t0:.0f}s", flush=True)
 
-    mu, sd = standardiser(train_x)
-    clf = MLPClassifier(hidden_layer_sizes=(args.hidden,), alpha=args.alpha, max_iter=300 if not args.tiny else 50,
-                        early_stopping=not args.tiny, random_state=SEED)
-    # Balance the classes by weighting through resampling of the minority class.
-    idx = balanced_indices(train_y, rng)
-    clf.fit((train_x[idx] - mu) / sd, train_y[idx])
-    if args.one_class:
-        centre, whiten = genuine_whitening((train_x[train_y == 0] - mu) / sd, args.one_class)
-
-    def raw_logits(feats):
-        """[N, 1 or 2]: the classifier's logit, and the one-class distance where asked for."""
-        z = (feats - mu) / sd
-        h = np.maximum(0, z @ clf.coefs_[0] + clf.intercepts_[0])
-        cols = [(h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0]]
-        if args.one_class:
-            cols.append(np.sum(((z - centre) @ whiten) ** 2, axis=1) / whiten.shape[1])
-        return np.stack(cols, axis=1)
+    train_fold = np.array(split_windows["train"][2])
+    raw_logits, (clf, mu, sd, one_class_fit) = fit_head(train_x, train_y, args, rng)
 
     # Calibration and test sets: every file through each evaluation channel, windows like the daemon.
     eval_channels = EVAL_CHANNELS if not args.tiny else ["wideband", "g711_mu", "amr_nb"]
-    per_file = {}
+    per_file, calib_feats = {}, {}
     check = []  # windows whose exported score must equal the one computed here
     for ch in eval_channels:
         crng = np.random.default_rng(SEED + 1)
@@ -429,7 +420,10 @@ def main():
             ws = sliding(y)
             if not ws:
                 continue
-            per_file[(fid, ch)] = raw_logits(featurize(feat_session, ws))
+            feats = featurize(feat_session, ws)
+            per_file[(fid, ch)] = raw_logits(feats)
+            if m["split"] == "calib":
+                calib_feats[(fid, ch)] = feats
             if len(check) < 32:
                 check += [(w, (fid, ch), i) for i, w in enumerate(ws[:32 - len(check)])]
 
@@ -442,12 +436,27 @@ def main():
     def calibrated(s):
         return s @ a + b
 
-    # Threshold: at most 1% of genuine calibration files alerted (file score = mean window log-odds).
+    # Threshold: at most 1% of genuine files alerted (file score = mean window log-odds), over the
+    # calibration split's genuine files and the train split's, each of the latter scored by a
+    # head that never saw its speaker (out of fold).
     bona_cal = [np.mean(calibrated(s)) for s, m in calib if m["label"] == "bonafide"]
-    thr_logit = float(np.quantile(bona_cal, 0.99)) if bona_cal else 0.0
+    calib_labels = {k: file_meta[k[0]]["label"] == "spoof" for k in calib_feats}
+    bona_oof = out_of_fold_genuine(args, train_x, train_y, train_fold, file_meta, feat_session, calib_feats,
+                                   calib_labels, eval_channels)
+    bona_all = bona_cal + bona_oof
+    thr_logit = float(np.quantile(bona_all, 0.99)) if bona_all else 0.0
     threshold = float(1 / (1 + np.exp(-thr_logit)))
 
     report = evaluate(per_file, file_meta, calibrated, eval_channels, threshold)
+    cal_only = float(np.quantile(bona_cal, 0.99)) if bona_cal else 0.0
+    report["threshold_rule"] = {
+        "genuine_scores": {"calibration_split": len(bona_cal), "train_split_out_of_fold": len(bona_oof)},
+        "p_spoof": round(threshold, 4),
+        "p_spoof_calibration_split_only": round(float(1 / (1 + np.exp(-cal_only))), 4),
+        "calibration_genuine_alerted": round(float(np.mean(np.array(bona_cal) >= thr_logit)), 4) if bona_cal else None,
+        "out_of_fold_genuine_alerted": round(float(np.mean(np.array(bona_oof) >= thr_logit)), 4) if bona_oof else None,
+    }
+    print(json.dumps(report["threshold_rule"]), flush=True)
     report["seconds"] = round(time.time() - t0)
     print(json.dumps(report["overall"], indent=1))
 
@@ -457,6 +466,7 @@ def main():
     b2 = clf.intercepts_[1] * a[0] + b
     one_class = None
     if args.one_class:  # weight * |((x - shift) * scale) W|^2: the standardisation kept apart, for precision
+        centre, whiten = one_class_fit
         one_class = (mu + centre * sd, 1 / sd, whiten, a[1] / whiten.shape[1])
     export(args, (w1, b1, w2, b2, one_class), threshold, items, file_meta, report, len(train_y))
     exported = ort.InferenceSession(str(args.out / "detector.onnx")).run(None, {"waveform": np.stack([w for w, _, _ in check])})[0]
@@ -475,6 +485,63 @@ def tiny_bonafide(cache):
         if d.is_dir():
             found += sorted(p for p in d.glob("*.wav"))[:18]
     return [(p, "bonafide", "bonafide", "bonafide", f"pkg:{p.stem}", "train", "package") for p in found[:18]]
+
+
+FOLDS = 5  # out-of-fold heads that score the train split's genuine files for the threshold
+OOF_WINDOWS = 16  # windows (8.5 s) of each such file per channel
+
+
+def fold_of(group):
+    return int(hashlib.sha1(f"{SEED}:fold:{group}".encode()).hexdigest(), 16) % FOLDS
+
+
+def fit_head(x, y, args, rng):
+    """The classifier on features `x`: returns raw_logits(feats) -> [N, 1 or 2] (the MLP's logit,
+    and the one-class distance where asked for) and its parts (clf, mu, sd, (centre, whiten))."""
+    mu, sd = standardiser(x)
+    clf = MLPClassifier(hidden_layer_sizes=(args.hidden,), alpha=args.alpha, max_iter=300 if not args.tiny else 50,
+                        early_stopping=not args.tiny, random_state=SEED)
+    # Balance the classes by weighting through resampling of the minority class.
+    idx = balanced_indices(y, rng)
+    clf.fit((x[idx] - mu) / sd, y[idx])
+    one_class = genuine_whitening((x[y == 0] - mu) / sd, args.one_class) if args.one_class else None
+
+    def raw_logits(feats):
+        z = (feats - mu) / sd
+        h = np.maximum(0, z @ clf.coefs_[0] + clf.intercepts_[0])
+        cols = [(h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0]]
+        if one_class is not None:
+            centre, whiten = one_class
+            cols.append(np.sum(((z - centre) @ whiten) ** 2, axis=1) / whiten.shape[1])
+        return np.stack(cols, axis=1)
+    return raw_logits, (clf, mu, sd, one_class)
+
+
+def out_of_fold_genuine(args, train_x, train_y, train_fold, meta, session, calib_feats, calib_labels, channels):
+    """Calibrated file scores (mean window log-odds) of the train split's genuine files through every
+    channel, each from a head trained without its fold: FOLDS folds by speaker group, a copy-synthesised
+    spoof leaving with its genuine source. Each head is Platt-calibrated on the calibration split like
+    the shipped one, so its scores mean what the shipped head's do on speakers it never heard."""
+    scores = []
+    crng = np.random.default_rng(SEED + 2)
+    for k in range(FOLDS):
+        files = [m for m in meta if m["split"] == "train" and m["label"] == "bonafide" and m["fold"] == k]
+        keep = train_fold != k
+        if not files or len(set(train_y[keep])) < 2:
+            continue
+        raw_k, _ = fit_head(train_x[keep], train_y[keep], args, np.random.default_rng(SEED + 100 + k))
+        cx = np.concatenate([raw_k(f) for f in calib_feats.values()])
+        cy = np.concatenate([np.full(len(f), calib_labels[key]) for key, f in calib_feats.items()])
+        if len(set(cy)) < 2:
+            continue
+        platt = LogisticRegression(C=1e4).fit(cx, cy)
+        for m in files:
+            for ch in channels:
+                ws = sliding(channel(m["x"], ch, crng))[:OOF_WINDOWS]
+                if ws:
+                    scores.append(float(np.mean(raw_k(featurize(session, ws)) @ platt.coef_[0] + platt.intercept_[0])))
+        print(f"fold {k}: {len(files)} genuine files scored out of fold", flush=True)
+    return scores
 
 
 def balanced_indices(y, rng):
@@ -544,7 +611,7 @@ def evaluate(per_file, meta, calibrated, channels, threshold):
 def export(args, head, threshold, items, meta, report, n_train):
     w1, b1, w2, b2, one_class = head
     args.out.mkdir(parents=True, exist_ok=True)
-    version = "0.3.0" if not args.tiny else "tiny"
+    version = "0.3.1" if not args.tiny else "tiny"
     card = {
         "name": f"callguard-{args.front_end}-mlp",
         "version": version,
@@ -566,7 +633,9 @@ def export(args, head, threshold, items, meta, report, n_train):
         },
         "threshold": {
             "p_spoof": round(threshold, 4),
-            "chosen_on": "calibration split: 99th percentile of genuine files' mean window score (<=1% of genuine files alerted)",
+            "chosen_on": ("99th percentile of genuine files' mean window score (<=1% of genuine files alerted), over "
+                          "every channel: the calibration split's genuine files and the train split's, the latter "
+                          f"scored out of fold ({FOLDS} folds by speaker)"),
         },
         "front_end": (WHISPER_FRONT_END.format(layers=args.whisper_layers,
                                                taps=describe_taps(args.taps, args.whisper_layers))
