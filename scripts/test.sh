@@ -38,6 +38,20 @@ assert set(r["pooled"]) == set(sys.argv[2].split(","))
 assert 0 <= r["nuisance"]["test_eer"] <= 1
 print(f"lofo smoke: {len(r['families'])} folds x {len(r['pooled'])} recipes, nuisance EER {r['nuisance']['test_eer']}")
 PY
+# A front-end added to stored features is featurised by replaying the stored pass: its results
+# must equal those of the run above, which featurised everything at once.
+.deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo-a" --features "$tiny/lofo-a/features.pkl" \
+    --variants "whisper/2,whisper/all/cs/ph" >/dev/null
+.deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo-a" --features "$tiny/lofo-a/features.pkl" \
+    --variants "lfcc//cs/ph,whisper+lfcc/all+/cs/ph" >/dev/null
+.deps/venv/bin/python - "$tiny/lofo/lofo.json" "$tiny/lofo-a/lofo.json" <<'PY'
+import json, sys
+once, replayed = (json.load(open(p)) for p in sys.argv[1:])
+for fam, by in once["families"].items():
+    assert by["lfcc//cs/ph"] == replayed["families"][fam]["lfcc//cs/ph"], fam
+assert set(replayed["pooled"]) == {"lfcc//cs/ph", "whisper+lfcc/all+/cs/ph"}
+print("lofo smoke: a front-end replayed into stored features scores as when featurised at once")
+PY
 # The alert-rule comparison stays alive too (generated clips, the shipped model).
 .deps/venv/bin/python train/fusion.py --tiny --out "$tiny/fusion/fusion.json" >/dev/null
 .deps/venv/bin/python - "$tiny/fusion/fusion.json" <<'PY'
