@@ -196,15 +196,16 @@ def fold(files, variant, held_out, args):
             return False
         return f["family"] != held_out
     tr = [f for f in files if f["split"] == "train" and usable(f) and variant.has(f, "train")]
-    X = np.concatenate([variant.train_features(f) for f in tr])
-    y = np.concatenate([np.full(len(variant.train_features(f)), f["label"] == "spoof") for f in tr]).astype(int)
+    per_file = [variant.train_features(f) for f in tr]
+    X = np.concatenate(per_file)
+    y = np.concatenate([np.full(len(x), f["label"] == "spoof") for x, f in zip(per_file, tr)]).astype(int)
     mu, sd = T.standardiser(X)
     clf = MLPClassifier(hidden_layer_sizes=(variant.hidden,), alpha=variant.alpha,
                         max_iter=300 if not args.tiny else 50, early_stopping=not args.tiny, random_state=T.SEED)
     if variant.head == "oc":  # no classifier: the one-class score alone
         clf = None
     elif variant.balance_systems:
-        system = np.concatenate([np.full(len(variant.train_features(f)), f["system"]) for f in tr])
+        system = np.concatenate([np.full(len(x), f["system"]) for x, f in zip(per_file, tr)])
         names, inverse, counts = np.unique(system, return_inverse=True, return_counts=True)
         w = 1.0 / counts[inverse]
         n_spoof_systems = len(set(system[y == 1]))
@@ -230,9 +231,9 @@ def fold(files, variant, held_out, args):
         return np.stack(cols, axis=1)
 
     cal = [f for f in files if f["split"] == "calib" and usable(f)]
-    cx = np.concatenate([raw(variant.eval_features(f, ch)) for f in cal for ch in variant.eval_channels(f)])
-    cy = np.concatenate([np.full(len(variant.eval_features(f, ch)), f["label"] == "spoof")
-                         for f in cal for ch in variant.eval_channels(f)])
+    cal_feats = [(variant.eval_features(f, ch), f["label"] == "spoof") for f in cal for ch in variant.eval_channels(f)]
+    cx = np.concatenate([raw(x) for x, _ in cal_feats])
+    cy = np.concatenate([np.full(len(x), spoof) for x, spoof in cal_feats])
     platt = LogisticRegression(C=1e4).fit(cx, cy)
     a, b = platt.coef_[0], float(platt.intercept_[0])
 
