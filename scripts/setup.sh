@@ -4,7 +4,6 @@
 # Python environment for training and test-audio generation. Reuses whatever is already there.
 #
 #   scripts/setup.sh            # what the binary and the tests need
-#   scripts/setup.sh --train    # plus numpy/scipy/scikit-learn/onnx for train/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,10 +14,10 @@ mkdir -p "$DEPS"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-# --- apt: build deps (cpal needs ALSA headers; whisper-rs builds whisper.cpp with cmake, bindgen needs libclang), audio tools for test audio, a virtual sound card.
+# --- apt: build deps (cpal needs ALSA headers; whisper-rs builds whisper.cpp with cmake, bindgen needs libclang), audio tools for test audio, a virtual sound card, Festival voices (spoofed training audio).
 APT_PACKAGES=(pkg-config libasound2-dev unzip sox espeak-ng flite pulseaudio pulseaudio-utils
   libasound2-plugins asterisk-core-sounds-en-wav asterisk-core-sounds-en fonts-dejavu-core python3-venv
-  build-essential cmake libclang-dev)
+  build-essential cmake libclang-dev festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -60,8 +59,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # grpcio and grpcio-tools: the independent gRPC client (clients/python) and its stubs.
-want=(numpy scipy "soundfile>=0.12" onnx "onnxruntime==$ORT_VERSION" scikit-learn grpcio grpcio-tools)
-if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools" 2>/dev/null; then
+# pyworld-prebuilt: the WORLD vocoder (train/copysynth.py), prebuilt wheels of pyworld (MIT).
+want=(numpy scipy "soundfile>=0.12" onnx "onnxruntime==$ORT_VERSION" scikit-learn grpcio grpcio-tools
+  "pyworld-prebuilt==0.3.6.post1")
+if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools, pyworld" 2>/dev/null; then
   log "installing Python packages: ${want[*]}"
   "$VENV/bin/pip" install -q "${want[@]}"
 fi

@@ -26,8 +26,8 @@ PY
 # The int8 variant (static quantisation): train.py itself fails if the export disagrees with it.
 .deps/venv/bin/python train/train.py --tiny --precision int8 --out "$tiny/int8" >/dev/null
 echo "train smoke: int8 model exported and checked against training"
-# The leave-one-family-out evaluation stays alive too (two pretend families, three recipes).
-variants="whisper/2,whisper/all/cs/ph/hy/k8,lfcc//cs/ph"
+# The leave-one-family-out evaluation stays alive too (two pretend families, four recipes).
+variants="whisper/2,whisper/all/cs/ph/hy/k8,lfcc//cs/ph,lfcc//cs/ph/mg"
 .deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo" --variants "$variants" >/dev/null
 .deps/venv/bin/python - "$tiny/lofo/lofo.json" "$variants" <<'PY'
 import json, sys
@@ -38,19 +38,21 @@ assert set(r["pooled"]) == set(sys.argv[2].split(","))
 assert 0 <= r["nuisance"]["test_eer"] <= 1
 print(f"lofo smoke: {len(r['families'])} folds x {len(r['pooled'])} recipes, nuisance EER {r['nuisance']['test_eer']}")
 PY
-# A front-end added to stored features is featurised by replaying the stored pass: its results
-# must equal those of the run above, which featurised everything at once.
+# A front-end added to stored features is featurised by replaying the stored pass, and the
+# generators added in 0.4.0 as a block of their own: their results must equal those of the run
+# above, which featurised everything at once.
 .deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo-a" --features "$tiny/lofo-a/features.pkl" \
     --variants "whisper/2,whisper/all/cs/ph" >/dev/null
 .deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo-a" --features "$tiny/lofo-a/features.pkl" \
-    --variants "lfcc//cs/ph,whisper+lfcc/all+/cs/ph" >/dev/null
+    --variants "lfcc//cs/ph,whisper+lfcc/all+/cs/ph,lfcc//cs/ph/mg" >/dev/null
 .deps/venv/bin/python - "$tiny/lofo/lofo.json" "$tiny/lofo-a/lofo.json" <<'PY'
 import json, sys
 once, replayed = (json.load(open(p)) for p in sys.argv[1:])
 for fam, by in once["families"].items():
-    assert by["lfcc//cs/ph"] == replayed["families"][fam]["lfcc//cs/ph"], fam
-assert set(replayed["pooled"]) == {"lfcc//cs/ph", "whisper+lfcc/all+/cs/ph"}
-print("lofo smoke: a front-end replayed into stored features scores as when featurised at once")
+    for spec in ["lfcc//cs/ph", "lfcc//cs/ph/mg"]:
+        assert by[spec] == replayed["families"][fam][spec], (fam, spec)
+assert set(replayed["pooled"]) == {"lfcc//cs/ph", "whisper+lfcc/all+/cs/ph", "lfcc//cs/ph/mg"}
+print("lofo smoke: a front-end replayed, and a block of generators added, score as when featurised at once")
 PY
 # The alert-rule comparison stays alive too (generated clips, the shipped model).
 .deps/venv/bin/python train/fusion.py --tiny --out "$tiny/fusion/fusion.json" >/dev/null

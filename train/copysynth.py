@@ -12,6 +12,9 @@ Vocoders:
   Runtime. 22.05 kHz, 80-band log-mel (n_fft 1024, hop 256, 0-8 kHz), the recipe of the
   HiFi-GAN paper.
 - `griffin-lim`: phase reconstruction from the STFT magnitude (numpy only, no model).
+- `world`: the WORLD vocoder (PyPI `pyworld`, MIT): F0 (Harvest), spectral envelope
+  (CheapTrick) and aperiodicity (D4C) analysed and resynthesised, the DSP vocoder of statistical
+  parametric TTS and of many voice-conversion systems. Every other file (those LJSpeech skips).
 
     python train/copysynth.py export      # the ONNX generators into .deps/train-cache/hifigan/
 
@@ -75,6 +78,15 @@ def griffin_lim(x, iterations=32, n_fft=512, hop=128, seed=0):
         y /= norm
         phase = np.exp(1j * np.angle(np.fft.rfft(y[idx] * window, axis=1)))
     return y[n_fft // 2:n_fft // 2 + n].astype(np.float32)
+
+
+def world(x):
+    """WORLD analysis and resynthesis (pyworld: Harvest F0, CheapTrick envelope, D4C aperiodicity)."""
+    import pyworld
+    x64 = x.astype(np.float64)
+    f0, t = pyworld.harvest(x64, SR)
+    y = pyworld.synthesize(f0, pyworld.cheaptrick(x64, f0, t, SR), pyworld.d4c(x64, f0, t, SR), SR)
+    return np.pad(y, (0, max(0, len(x) - len(y))))[:len(x)].astype(np.float32)
 
 
 # ------------------------------------------------------------------------------- HiFi-GAN
@@ -169,8 +181,9 @@ def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
     import soundfile as sf
     sessions = hifigan_sessions(cache) if "hifigan" in vocoders else {}
     makers = dict(sessions)
-    if "griffin-lim" in vocoders:
-        makers["griffin-lim"] = None
+    for name in ("griffin-lim", "world"):
+        if name in vocoders:
+            makers[name] = name
     out_items = []
     done = 0
     for k, (path, *_rest) in enumerate(genuine):
@@ -178,6 +191,8 @@ def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
         x = None
         for name, session in makers.items():
             if name == "hifigan-ljspeech" and k % 2:  # a single-speaker vocoder: half the files
+                continue
+            if name == "world" and not k % 2:  # the other half
                 continue
             target = cache / "copysynth" / name / f"{key}.wav"
             if not target.exists():
@@ -187,7 +202,7 @@ def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
                     except Exception as e:  # a corrupt file is skipped and reported, never fatal
                         print(f"copysynth: skip {path}: {e}", file=sys.stderr)
                         break
-                y = griffin_lim(x) if session is None else hifigan(session, x)
+                y = griffin_lim(x) if name == "griffin-lim" else world(x) if name == "world" else hifigan(session, x)
                 peak = np.max(np.abs(y)) + 1e-9
                 y = y * min(1.0, 0.99 / peak)
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -138,6 +138,8 @@ def is_copysynth(f):
 class Variant:
     """A classifier recipe on stored features: FRONT[/TAPS[/FLAG...]]. TAPS: which pooled points of
     the Whisper encoder (768 columns each) it reads. Flags: `cs` adds the copy-synthesised spoofs;
+    `mg` the generators added in 0.4.0 (Piper's VITS voice, Festival's voices and, with `cs`, WORLD
+    copy-synthesis; training data only, never tested, and left out with their family);
     `ph` the "phone" augmentation recipe (else "basic"); `hN` N hidden units; `aX` L2 penalty X;
     `bs` weighs every spoof system equally (and the two classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
     Mahalanobis distance from the genuine training windows, in their top `kN` principal
@@ -151,6 +153,7 @@ class Variant:
         self.tap_sets = (self.taps.split("+") + [""] * len(self.fronts))[:len(self.fronts)]
         flags = rest[1:]
         self.copysynth = "cs" in flags
+        self.more_generators = "mg" in flags
         self.recipe = "phone" if "ph" in flags else "basic"
         self.balance_systems = "bs" in flags
         def number(prefix, default, kind):
@@ -193,6 +196,8 @@ def fold(files, variant, held_out, args):
     (HiFi-GAN, Griffin-Lim) count as vocoder copy-synthesis: they leave with that family."""
     def usable(f):
         if is_copysynth(f) and (not variant.copysynth or held_out == copysynth.FAMILY):
+            return False
+        if T.is_added_generator(f["system"]) and not variant.more_generators:
             return False
         return f["family"] != held_out
     tr = [f for f in files if f["split"] == "train" and usable(f) and variant.has(f, "train")]
@@ -250,7 +255,7 @@ def fold(files, variant, held_out, args):
                 if f["split"] == "test" and f["label"] == "bonafide" and ch in variant.eval_channels(f)]
         spoof = [logits(variant.eval_features(f, ch)) + b for f in files
                  if f["family"] == held_out and f["label"] == "spoof" and not is_copysynth(f)
-                 and ch in variant.eval_channels(f)]
+                 and not T.is_added_generator(f["system"]) and ch in variant.eval_channels(f)]
         if not bona or not spoof:
             continue
         e_file, _ = T.eer([s.mean() for s in bona], [s.mean() for s in spoof])
@@ -297,7 +302,7 @@ def main():
     rng = np.random.default_rng(T.SEED)
     variants = [Variant(v, args.hidden) for v in args.variants.split(",")]
     fronts = sorted({fr for v in variants for fr in v.fronts})
-    args.recipes = sorted({v.recipe for v in variants})
+    recipes = sorted({v.recipe for v in variants})
     if args.tiny:
         items = T.generated_items(args.cache, 18) + T.tiny_bonafide(args.cache)
         families = ["tts-a", "tts-b"]
@@ -309,33 +314,57 @@ def main():
         items = T.shared_items(args.data) + T.generated_items(args.cache, 72)
         args.channels = CHANNELS
     files = pickle.loads(args.features.read_bytes()) if args.features and args.features.exists() else None
-    if files is not None:
-        # Front-ends missing from the stored features are added by replaying the stored pass for
-        # them only: same items, recipes and seeds, so every window (crop, augmentation, channel)
-        # is the one the stored features saw.
-        args.recipes = sorted({k.split(":")[1] for f in files for k in f["train"]})
-    if any(v.copysynth for v in variants) or (files is not None and any(is_copysynth(f) for f in files)):
-        genuine = [it for it in items if it[1] == "bonafide" and it[5] == "train"]
+    stored_added = [f for f in files or [] if T.is_added_generator(f["system"])]
+    stored_base = [f for f in files or [] if not T.is_added_generator(f["system"])] if files else None
+    genuine = [it for it in items if it[1] == "bonafide" and it[5] == "train"]
+    if any(v.copysynth for v in variants) or any(is_copysynth(f) for f in stored_base or []):
         items += copysynth.items(args.cache, genuine, T.load, ("griffin-lim",) if args.tiny else ("hifigan", "griffin-lim"))
-    missing = [fr for fr in fronts if files is None or not any(fr in f["eval"] for f in files)]
-    if missing:
-        # Every tap is stored, so recipes that differ only in the taps they read share one pass.
-        calibration = None
-        if args.precision == "int8":  # activation scales from windows of the train split, as train.py
+    # The generators added in 0.4.0 are a block of their own, featurised with a seed of their own,
+    # so that features stored before them stay valid and a fresh pass equals a completed one.
+    added = []
+    if any(v.more_generators for v in variants) or stored_added:
+        added = T.packaged_voice_items(args.cache, 3 if args.tiny else 48, neural=not args.tiny)
+        if args.tiny:  # as the other generated clips: the pretend families, every split
+            added = [it[:3] + (families[k % 2], it[4], ["train", "calib", "test"][k % 3]) + it[6:]
+                     for k, it in enumerate(added)]
+        added += copysynth.items(args.cache, genuine, T.load, ("world",))
+    sessions, calibration = {}, []
+
+    def session(name):
+        if not calibration and args.precision == "int8":
+            # Activation scales from windows of the train split, as train.py, drawn once.
             pick = [items[i] for i in np.random.default_rng(T.SEED).permutation(len(items)) if items[i][5] == "train"]
             windows = [T.augment(w, rng) for it in pick[:200] for w in T.crops(T.load(it[0]), 3, rng)]
-            calibration = np.stack(windows[:512])
-        sessions = {name: front_end_session(name, args.cache, args.whisper_layers, args.precision, taps="all",
-                                            calibration=calibration)
-                    for name in missing}
-        new = collect(items, sessions, args, rng)
-        if files is None:
-            files = new
-        else:
-            merge(files, new)
-        if args.features:
-            args.features.parent.mkdir(parents=True, exist_ok=True)
-            args.features.write_bytes(pickle.dumps(files))
+            calibration.append(np.stack(windows[:512]))
+        if name not in sessions:
+            sessions[name] = front_end_session(name, args.cache, args.whisper_layers, args.precision, taps="all",
+                                               calibration=calibration[0] if calibration else None)
+        return sessions[name]
+
+    changed = False
+    blocks = [(items, stored_base, rng)]
+    if added:
+        blocks.append((added, stored_added or None, np.random.default_rng(T.SEED + 2)))
+    files = []
+    for block_items, stored, block_rng in blocks:
+        missing = [fr for fr in fronts if stored is None or not any(fr in f["eval"] for f in stored)]
+        if missing:
+            # Every tap is stored, so recipes that differ only in the taps they read share one pass.
+            # Front-ends missing from stored features are added by replaying the stored pass for
+            # them only: same items, recipes and seeds, so every window (crop, augmentation,
+            # channel) is the one the stored features saw.
+            args.recipes = (sorted({k.split(":")[1] for f in stored for k in f["train"]}) if stored
+                            else sorted(set(recipes) | {k.split(":")[1] for f in stored_base or [] for k in f["train"]}))
+            new = collect(block_items, {name: session(name) for name in missing}, args, block_rng)
+            if stored is None:
+                stored = new
+            else:
+                merge(stored, new)
+            changed = True
+        files += stored
+    if changed and args.features:
+        args.features.parent.mkdir(parents=True, exist_ok=True)
+        args.features.write_bytes(pickle.dumps(files))
     held = sorted({f["family"] for f in files if f["label"] == "spoof" and not is_copysynth(f)})
     report = {"channels": args.channels, "families": {}, "nuisance": nuisance_check(files)}
     for v in variants:

