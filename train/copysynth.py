@@ -208,10 +208,10 @@ def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 sf.write(str(target), y, SR, subtype="PCM_16")
                 done += 1
+                if done % 200 == 0:
+                    print(f"copysynth: {done} files vocoded", flush=True)
             system = SYSTEM_PREFIX + name
             out_items.append((target, "spoof", system, FAMILY, f"system:{system}", "train", name))
-        if done and done % 200 == 0:
-            print(f"copysynth: {done} files vocoded", flush=True)
     return out_items
 
 

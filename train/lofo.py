@@ -139,7 +139,8 @@ class Variant:
     """A classifier recipe on stored features: FRONT[/TAPS[/FLAG...]]. TAPS: which pooled points of
     the Whisper encoder (768 columns each) it reads. Flags: `cs` adds the copy-synthesised spoofs;
     `mg` the generators added in 0.4.0 (Piper's VITS voice, Festival's voices and, with `cs`, WORLD
-    copy-synthesis; training data only, never tested, and left out with their family);
+    copy-synthesis; training data only, never tested, and left out with their family), `mgp`,
+    `mgf`, `mgw` (or `mgpw`...) only some of them;
     `ph` the "phone" augmentation recipe (else "basic"); `hN` N hidden units; `aX` L2 penalty X;
     `bs` weighs every spoof system equally (and the two classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
     Mahalanobis distance from the genuine training windows, in their top `kN` principal
@@ -153,7 +154,9 @@ class Variant:
         self.tap_sets = (self.taps.split("+") + [""] * len(self.fronts))[:len(self.fronts)]
         flags = rest[1:]
         self.copysynth = "cs" in flags
-        self.more_generators = "mg" in flags
+        # `mg` all the generators added in 0.4.0; `mg` + letters some of them (p Piper, f Festival, w WORLD)
+        picked = [f[2:] or "pfw" for f in flags if re.fullmatch(r"mg[pfw]*", f)]
+        self.more_generators = tuple(T.ADDED_GENERATORS["pfw".index(c)] for c in picked[0]) if picked else ()
         self.recipe = "phone" if "ph" in flags else "basic"
         self.balance_systems = "bs" in flags
         def number(prefix, default, kind):
@@ -197,7 +200,7 @@ def fold(files, variant, held_out, args):
     def usable(f):
         if is_copysynth(f) and (not variant.copysynth or held_out == copysynth.FAMILY):
             return False
-        if T.is_added_generator(f["system"]) and not variant.more_generators:
+        if T.is_added_generator(f["system"]) and not f["system"].startswith(variant.more_generators):
             return False
         return f["family"] != held_out
     tr = [f for f in files if f["split"] == "train" and usable(f) and variant.has(f, "train")]

@@ -687,6 +687,9 @@ def evaluate(per_file, meta, calibrated, channels, threshold):
             "genuine_alert_rate": round(float(np.mean(np.array(bona_f) >= thr_logit)), 4) if bona_f else None,
             "spoof_detect_rate": round(float(np.mean([s.mean() >= thr_logit for s, _ in spoof])), 4) if spoof else None,
         }
+        older = [s.mean() for s, m in spoof if not is_added_generator(m["system"])]
+        if spoof and len(older) < len(spoof):  # the test set of 0.3.x, for comparison
+            out["overall"][ch]["eer_file_without_generators_added_in_0_4"] = round(eer(bona_f, older)[0], 4)
         for key, field in [("per_family", "family"), ("per_system", "system")]:
             groups = sorted({m[field] for _, m in spoof})
             for g in groups:
