@@ -140,7 +140,8 @@ class Variant:
     the Whisper encoder (768 columns each) it reads. Flags: `cs` adds the copy-synthesised spoofs;
     `mg` the generators added in 0.4.0 (Piper's VITS voice, Festival's voices and, with `cs`, WORLD
     copy-synthesis; training data only, never tested, and left out with their family), `mgp`,
-    `mgf`, `mgw` (or `mgpw`...) only some of them;
+    `mgf`, `mgw` (or `mgpw`...) only some of them; `sN` the head's seed moved by N; `eN` N heads of successive seeds, their logits
+    averaged (one MLP N times as wide, for export);
     `ph` the "phone" augmentation recipe (else "basic"); `hN` N hidden units; `aX` L2 penalty X;
     `bs` weighs every spoof system equally (and the two classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
     Mahalanobis distance from the genuine training windows, in their top `kN` principal
@@ -165,6 +166,8 @@ class Variant:
         self.hidden = number("h", hidden, int)
         self.alpha = number("a", 1e-2, float)
         self.components = number("k", 64, int)
+        self.seed = T.SEED + number("s", 0, int)  # `sN`: another seed for the head (run-to-run spread)
+        self.ensemble = number("e", 1, int)  # `eN`: N heads (seeds seed..seed+N-1), their logits averaged
         self.head = "oc" if "oc" in flags else "hy" if "hy" in flags else "mlp"
 
     def columns(self, front, taps, x):
@@ -208,21 +211,23 @@ def fold(files, variant, held_out, args):
     X = np.concatenate(per_file)
     y = np.concatenate([np.full(len(x), f["label"] == "spoof") for x, f in zip(per_file, tr)]).astype(int)
     mu, sd = T.standardiser(X)
-    clf = MLPClassifier(hidden_layer_sizes=(variant.hidden,), alpha=variant.alpha,
-                        max_iter=300 if not args.tiny else 50, early_stopping=not args.tiny, random_state=T.SEED)
-    if variant.head == "oc":  # no classifier: the one-class score alone
-        clf = None
-    elif variant.balance_systems:
-        system = np.concatenate([np.full(len(x), f["system"]) for x, f in zip(per_file, tr)])
-        names, inverse, counts = np.unique(system, return_inverse=True, return_counts=True)
-        w = 1.0 / counts[inverse]
-        n_spoof_systems = len(set(system[y == 1]))
-        w[y == 1] *= 1.0 / n_spoof_systems  # each class sums to 1
-        w[y == 0] = 1.0 / (y == 0).sum()
-        clf.fit((X - mu) / sd, y, sample_weight=w * len(y) / 2)
-    else:
-        idx = T.balanced_indices(y, np.random.default_rng(T.SEED))
-        clf.fit((X[idx] - mu) / sd, y[idx])
+    clfs = []
+    for k in range(variant.ensemble if variant.head != "oc" else 0):  # "oc": the one-class score alone
+        seed = variant.seed + k
+        clf = MLPClassifier(hidden_layer_sizes=(variant.hidden,), alpha=variant.alpha,
+                            max_iter=300 if not args.tiny else 50, early_stopping=not args.tiny, random_state=seed)
+        if variant.balance_systems:
+            system = np.concatenate([np.full(len(x), f["system"]) for x, f in zip(per_file, tr)])
+            names, inverse, counts = np.unique(system, return_inverse=True, return_counts=True)
+            w = 1.0 / counts[inverse]
+            n_spoof_systems = len(set(system[y == 1]))
+            w[y == 1] *= 1.0 / n_spoof_systems  # each class sums to 1
+            w[y == 0] = 1.0 / (y == 0).sum()
+            clf.fit((X - mu) / sd, y, sample_weight=w * len(y) / 2)
+        else:
+            idx = T.balanced_indices(y, np.random.default_rng(seed))
+            clf.fit((X[idx] - mu) / sd, y[idx])
+        clfs.append(clf)
 
     if variant.head != "mlp":
         centre, whiten = T.genuine_whitening((X[y == 0] - mu) / sd, variant.components)
@@ -231,9 +236,9 @@ def fold(files, variant, held_out, args):
         """[N, scores]: the MLP's logit and/or the one-class distance."""
         z = (feats - mu) / sd
         cols = []
-        if variant.head != "oc":
-            h = np.maximum(0, z @ clf.coefs_[0] + clf.intercepts_[0])
-            cols.append((h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0])
+        if clfs:  # the heads' mean logit
+            cols.append(np.mean([(np.maximum(0, z @ c.coefs_[0] + c.intercepts_[0]) @ c.coefs_[1]
+                                  + c.intercepts_[1])[:, 0] for c in clfs], axis=0))
         if variant.head != "mlp":
             cols.append(np.sum(((z - centre) @ whiten) ** 2, axis=1) / whiten.shape[1])
         return np.stack(cols, axis=1)

@@ -424,8 +424,9 @@ def main():
     ap.add_argument("--augment", choices=sorted(RECIPES), default="phone", help="training augmentation recipe")
     ap.add_argument("--packaged-voices", type=int, default=48, metavar="N",
                     help="files of the Piper VITS voice and of Festival's voices (N each; 0: none, 0.3.1's data)")
-    ap.add_argument("--copysynth", default="hifigan,griffin-lim,world",
-                    help="vocoders for copy-synthesised spoofs of the train split's genuine files ('none': none)")
+    ap.add_argument("--copysynth", default="hifigan,griffin-lim",
+                    help="vocoders for copy-synthesised spoofs of the train split's genuine files: hifigan, griffin-lim, world "
+                         "('none': none)")
     ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32",
                     help="int8: the front-end's MatMuls quantised statically (int8 weights, activation scales fixed "
                          "from training windows), the classifier trained on the quantised features")
@@ -702,7 +703,7 @@ def evaluate(per_file, meta, calibrated, channels, threshold):
 def export(args, head, threshold, items, meta, report, n_train):
     w1, b1, w2, b2, one_class = head
     args.out.mkdir(parents=True, exist_ok=True)
-    version = "0.3.1" if not args.tiny else "tiny"
+    version = "0.4.0" if not args.tiny else "tiny"
     card = {
         "name": f"callguard-{args.front_end}-mlp",
         "version": version,
