@@ -412,6 +412,8 @@ def main():
     ap.add_argument("--crops", type=int, default=3, help="training windows per file")
     ap.add_argument("--hidden", type=int, default=64, help="hidden units of the classifier")
     ap.add_argument("--alpha", type=float, default=1e-2, help="L2 penalty of the classifier")
+    ap.add_argument("--heads", type=int, default=1,
+                    help="classifiers trained with successive seeds, their logits averaged (exported as one MLP)")
     ap.add_argument("--one-class", type=int, default=0, metavar="K",
                     help="add a one-class score beside the classifier: squared Mahalanobis distance from the "
                          "genuine training windows in their top K principal components (0: none)")
@@ -494,7 +496,7 @@ def main():
     print(f"train windows: {len(train_y)} ({train_y.sum()} spoof) in {time.time() - t0:.0f}s", flush=True)
 
     train_fold = np.array(train_folds)
-    raw_logits, (clf, mu, sd, one_class_fit) = fit_head(train_x, train_y, args, rng)
+    raw_logits, (mlp, mu, sd, one_class_fit) = fit_head(train_x, train_y, args, rng)
 
     # Calibration and test sets: every file through each evaluation channel, windows like the daemon.
     eval_channels = EVAL_CHANNELS if not args.tiny else ["wideband", "g711_mu", "amr_nb"]
@@ -549,10 +551,10 @@ def main():
     report["seconds"] = round(time.time() - t0)
     print(json.dumps(report["overall"], indent=1))
 
-    w1 = clf.coefs_[0] / sd[:, None]
-    b1 = clf.intercepts_[0] - (mu / sd) @ clf.coefs_[0]
-    w2 = clf.coefs_[1] * a[0]
-    b2 = clf.intercepts_[1] * a[0] + b
+    w1 = mlp[0] / sd[:, None]
+    b1 = mlp[1] - (mu / sd) @ mlp[0]
+    w2 = mlp[2] * a[0]
+    b2 = mlp[3] * a[0] + b
     one_class = None
     if args.one_class:  # weight * |((x - shift) * scale) W|^2: the standardisation kept apart, for precision
         centre, whiten = one_class_fit
@@ -586,24 +588,31 @@ def fold_of(group):
 
 def fit_head(x, y, args, rng):
     """The classifier on features `x`: returns raw_logits(feats) -> [N, 1 or 2] (the MLP's logit,
-    and the one-class distance where asked for) and its parts (clf, mu, sd, (centre, whiten))."""
+    and the one-class distance where asked for) and its parts ((w1, b1, w2, b2) of the MLP on
+    standardised features, mu, sd, (centre, whiten))."""
     mu, sd = standardiser(x)
-    clf = MLPClassifier(hidden_layer_sizes=(args.hidden,), alpha=args.alpha, max_iter=300 if not args.tiny else 50,
-                        early_stopping=not args.tiny, random_state=SEED)
-    # Balance the classes by weighting through resampling of the minority class.
-    idx = balanced_indices(y, rng)
-    clf.fit((x[idx] - mu) / sd, y[idx])
+    heads = []
+    for k in range(args.heads):  # several heads: their logits averaged (exported as one wider MLP)
+        clf = MLPClassifier(hidden_layer_sizes=(args.hidden,), alpha=args.alpha, max_iter=300 if not args.tiny else 50,
+                            early_stopping=not args.tiny, random_state=SEED + k)
+        # Balance the classes by weighting through resampling of the minority class.
+        idx = balanced_indices(y, rng if k == 0 else np.random.default_rng(SEED + k))
+        clf.fit((x[idx] - mu) / sd, y[idx])
+        heads.append(clf)
+    # One MLP: the heads' hidden units side by side, their output weights divided by their number.
+    mlp = (np.concatenate([c.coefs_[0] for c in heads], axis=1), np.concatenate([c.intercepts_[0] for c in heads]),
+           np.concatenate([c.coefs_[1] for c in heads]) / len(heads), np.mean([c.intercepts_[1] for c in heads], axis=0))
     one_class = genuine_whitening((x[y == 0] - mu) / sd, args.one_class) if args.one_class else None
 
     def raw_logits(feats):
         z = (feats - mu) / sd
-        h = np.maximum(0, z @ clf.coefs_[0] + clf.intercepts_[0])
-        cols = [(h @ clf.coefs_[1] + clf.intercepts_[1])[:, 0]]
+        h = np.maximum(0, z @ mlp[0] + mlp[1])
+        cols = [(h @ mlp[2] + mlp[3])[:, 0]]
         if one_class is not None:
             centre, whiten = one_class
             cols.append(np.sum(((z - centre) @ whiten) ** 2, axis=1) / whiten.shape[1])
         return np.stack(cols, axis=1)
-    return raw_logits, (clf, mu, sd, one_class)
+    return raw_logits, (mlp, mu, sd, one_class)
 
 
 def out_of_fold_genuine(args, train_x, train_y, train_fold, meta, session, calib_feats, calib_labels, channels):
@@ -734,7 +743,9 @@ def export(args, head, threshold, items, meta, report, n_train):
                       + ("; MatMuls int8 (ONNX Runtime static QDQ quantisation, activation scales from 512"
                          " training windows), classifier trained on the quantised features"
                          if args.precision == "int8" else "")) if args.front_end == "whisper" else f"RMS-normalised waveform, 512-point Hann STFT, 10 ms hop, {features.N_BANDS} linear triangular bands 0-8 kHz, log; per-band mean, std and delta std over the window (in-graph)",
-        "classifier": f"MLP {w1.shape[0]}-{w1.shape[1]}-1 (ReLU, L2 {args.alpha:g})" + (
+        "classifier": f"MLP {w1.shape[0]}-{w1.shape[1]}-1 (ReLU, L2 {args.alpha:g}"
+                      + (f"; {args.heads} heads of {args.hidden} trained with successive seeds, logits averaged)"
+                         if args.heads > 1 else ")") + (
             f" plus a one-class score (squared Mahalanobis distance from the genuine training windows in their top "
             f"{args.one_class} principal components), mixed and calibrated by logistic regression on the "
             f"calibration split" if one_class else ", Platt-calibrated"),
