@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train, calibrate, evaluate and export callguard's detector (models/detector.onnx + .json).
 
-    python train/train.py                      # full run on ../shared/data (62 min measured on 2 cores shared with two other jobs)
+    python train/train.py                      # full run on ../shared/data (28 min on 2 cores once its data is prepared)
     python train/train.py --tiny --out /tmp/m  # seconds: a handful of generated clips (CI)
 
 Splits are by synthesis system and by speaker: the systems in the test split never appear in
