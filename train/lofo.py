@@ -300,7 +300,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--whisper-layers", type=int, default=2, help="encoder blocks kept (whisper front-end)")
     ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32", help="as train.py (whisper front-end)")
-    ap.add_argument("--variants", default="whisper/2,whisper/all/cs/ph/mgp/e3,lfcc//cs/ph",
+    ap.add_argument("--variants", default="whisper/2,whisper/all/cs/ph,lfcc//cs/ph",
                     help="classifier recipes, comma-separated FRONT[/TAPS[/FLAG...]] (see Variant): TAPS are the "
                          "Whisper encoder points pooled (0 = its input, k = after block k, 'all'); the default "
                          "compares 0.2.0's recipe, the shipped one and the from-scratch baseline")

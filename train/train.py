@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train, calibrate, evaluate and export callguard's detector (models/detector.onnx + .json).
 
-    python train/train.py                      # full run on ../shared/data (28 min on 2 cores once its data is prepared)
+    python train/train.py                      # full run on ../shared/data (62 min measured on 2 cores shared with two other jobs)
     python train/train.py --tiny --out /tmp/m  # seconds: a handful of generated clips (CI)
 
 Splits are by synthesis system and by speaker: the systems in the test split never appear in
@@ -424,8 +424,9 @@ def main():
                     help="encoder points pooled (whisper front-end): 'last', 'all' (its input and every block's "
                          "output), or digits ('12')")
     ap.add_argument("--augment", choices=sorted(RECIPES), default="phone", help="training augmentation recipe")
-    ap.add_argument("--packaged-voices", type=int, default=48, metavar="N",
-                    help="files of the Piper VITS voice and of Festival's voices (N each; 0: none, 0.3.1's data)")
+    ap.add_argument("--packaged-voices", type=int, default=0, metavar="N",
+                    help="files of the Piper VITS voice and of Festival's voices (N each; 0, the shipped model's "
+                         "data: none; 48 was tried, see models/README.md)")
     ap.add_argument("--copysynth", default="hifigan,griffin-lim",
                     help="vocoders for copy-synthesised spoofs of the train split's genuine files: hifigan, griffin-lim, world "
                          "('none': none)")
@@ -712,7 +713,7 @@ def evaluate(per_file, meta, calibrated, channels, threshold):
 def export(args, head, threshold, items, meta, report, n_train):
     w1, b1, w2, b2, one_class = head
     args.out.mkdir(parents=True, exist_ok=True)
-    version = "0.4.0" if not args.tiny else "tiny"
+    version = "0.3.1" if not args.tiny else "tiny"
     card = {
         "name": f"callguard-{args.front_end}-mlp",
         "version": version,
