@@ -39,7 +39,7 @@ assert 0 <= r["nuisance"]["test_eer"] <= 1
 print(f"lofo smoke: {len(r['families'])} folds x {len(r['pooled'])} recipes, nuisance EER {r['nuisance']['test_eer']}")
 PY
 # A front-end added to stored features is featurised by replaying the stored pass, and the
-# generators added in 0.4.0 as a block of their own: their results must equal those of the run
+# generators added after 0.3.1 as a block of their own: their results must equal those of the run
 # above, which featurised everything at once.
 .deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo-a" --features "$tiny/lofo-a/features.pkl" \
     --variants "whisper/2,whisper/all/cs/ph" >/dev/null

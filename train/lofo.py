@@ -138,7 +138,7 @@ def is_copysynth(f):
 class Variant:
     """A classifier recipe on stored features: FRONT[/TAPS[/FLAG...]]. TAPS: which pooled points of
     the Whisper encoder (768 columns each) it reads. Flags: `cs` adds the copy-synthesised spoofs;
-    `mg` the generators added in 0.4.0 (Piper's VITS voice, Festival's voices and, with `cs`, WORLD
+    `mg` the generators added after 0.3.1 (Piper's VITS voice, Festival's voices and, with `cs`, WORLD
     copy-synthesis; training data only, never tested, and left out with their family), `mgp`,
     `mgf`, `mgw` (or `mgpw`...) only some of them; `sN` the head's seed moved by N; `eN` N heads of successive seeds, their logits
     averaged (one MLP N times as wide, for export);
@@ -155,7 +155,7 @@ class Variant:
         self.tap_sets = (self.taps.split("+") + [""] * len(self.fronts))[:len(self.fronts)]
         flags = rest[1:]
         self.copysynth = "cs" in flags
-        # `mg` all the generators added in 0.4.0; `mg` + letters some of them (p Piper, f Festival, w WORLD)
+        # `mg` all the generators added after 0.3.1; `mg` + letters some of them (p Piper, f Festival, w WORLD)
         picked = [f[2:] or "pfw" for f in flags if re.fullmatch(r"mg[pfw]*", f)]
         self.more_generators = tuple(T.ADDED_GENERATORS["pfw".index(c)] for c in picked[0]) if picked else ()
         self.recipe = "phone" if "ph" in flags else "basic"
@@ -327,7 +327,7 @@ def main():
     genuine = [it for it in items if it[1] == "bonafide" and it[5] == "train"]
     if any(v.copysynth for v in variants) or any(is_copysynth(f) for f in stored_base or []):
         items += copysynth.items(args.cache, genuine, T.load, ("griffin-lim",) if args.tiny else ("hifigan", "griffin-lim"))
-    # The generators added in 0.4.0 are a block of their own, featurised with a seed of their own,
+    # The generators added after 0.3.1 are a block of their own, featurised with a seed of their own,
     # so that features stored before them stay valid and a fresh pass equals a completed one.
     added = []
     if any(v.more_generators for v in variants) or stored_added:

