@@ -140,8 +140,8 @@ class Variant:
     the Whisper encoder (768 columns each) it reads. Flags: `cs` adds the copy-synthesised spoofs;
     `mg` the generators added after 0.3.1 (Piper's VITS voice, Festival's voices and, with `cs`, WORLD
     copy-synthesis; training data only, never tested, and left out with their family), `mgp`,
-    `mgf`, `mgw` (or `mgpw`...) only some of them; `sN` the head's seed moved by N; `eN` N heads of successive seeds, their logits
-    averaged (one MLP N times as wide, for export);
+    `mgf`, `mgw` (or `mgpw`...) only some of them; `sN` the head's seed moved by N;
+    `eN` N heads of successive seeds, their logits averaged (one MLP N times as wide, for export);
     `ph` the "phone" augmentation recipe (else "basic"); `hN` N hidden units; `aX` L2 penalty X;
     `bs` weighs every spoof system equally (and the two classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
     Mahalanobis distance from the genuine training windows, in their top `kN` principal
@@ -211,18 +211,18 @@ def fold(files, variant, held_out, args):
     X = np.concatenate(per_file)
     y = np.concatenate([np.full(len(x), f["label"] == "spoof") for x, f in zip(per_file, tr)]).astype(int)
     mu, sd = T.standardiser(X)
+    if variant.balance_systems:  # every spoof system weighs the same; each class sums to 1
+        system = np.concatenate([np.full(len(x), f["system"]) for x, f in zip(per_file, tr)])
+        names, inverse, counts = np.unique(system, return_inverse=True, return_counts=True)
+        w = 1.0 / counts[inverse]
+        w[y == 1] *= 1.0 / len(set(system[y == 1]))
+        w[y == 0] = 1.0 / (y == 0).sum()
     clfs = []
     for k in range(variant.ensemble if variant.head != "oc" else 0):  # "oc": the one-class score alone
         seed = variant.seed + k
         clf = MLPClassifier(hidden_layer_sizes=(variant.hidden,), alpha=variant.alpha,
                             max_iter=300 if not args.tiny else 50, early_stopping=not args.tiny, random_state=seed)
         if variant.balance_systems:
-            system = np.concatenate([np.full(len(x), f["system"]) for x, f in zip(per_file, tr)])
-            names, inverse, counts = np.unique(system, return_inverse=True, return_counts=True)
-            w = 1.0 / counts[inverse]
-            n_spoof_systems = len(set(system[y == 1]))
-            w[y == 1] *= 1.0 / n_spoof_systems  # each class sums to 1
-            w[y == 0] = 1.0 / (y == 0).sum()
             clf.fit((X - mu) / sd, y, sample_weight=w * len(y) / 2)
         else:
             idx = T.balanced_indices(y, np.random.default_rng(seed))
