@@ -38,7 +38,6 @@ import numpy as np
 import onnxruntime as ort
 import soundfile as sf
 from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 import copysynth  # noqa: E402
@@ -222,17 +221,12 @@ def fold(files, variant, held_out, args):
         w = 1.0 / counts[inverse]
         w[y == 1] *= 1.0 / len(set(system[y == 1]))
         w[y == 0] = 1.0 / (y == 0).sum()
-    clfs = []
-    for k in range(variant.ensemble if variant.head != "oc" else 0):  # "oc": the one-class score alone
-        seed = variant.seed + k
-        clf = MLPClassifier(hidden_layer_sizes=(variant.hidden,), alpha=variant.alpha,
-                            max_iter=300 if not args.tiny else 50, early_stopping=not args.tiny, random_state=seed)
-        if variant.balance_systems:
-            clf.fit((X - mu) / sd, y, sample_weight=w * len(y) / 2)
-        else:
-            idx = T.balanced_indices(y, np.random.default_rng(seed))
-            clf.fit((X[idx] - mu) / sd, y[idx])
-        clfs.append(clf)
+    mlp = None
+    if variant.head != "oc":  # "oc": the one-class score alone
+        seeds = [variant.seed + k for k in range(variant.ensemble)]
+        mlp = T.mlp_heads((X - mu) / sd, y, variant.hidden, variant.alpha, seeds, args.tiny,
+                          pick=lambda k: T.balanced_indices(y, np.random.default_rng(seeds[k])),
+                          sample_weight=w * len(y) / 2 if variant.balance_systems else None)
 
     if variant.head != "mlp":
         centre, whiten = T.genuine_whitening((X[y == 0] - mu) / sd, variant.components)
@@ -241,9 +235,8 @@ def fold(files, variant, held_out, args):
         """[N, scores]: the MLP's logit and/or the one-class distance."""
         z = (feats - mu) / sd
         cols = []
-        if clfs:  # the heads' mean logit
-            cols.append(np.mean([(np.maximum(0, z @ c.coefs_[0] + c.intercepts_[0]) @ c.coefs_[1]
-                                  + c.intercepts_[1])[:, 0] for c in clfs], axis=0))
+        if mlp is not None:  # the heads' mean logit
+            cols.append(T.mlp_logit(z, mlp))
         if variant.head != "mlp":
             cols.append(np.sum(((z - centre) @ whiten) ** 2, axis=1) / whiten.shape[1])
         return np.stack(cols, axis=1)

@@ -595,28 +595,43 @@ def fold_of(group):
     return int(hashlib.sha1(f"{SEED}:fold:{group}".encode()).hexdigest(), 16) % FOLDS
 
 
+def mlp_heads(z, y, hidden, alpha, seeds, tiny, pick=None, sample_weight=None):
+    """One MLP classifier per seed on standardised features `z`, merged into one MLP whose logit is
+    the mean of theirs: (w1, b1, w2, b2), their hidden units side by side and their output weights
+    divided by their number. Each head trains on the rows `pick(k)` (class balance by resampling),
+    or on every row weighted by `sample_weight`."""
+    heads = []
+    for k, seed in enumerate(seeds):
+        clf = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=alpha, max_iter=300 if not tiny else 50,
+                            early_stopping=not tiny, random_state=seed)
+        if sample_weight is not None:
+            clf.fit(z, y, sample_weight=sample_weight)
+        else:
+            idx = pick(k)
+            clf.fit(z[idx], y[idx])
+        heads.append(clf)
+    return (np.concatenate([c.coefs_[0] for c in heads], axis=1), np.concatenate([c.intercepts_[0] for c in heads]),
+            np.concatenate([c.coefs_[1] for c in heads]) / len(heads), np.mean([c.intercepts_[1] for c in heads], axis=0))
+
+
+def mlp_logit(z, mlp):
+    """The merged MLP's logit on standardised features `z`."""
+    return (np.maximum(0, z @ mlp[0] + mlp[1]) @ mlp[2] + mlp[3])[:, 0]
+
+
 def fit_head(x, y, args, rng):
     """The classifier on features `x`: returns raw_logits(feats) -> [N, 1 or 2] (the MLP's logit,
     and the one-class distance where asked for) and its parts ((w1, b1, w2, b2) of the MLP on
     standardised features, mu, sd, (centre, whiten))."""
     mu, sd = standardiser(x)
-    heads = []
-    for k in range(args.heads):  # several heads: their logits averaged (exported as one wider MLP)
-        clf = MLPClassifier(hidden_layer_sizes=(args.hidden,), alpha=args.alpha, max_iter=300 if not args.tiny else 50,
-                            early_stopping=not args.tiny, random_state=SEED + k)
-        # Balance the classes by weighting through resampling of the minority class.
-        idx = balanced_indices(y, rng if k == 0 else np.random.default_rng(SEED + k))
-        clf.fit((x[idx] - mu) / sd, y[idx])
-        heads.append(clf)
-    # One MLP: the heads' hidden units side by side, their output weights divided by their number.
-    mlp = (np.concatenate([c.coefs_[0] for c in heads], axis=1), np.concatenate([c.intercepts_[0] for c in heads]),
-           np.concatenate([c.coefs_[1] for c in heads]) / len(heads), np.mean([c.intercepts_[1] for c in heads], axis=0))
+    # Several heads: their logits averaged (exported as one wider MLP). The first resamples with `rng`.
+    mlp = mlp_heads((x - mu) / sd, y, args.hidden, args.alpha, [SEED + k for k in range(args.heads)], args.tiny,
+                    pick=lambda k: balanced_indices(y, rng if k == 0 else np.random.default_rng(SEED + k)))
     one_class = genuine_whitening((x[y == 0] - mu) / sd, args.one_class) if args.one_class else None
 
     def raw_logits(feats):
         z = (feats - mu) / sd
-        h = np.maximum(0, z @ mlp[0] + mlp[1])
-        cols = [(h @ mlp[2] + mlp[3])[:, 0]]
+        cols = [mlp_logit(z, mlp)]
         if one_class is not None:
             centre, whiten = one_class
             cols.append(np.sum(((z - centre) @ whiten) ** 2, axis=1) / whiten.shape[1])
