@@ -9,6 +9,9 @@
 //!                                                # detection path the targets are about)
 //!   cargo bench --bench load -- --turns          # the caller talks in turns, silent between
 //!                                                # them (default: talks without pause)
+//!   cargo bench --bench load -- --hop-ms 1000    # a detector window every 1000 ms of speech
+//!                                                # (default: config.toml's 500), the fusion
+//!                                                # still averaging 2 s of speech
 //!
 //! Run without `--bench` (as test runners do) it does nothing.
 //!
@@ -33,6 +36,8 @@ use tonic::transport::Channel;
 
 const TOKEN: &str = "load-harness-token";
 const FRAME_MS: u64 = 20;
+/// Speech the shipped fusion averages (4 windows at the 500 ms hop); `--hop-ms` keeps it.
+const FUSED_SPEECH_MS: u64 = 2_000;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -147,17 +152,21 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(transcribe: bool) -> Self {
+    fn start(transcribe: bool, hop_ms: Option<u64>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("load.toml");
         std::fs::write(
             &config,
             format!(
-                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nmax_calls_per_tenant = 100000\n[[server.tenants]]\nname = \"load\"\ntoken_sha256 = \"{}\"\n[store]\npath = \"alerts.db\"\n[transcribe]\nenabled = {}\n",
+                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nmax_calls_per_tenant = 100000\n[[server.tenants]]\nname = \"load\"\ntoken_sha256 = \"{}\"\n[store]\npath = \"alerts.db\"\n[transcribe]\nenabled = {}\n{}",
                 root().join(".deps/silero_vad.onnx").display(),
                 root().join("models/detector.onnx").display(),
                 callguard::grpc::token_sha256(TOKEN),
-                transcribe
+                transcribe,
+                hop_ms.map_or(String::new(), |hop| format!(
+                    "[windows]\nhop_ms = {hop}\n[verdict]\nsmoothing_windows = {}\n",
+                    (FUSED_SPEECH_MS / hop).max(1)
+                ))
             ),
         )
         .unwrap();
@@ -318,6 +327,7 @@ struct Options {
     seconds: u64,
     transcribe: bool,
     turns: bool,
+    hop_ms: Option<u64>,
 }
 
 fn run(n: usize, options: Options) -> bool {
@@ -325,8 +335,9 @@ fn run(n: usize, options: Options) -> bool {
         seconds,
         transcribe,
         turns,
+        hop_ms,
     } = options;
-    let daemon = Daemon::start(transcribe);
+    let daemon = Daemon::start(transcribe, hop_ms);
     std::thread::sleep(Duration::from_millis(500));
     let (cpu0, rss0) = daemon.usage();
     let plans = plans(n, seconds, turns);
@@ -437,6 +448,7 @@ fn run(n: usize, options: Options) -> bool {
         "calls": n,
         "transcribe": transcribe,
         "caller_talks_in_turns": turns,
+        "hop_ms": hop_ms.unwrap_or(500),
         "speech_segments": { "cut": segments, "transcribed": transcribed, "skipped_over_budget": skipped },
         "seconds_per_call": seconds,
         "wall_s": elapsed,
@@ -493,6 +505,7 @@ fn main() {
         seconds: value("--seconds").unwrap_or(40),
         transcribe: args.iter().any(|a| a == "--transcribe"),
         turns: args.iter().any(|a| a == "--turns"),
+        hop_ms: value("--hop-ms"),
     };
     assert!(Path::new(env!("CARGO_BIN_EXE_callguard")).exists());
     if let Some(n) = value("--calls") {
