@@ -46,6 +46,15 @@ assert set(r["pooled"]) == set(sys.argv[2].split(","))
 assert 0 <= r["nuisance"]["test_eer"] <= 1
 print(f"lofo smoke: {len(r['families'])} folds x {len(r['pooled'])} recipes, nuisance EER {r['nuisance']['test_eer']}")
 PY
+# Leave one system out: a fold per system, and each family's systems pooled.
+.deps/venv/bin/python train/lofo.py --tiny --hold-out system --out "$tiny/loso" --variants "lfcc//cs/ph" >/dev/null
+.deps/venv/bin/python - "$tiny/loso/lofo.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["held_out"] == "system" and len(r["systems"]) > 2, r.keys()
+assert set(r["by_family"]) == {"tts-a", "tts-b"} and set(r["pooled"]) == {"lfcc//cs/ph"}
+print(f"lofo smoke: {len(r['systems'])} systems held out one by one")
+PY
 # A front-end added to stored features is featurised by replaying the stored pass, and the
 # generators added after 0.3.1 as a block of their own: their results must equal those of the run
 # above, which featurised everything at once.

@@ -4,12 +4,14 @@ and a nuisance-feature check. Nothing here is exported; train/train.py makes the
 
     python train/lofo.py --features .deps/lofo/features.pkl   # ../shared/data (~40 min, 2 cores)
     python train/lofo.py --tiny --out /tmp/r                    # seconds, generated clips (CI)
+    python train/lofo.py --features ... --hold-out system       # leave one system out instead
 
 For each synthesis family F of ../shared/data/demo: a classifier (the recipe of train.py: frozen
 front-end, MLP head, Platt calibration, 99th-percentile genuine threshold) is trained on the
 train split without any F system, calibrated on the calibration split without F, and tested on
 every F file against the genuine speakers of the test split (never seen in training or
-calibration). Copy-synthesised spoofs (train/copysynth.py) count as vocoder copy-synthesis and
+calibration). `--hold-out system` does the same per synthesis system (its siblings in the family
+stay in training) and pools each family's systems beside it. Copy-synthesised spoofs (train/copysynth.py) count as vocoder copy-synthesis and
 leave with that family. Each file goes through each evaluation channel (wideband, G.711 mu/A-law,
 GSM 06.10, AMR-NB, Opus), and is scored like the daemon (1 s windows, 0.5 s hop): over the whole
 file, and over its first 1.5 s of speech (two windows).
@@ -201,15 +203,49 @@ class Variant:
                               axis=-1)
 
 
-def fold(files, variant, held_out, args):
-    """Trains without `held_out` family; returns EERs on it per channel. Copy-synthesised spoofs
-    (HiFi-GAN, Griffin-Lim) count as vocoder copy-synthesis: they leave with that family."""
+def fold(files, variant, held_out, args, unit="family", trained=None):
+    """Trains without `held_out` (a family, or with unit="system" one system); returns EERs on it
+    per channel. Copy-synthesised spoofs (HiFi-GAN, Griffin-Lim) count as vocoder copy-synthesis:
+    they leave with that family, and stay when one published system is held out. `trained` (a
+    dict) keeps the classifier of a fold whose held-out system never trains or calibrates (a
+    test-split system): those folds all train the same classifier."""
     def usable(f):
-        if is_copysynth(f) and (not variant.copysynth or held_out == copysynth.FAMILY):
+        if is_copysynth(f) and (not variant.copysynth or (unit == "family" and held_out == copysynth.FAMILY)):
             return False
         if T.is_added_generator(f["system"]) and not f["system"].startswith(variant.more_generators):
             return False
-        return f["family"] != held_out
+        return f[unit] != held_out
+
+    shared = unit == "system" and trained is not None and not any(
+        f["system"] == held_out for f in files if f["split"] in ("train", "calib"))
+    if shared and variant.spec in trained:
+        logits, b, thr = trained[variant.spec]
+    else:
+        logits, b, thr = fit(files, variant, usable, args)
+        if shared:
+            trained[variant.spec] = (logits, b, thr)
+
+    out = {}
+    for ch in args.channels:
+        bona = [logits(variant.eval_features(f, ch)) + b for f in files
+                if f["split"] == "test" and f["label"] == "bonafide" and ch in variant.eval_channels(f)]
+        spoof = [logits(variant.eval_features(f, ch)) + b for f in files
+                 if f[unit] == held_out and f["label"] == "spoof" and not is_copysynth(f)
+                 and not T.is_added_generator(f["system"]) and ch in variant.eval_channels(f)]
+        if not bona or not spoof:
+            continue
+        e_file, _ = T.eer([s.mean() for s in bona], [s.mean() for s in spoof])
+        e_15, _ = T.eer([s[:2].mean() for s in bona], [s[:2].mean() for s in spoof])
+        out[ch] = {"n_spoof": len(spoof), "n_bonafide": len(bona), "eer_file": round(e_file, 4),
+                   "eer_1500ms": round(e_15, 4),
+                   "genuine_alerted": round(float(np.mean([s.mean() >= thr for s in bona])), 4),
+                   "spoof_detected": round(float(np.mean([s.mean() >= thr for s in spoof])), 4)}
+    return out
+
+
+def fit(files, variant, usable, args):
+    """The recipe's classifier on the `usable` train-split files, Platt-calibrated and thresholded
+    on the usable calibration-split files: (logits(feats) without the offset, offset, threshold)."""
     tr = [f for f in files if f["split"] == "train" and usable(f) and variant.has(f, "train")]
     per_file = [variant.train_features(f) for f in tr]
     X = np.concatenate(per_file)
@@ -254,23 +290,7 @@ def fold(files, variant, held_out, args):
     bona_cal = [np.mean(logits(variant.eval_features(f, ch)) + b) for f in cal if f["label"] == "bonafide"
                 for ch in variant.eval_channels(f)]
     thr = float(np.quantile(bona_cal, 0.99))
-
-    out = {}
-    for ch in args.channels:
-        bona = [logits(variant.eval_features(f, ch)) + b for f in files
-                if f["split"] == "test" and f["label"] == "bonafide" and ch in variant.eval_channels(f)]
-        spoof = [logits(variant.eval_features(f, ch)) + b for f in files
-                 if f["family"] == held_out and f["label"] == "spoof" and not is_copysynth(f)
-                 and not T.is_added_generator(f["system"]) and ch in variant.eval_channels(f)]
-        if not bona or not spoof:
-            continue
-        e_file, _ = T.eer([s.mean() for s in bona], [s.mean() for s in spoof])
-        e_15, _ = T.eer([s[:2].mean() for s in bona], [s[:2].mean() for s in spoof])
-        out[ch] = {"n_spoof": len(spoof), "n_bonafide": len(bona), "eer_file": round(e_file, 4),
-                   "eer_1500ms": round(e_15, 4),
-                   "genuine_alerted": round(float(np.mean([s.mean() >= thr for s in bona])), 4),
-                   "spoof_detected": round(float(np.mean([s.mean() >= thr for s in spoof])), 4)}
-    return out
+    return logits, b, thr
 
 
 def nuisance_check(files):
@@ -302,6 +322,8 @@ def main():
                     help="classifier recipes, comma-separated FRONT[/TAPS[/FLAG...]] (see Variant): TAPS are the "
                          "Whisper encoder points pooled (0 = its input, k = after block k, 'all'); the default "
                          "compares 0.2.0's recipe, the shipped one and the from-scratch baseline")
+    ap.add_argument("--hold-out", choices=["family", "system"], default="family",
+                    help="leave one synthesis family out per fold (default), or one system")
     ap.add_argument("--features", type=Path, help="a pickle of the featurised files: read if it exists, else written")
     args = ap.parse_args()
     args.t0 = time.time()
@@ -371,27 +393,36 @@ def main():
     if changed and args.features:
         args.features.parent.mkdir(parents=True, exist_ok=True)
         args.features.write_bytes(pickle.dumps(files))
-    held = sorted({f["family"] for f in files if f["label"] == "spoof" and not is_copysynth(f)})
-    report = {"channels": args.channels, "families": {}, "nuisance": nuisance_check(files)}
+    unit = args.hold_out
+    key = unit + "s" if unit == "system" else "families"
+    held = sorted({f[unit] for f in files if f["label"] == "spoof" and not is_copysynth(f)
+                   and not T.is_added_generator(f["system"])})
+    report = {"channels": args.channels, "held_out": unit, key: {}, "nuisance": nuisance_check(files)}
+    trained = {}
     for v in variants:
-        for fam in held:
-            report["families"].setdefault(fam, {})[v.spec] = fold(files, v, fam, args)
-            print(f"{v.spec} without {fam}: {report['families'][fam][v.spec]}", flush=True)
-    report["pooled"] = pooled(report, [v.spec for v in variants])
+        for x in held:
+            report[key].setdefault(x, {})[v.spec] = fold(files, v, x, args, unit, trained)
+            print(f"{v.spec} without {x}: {report[key][x][v.spec]}", flush=True)
+    report["pooled"] = pooled(report[key], report["channels"], [v.spec for v in variants])
+    if unit == "system":  # each family's systems pooled: against leave-one-family-out, what siblings give
+        family = {f["system"]: f["family"] for f in files}
+        report["by_family"] = {fam: pooled({x: r for x, r in report[key].items() if family[x] == fam},
+                                           report["channels"], [v.spec for v in variants])
+                               for fam in sorted({family[x] for x in held})}
     report["seconds"] = round(time.time() - args.t0)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lofo.json").write_text(json.dumps(report, indent=1))
     print(table(report, [v.spec for v in variants]))
 
 
-def pooled(report, specs):
-    """Per recipe and channel: the families' EERs weighted by their number of spoof files."""
+def pooled(folds, channels, specs):
+    """Per recipe and channel: the folds' EERs weighted by their number of spoof files."""
     out = {}
     for spec in specs:
-        for ch in report["channels"] + ["first_1500ms"]:
+        for ch in channels + ["first_1500ms"]:
             key = "eer_1500ms" if ch == "first_1500ms" else "eer_file"
             src = "g711_mu" if ch == "first_1500ms" else ch
-            rows = [by[spec][src] for by in report["families"].values() if src in by.get(spec, {})]
+            rows = [by[spec][src] for by in folds.values() if src in by.get(spec, {})]
             n = sum(r["n_spoof"] for r in rows)
             if n:
                 out.setdefault(spec, {})[ch] = round(sum(r[key] * r["n_spoof"] for r in rows) / n, 4)
@@ -399,9 +430,10 @@ def pooled(report, specs):
 
 
 def table(report, fronts):
-    head = "| held-out family | front-end | " + " | ".join(report["channels"]) + " | first 1.5 s (mu-law) |"
+    unit = report["held_out"]
+    head = f"| held-out {unit} | front-end | " + " | ".join(report["channels"]) + " | first 1.5 s (mu-law) |"
     lines = [head, "|" + "---|" * (len(report["channels"]) + 3)]
-    for fam, by_front in report["families"].items():
+    for fam, by_front in report["systems" if unit == "system" else "families"].items():
         for front in fronts:
             r = by_front.get(front, {})
             cells = [f"{r[ch]['eer_file'] * 100:.1f}%" if ch in r else "-" for ch in report["channels"]]
@@ -413,6 +445,11 @@ def table(report, fronts):
         p = report.get("pooled", {}).get(front, {})
         cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in report["channels"] + ["first_1500ms"]]
         lines.append(f"| all, weighted by n | {front} | " + " | ".join(cells) + " |")
+    for fam, by_front in report.get("by_family", {}).items():
+        for front in fronts:
+            p = by_front.get(front, {})
+            cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in report["channels"] + ["first_1500ms"]]
+            lines.append(f"| {fam}: its systems, weighted by n | {front} | " + " | ".join(cells) + " |")
     lines.append(f"\nNuisance-feature classifier, test EER: {report['nuisance']['test_eer'] * 100:.1f}%")
     return "\n".join(lines)
 
