@@ -18,7 +18,8 @@
 //! Reports, per run: alert latency after clone onset (audio time, p50/p95/max) and how long the
 //! alert took to reach the client after that audio was sent (wall time), false alerts per
 //! genuine call-hour, daemon CPU per call-second, daemon peak memory and memory per call, and
-//! lost frames and dropped windows. A run is sustained when nothing was lost or dropped and
+//! lost frames and dropped windows (and, on stderr, the fused scores of each clone call that raised
+//! no alert). A run is sustained when nothing was lost or dropped and
 //! every call's summary arrived within 5 s of its last frame. Results print as JSON lines.
 //! Needs scripts/setup.sh and a release build of the binary (cargo bench builds it).
 
@@ -415,7 +416,22 @@ fn run(n: usize, options: Options) -> bool {
                     latency_audio.push((at - onset) as f64 / 1000.0);
                     latency_wall.push(wall.as_secs_f64());
                 }
-                None => missed += 1,
+                None => {
+                    missed += 1;
+                    // Why: the fused score the clone reached (the genuine part stays below the
+                    // threshold, or it would have raised a false alert).
+                    if let Some(s) = &r.summary {
+                        eprintln!(
+                            "missed clone: {} (onset {:.1} s, {:.1} s of speech, {} windows) fused final {:.3}, peak {:.3}",
+                            s.call_id,
+                            onset as f64 / 1000.0,
+                            s.speech_ms as f64 / 1000.0,
+                            s.windows_scored,
+                            s.p_spoof.unwrap_or(f32::NAN),
+                            s.p_spoof_peak.unwrap_or(f32::NAN)
+                        );
+                    }
+                }
             }
         }
         rejected += r.rejected;
