@@ -10,7 +10,7 @@
 //!   cargo bench --bench load -- --turns          # the caller talks in turns, silent between
 //!                                                # them (default: talks without pause)
 //!   cargo bench --bench load -- --hop-ms 1000    # a detector window every 1000 ms of speech
-//!                                                # (default: config.toml's 500), the fusion
+//!                                                # (default: the config's 500), the fusion
 //!                                                # still averaging 2 s of speech
 //!
 //! Run without `--bench` (as test runners do) it does nothing.
@@ -464,7 +464,7 @@ fn run(n: usize, options: Options) -> bool {
         "calls": n,
         "transcribe": transcribe,
         "caller_talks_in_turns": turns,
-        "hop_ms": hop_ms.unwrap_or(500),
+        "hop_ms": hop_ms.unwrap_or(callguard::config::WindowConfig::default().hop_ms.into()),
         "speech_segments": { "cut": segments, "transcribed": transcribed, "skipped_over_budget": skipped },
         "seconds_per_call": seconds,
         "wall_s": elapsed,
