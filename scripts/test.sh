@@ -34,8 +34,8 @@ PY
 # The int8 variant (static quantisation): train.py itself fails if the export disagrees with it.
 .deps/venv/bin/python train/train.py --tiny --precision int8 --out "$tiny/int8" >/dev/null
 echo "train smoke: int8 model exported and checked against training"
-# The leave-one-family-out evaluation stays alive too (two pretend families, four recipes).
-variants="whisper/2,whisper/all/cs/ph/hy/k8,lfcc//cs/ph,lfcc//cs/ph/mg"
+# The leave-one-family-out evaluation stays alive too (two pretend families, seven recipes).
+variants="whisper/2,whisper/all/cs/ph/hy/k8,lfcc//cs/ph,lfcc//cs/ph/mg,whisper/all/cs/ph,whispert/all/cs/ph/nd,whispert/all/cs/rb"
 .deps/venv/bin/python train/lofo.py --tiny --out "$tiny/lofo" --variants "$variants" >/dev/null
 .deps/venv/bin/python - "$tiny/lofo/lofo.json" "$variants" <<'PY'
 import json, sys
@@ -44,6 +44,9 @@ assert set(r["families"]) == {"tts-a", "tts-b"}, r["families"].keys()
 assert all(set(v) == set(sys.argv[2].split(",")) for v in r["families"].values())
 assert set(r["pooled"]) == set(sys.argv[2].split(","))
 assert 0 <= r["nuisance"]["test_eer"] <= 1
+# `whispert` without its third statistic reads exactly what `whisper` stores, on the same windows.
+for fam, by in r["families"].items():
+    assert by["whispert/all/cs/ph/nd"] == by["whisper/all/cs/ph"], (fam, by)
 print(f"lofo smoke: {len(r['families'])} folds x {len(r['pooled'])} recipes, nuisance EER {r['nuisance']['test_eer']}")
 PY
 # Leave one system out: a fold per system, and each family's systems pooled.

@@ -49,9 +49,11 @@ import ge2e_frontend  # noqa: E402
 import train as T  # noqa: E402
 
 CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"]
-# Whisper front-ends: `whisper` is tiny.en (the shipped one), `whisperb` multilingual base. Each
-# pooled tap is the mean and std of the encoder's width: its columns in the stored features.
-WHISPER_WIDTH = {"whisper": 768, "whisperb": 1024}
+# Whisper front-ends: `whisper` is tiny.en (the shipped one), `whisperb` multilingual base,
+# `whispert` tiny.en with a third statistic per tap (the mean absolute frame-to-frame change). Each
+# pooled tap is the mean and std of the encoder's width (and, for `whispert`, the change): its
+# columns in the stored features.
+WHISPER_WIDTH = {"whisper": 768, "whisperb": 1024, "whispert": 1152}
 
 
 def front_end_session(name, cache, layers=2, precision="fp32", taps="last", calibration=None):
@@ -60,9 +62,10 @@ def front_end_session(name, cache, layers=2, precision="fp32", taps="last", cali
     front = None
     if name in WHISPER_WIDTH:
         import whisper_frontend
-        fetch = whisper_frontend.fetch_weights if name == "whisper" else whisper_frontend.fetch_base_weights
+        fetch = whisper_frontend.fetch_base_weights if name == "whisperb" else whisper_frontend.fetch_weights
         weights = whisper_frontend.load_ctranslate2(fetch(cache))
-        front = whisper_frontend.encoder_nodes(weights, "waveform", "features", T.WINDOW, layers, taps=taps)
+        front = whisper_frontend.encoder_nodes(weights, "waveform", "features", T.WINDOW, layers, taps=taps,
+                                               deltas=name == "whispert")
     model = features.feature_model(T.WINDOW, front)
     if precision == "int8" and name in WHISPER_WIDTH:
         model = features.quantize_int8(model, calibration)
@@ -148,7 +151,8 @@ class Variant:
     copy-synthesis; training data only, never tested, and left out with their family), `mgp`,
     `mgf`, `mgw` (or `mgpw`...) only some of them; `sN` the head's seed moved by N;
     `eN` N heads of successive seeds, their logits averaged (one MLP N times as wide, for export);
-    `ph` the "phone" augmentation recipe (else "basic"); `hN` N hidden units; `aX` L2 penalty X;
+    `ph` the "phone" augmentation recipe (else "basic"), `rb` the "rawboost" one; `nd` (front-end
+    `whispert`) leaves the frame-to-frame change out, which reads what `whisper` stores; `hN` N hidden units; `aX` L2 penalty X;
     `bs` weighs every spoof system equally (and the two classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
     Mahalanobis distance from the genuine training windows, in their top `kN` principal
     components); `hy` both, combined by the calibration."""
@@ -164,7 +168,8 @@ class Variant:
         # `mg` all the generators added after 0.3.1; `mg` + letters some of them (p Piper, f Festival, w WORLD)
         picked = [f[2:] or "pfw" for f in flags if re.fullmatch(r"mg[pfw]*", f)]
         self.more_generators = tuple(T.ADDED_GENERATORS["pfw".index(c)] for c in picked[0]) if picked else ()
-        self.recipe = "phone" if "ph" in flags else "basic"
+        self.recipe = "rawboost" if "rb" in flags else "phone" if "ph" in flags else "basic"
+        self.no_change = "nd" in flags
         self.balance_systems = "bs" in flags
         def number(prefix, default, kind):
             found = [kind(f[1:]) for f in flags if re.fullmatch(prefix + r"[0-9.e-]+", f)]
@@ -177,13 +182,16 @@ class Variant:
         self.head = "oc" if "oc" in flags else "hy" if "hy" in flags else "mlp"
 
     def columns(self, front, taps, x):
-        if taps in ("", "all"):
+        if taps in ("", "all") and front not in WHISPER_WIDTH:
             return x
         if front == "ge2e":
             return np.concatenate([x[..., slice(*ge2e_frontend.TAPS[t])] for t in taps], axis=-1)
         if front in WHISPER_WIDTH:
             n = WHISPER_WIDTH[front]
-            return np.concatenate([x[..., n * int(t):n * (int(t) + 1)] for t in taps], axis=-1)
+            if taps in ("", "all"):
+                taps = "".join(str(t) for t in range(x.shape[-1] // n))
+            kept = n * 2 // 3 if front == "whispert" and self.no_change else n
+            return np.concatenate([x[..., n * int(t):n * int(t) + kept] for t in taps], axis=-1)
         return x
 
     def has(self, f, split_key):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import soundfile as sf
-from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
+from scipy.signal import butter, fftconvolve, firwin, freqz, lfilter, resample_poly, sosfilt
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
@@ -51,6 +51,10 @@ AUGMENTATION = {
              "AMR-NB (sox, 4.75-12.2 kbit/s) 15%, Opus (libsndfile, about 8-16 kbit/s) 10%; then 20 ms packets "
              "lost at 2-10% (15%)",
 }
+AUGMENTATION["rawboost"] = AUGMENTATION["phone"].replace(
+    "then one channel", "RawBoost (Tak et al. 2022) on 60%: linear and non-linear convolutive noise through random "
+    "notch filters with impulsive signal-dependent noise, or (30% of those) stationary coloured noise at 10-40 dB SNR; "
+    "then one channel")
 EVAL_CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"]
 
 
@@ -321,12 +325,53 @@ def packet_loss(y, rng):
     return y
 
 
+def notch_filter(rng, bands=5, low=20, high=8000, min_bw=100, max_bw=1000, taps=(10, 100), gain_db=(0, 0)):
+    """RawBoost's random multi-band notch FIR (Tak et al., ICASSP 2022): `bands` band-stop
+    filters at random centres and widths, cascaded, scaled to a peak gain in `gain_db`."""
+    b = np.ones(1)
+    for _ in range(bands):
+        fc, bw = rng.uniform(low, high), rng.uniform(min_bw, max_bw)
+        n = int(rng.integers(taps[0], taps[1] + 1)) | 1  # odd: a band-stop FIR needs a type I filter
+        f1, f2 = max(fc - bw / 2, 1e-3), min(fc + bw / 2, SR / 2 - 1e-3)
+        if f2 - f1 > 1.0:
+            b = np.convolve(firwin(n, [f1, f2], window="hamming", fs=SR), b)
+    _, h = freqz(b, 1, fs=SR)
+    return 10 ** (rng.uniform(*gain_db) / 20) * b / (np.max(np.abs(h)) + 1e-9)
+
+
+def rawboost(x, rng):
+    """RawBoost's series of linear and non-linear convolutive noise, then impulsive
+    signal-dependent noise (its "algorithm 5"), or on some windows stationary coloured noise
+    ("algorithm 3"): distortions of neither class, so that what the head keeps is not the
+    channel's colour. Applied to both classes alike."""
+    x = x.astype(np.float64)
+    if rng.random() < 0.3:
+        noise = lfilter(notch_filter(rng), 1, rng.normal(0, 1, len(x)))
+        snr = rng.uniform(10, 40)
+        return (x + noise / (np.linalg.norm(noise) + 1e-9) * np.linalg.norm(x) / 10 ** (snr / 20)).astype(np.float32)
+    peak = np.max(np.abs(x)) + 1e-9
+    z = x / peak
+    y = np.zeros_like(z)
+    for k in range(5):  # x, x^2, ... x^5, each through its own notch filter, the higher powers weaker
+        gain = (0, 0) if k == 0 else (-20, -5)
+        y += lfilter(notch_filter(rng, gain_db=gain), 1, z ** (k + 1))
+    y -= y.mean()
+    y = y / (np.max(np.abs(y)) + 1e-9)
+    share = rng.uniform(0, 0.1)  # up to 10% of the samples get an impulse proportional to the signal
+    picked = rng.permutation(len(y))[:int(len(y) * share)]
+    y[picked] += 2 * y[picked] * (2 * rng.random(len(picked)) - 1) * (2 * rng.random(len(picked)) - 1)
+    return (y / (np.max(np.abs(y)) + 1e-9) * peak).astype(np.float32)
+
+
 # The recipes a training window may go through. "basic" (model 0.2.0): four channels and noise.
 # "phone": every channel of a call center's world, and a room and a lossy network around it.
+# "rawboost": "phone", with RawBoost's distortions before the channel on 60% of the windows.
+PHONE_CHANNELS = (["wideband", "mp3", "narrowband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"],
+                  [0.15, 0.1, 0.05, 0.2, 0.15, 0.1, 0.15, 0.1])
 RECIPES = {
     "basic": (["wideband", "narrowband", "g711_mu", "g711_a"], [0.3, 0.2, 0.3, 0.2]),
-    "phone": (["wideband", "mp3", "narrowband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"],
-              [0.15, 0.1, 0.05, 0.2, 0.15, 0.1, 0.15, 0.1]),
+    "phone": PHONE_CHANNELS,
+    "rawboost": PHONE_CHANNELS,
 }
 
 
@@ -336,6 +381,8 @@ def augment(x, rng, recipe="phone"):
         return add_noise(channel(x, rng.choice(names, p=weights), rng), rng)
     if rng.random() < 0.2:
         x = reverb(x, rng)
+    if recipe == "rawboost" and rng.random() < 0.6:
+        x = rawboost(x, rng)
     y = channel(add_noise(x, rng), rng.choice(names, p=weights), rng)
     if rng.random() < 0.15:
         y = packet_loss(y, rng)

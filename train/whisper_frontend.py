@@ -108,12 +108,15 @@ class Graph:
         return self.op("Add", [self.op("MatMul", [x, self.const(w.T.copy())]), self.const(b)])
 
 
-def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, prefix="wh_", taps="last"):
+def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, prefix="wh_", taps="last",
+                  deltas=False):
     """Nodes computing `output_name` [B, 2 * d * len(taps)] from `input_name` [B, N] (d: the
     encoder's width, 384 for tiny, 512 for base): the mean
     and std over time of the encoder's output after `n_layers` blocks (taps="last"), or of the
     points named by `taps`, concatenated: "all" (its input and every block's output) or digits
-    ("12": after blocks 1 and 2; "0" is the input to the first block)."""
+    ("12": after blocks 1 and 2; "0" is the input to the first block). `deltas`: a third
+    statistic per tap, the mean absolute change from one frame to the next (how fast each
+    dimension moves), so [B, 3 * d * len(taps)], each tap's mean, std and change side by side."""
     g = Graph(prefix)
     w = weights
     n = np.arange(N_FFT)
@@ -178,5 +181,10 @@ def encoder_nodes(weights, input_name, output_name, window_samples, n_layers=4, 
         var = g.op("ReduceMean", [g.op("Mul", [centred, centred]), axis], keepdims=0)
         std = g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(1e-6))])])
         stats += [g.op("Squeeze", [mean, axis]), std]
+        if deltas:
+            later = g.op("Slice", [x, g.const(np.array([1], np.int64)), g.const(np.array([t], np.int64)), axis])
+            earlier = g.op("Slice", [x, g.const(np.array([0], np.int64)), g.const(np.array([t - 1], np.int64)), axis])
+            change = g.op("Abs", [g.op("Sub", [later, earlier])])
+            stats.append(g.op("ReduceMean", [change, axis], keepdims=0))
     g.nodes.append(helper.make_node("Concat", stats, [output_name], axis=1))
-    return g.nodes, g.init, 2 * d * len(tapped)
+    return g.nodes, g.init, (3 if deltas else 2) * d * len(tapped)
