@@ -153,6 +153,8 @@ class Variant:
     `eN` N heads of successive seeds, their logits averaged (one MLP N times as wide, for export);
     `ph` the "phone" augmentation recipe (else "basic"), `rb` the "rawboost" one; `nd` (front-end
     `whispert`) leaves the frame-to-frame change out, which reads what `whisper` stores; `hN` N hidden units; `aX` L2 penalty X;
+    `cK` trains on a third of each file's training crops (those numbered K, K+3, ...; with
+    `--crops 9`, three disjoint draws of 3 crops: how much the draw alone moves a result);
     `bs` weighs every spoof system equally (and the two classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
     Mahalanobis distance from the genuine training windows, in their top `kN` principal
     components); `hy` both, combined by the calibration."""
@@ -178,6 +180,7 @@ class Variant:
         self.alpha = number("a", 1e-2, float)
         self.components = number("k", 64, int)
         self.seed = T.SEED + number("s", 0, int)  # `sN`: another seed for the head (run-to-run spread)
+        self.crop_draw = number("c", None, int)  # `cK`: every third training crop from crop K
         self.ensemble = number("e", 1, int)  # `eN`: N heads (seeds seed..seed+N-1), their logits averaged
         self.head = "oc" if "oc" in flags else "hy" if "hy" in flags else "mlp"
 
@@ -201,8 +204,11 @@ class Variant:
         return all(fr in f["eval"] for fr in self.fronts)
 
     def train_features(self, f):
-        return np.concatenate([self.columns(fr, t, f["train"][f"{fr}:{self.recipe}"])
-                               for fr, t in zip(self.fronts, self.tap_sets)], axis=-1)
+        x = np.concatenate([self.columns(fr, t, f["train"][f"{fr}:{self.recipe}"])
+                            for fr, t in zip(self.fronts, self.tap_sets)], axis=-1)
+        if self.crop_draw is not None:  # a file with fewer crops than draws lends one to each
+            x = x[list(range(self.crop_draw, len(x), 3)) or [self.crop_draw % len(x)]]
+        return x
 
     def eval_channels(self, f):
         return list(f["eval"][self.fronts[0]]) if self.has(f, "eval") else []
