@@ -456,10 +456,10 @@ def main():
     ap.add_argument("--cache", type=Path, default=ROOT / ".deps" / "train-cache")
     ap.add_argument("--out", type=Path, default=ROOT / "models")
     ap.add_argument("--tiny", action="store_true", help="a seconds-long run on generated clips (CI)")
-    ap.add_argument("--crops", type=int, default=3, help="training windows per file")
+    ap.add_argument("--crops", type=int, default=9, help="training windows per file (0.5.0: 9; 3 before)")
     ap.add_argument("--hidden", type=int, default=64, help="hidden units of the classifier")
     ap.add_argument("--alpha", type=float, default=1e-2, help="L2 penalty of the classifier")
-    ap.add_argument("--heads", type=int, default=1,
+    ap.add_argument("--heads", type=int, default=3,
                     help="classifiers trained with successive seeds, their logits averaged (exported as one MLP)")
     ap.add_argument("--one-class", type=int, default=0, metavar="K",
                     help="add a one-class score beside the classifier: squared Mahalanobis distance from the "
@@ -783,7 +783,7 @@ def evaluate(per_file, meta, calibrated, channels, threshold):
 def export(args, head, threshold, items, meta, report, n_train):
     w1, b1, w2, b2, one_class = head
     args.out.mkdir(parents=True, exist_ok=True)
-    version = "0.3.1" if not args.tiny else "tiny"
+    version = "0.5.0" if not args.tiny else "tiny"
     card = {
         "name": f"callguard-{args.front_end}-mlp",
         "version": version,
