@@ -152,7 +152,8 @@ class Variant:
     `mgf`, `mgw` (or `mgpw`...) only some of them; `sN` the head's seed moved by N;
     `eN` N heads of successive seeds, their logits averaged (one MLP N times as wide, for export);
     `ph` the "phone" augmentation recipe (else "basic"), `rb` the "rawboost" one; `nd` (front-end
-    `whispert`) leaves the frame-to-frame change out, which reads what `whisper` stores; `hN` N hidden units; `aX` L2 penalty X;
+    `whispert`) leaves the frame-to-frame change out, which reads what `whisper` stores;
+    `hN` N hidden units; `aX` L2 penalty X;
     `cK` trains on a third of each file's training crops (those numbered K, K+3, ...; with
     `--crops 9`, three disjoint draws of 3 crops: how much the draw alone moves a result);
     `bs` weighs every spoof system equally (and the two classes equally) instead of every window; `oc` a one-class head instead of the MLP (squared
