@@ -186,16 +186,15 @@ class Variant:
         self.head = "oc" if "oc" in flags else "hy" if "hy" in flags else "mlp"
 
     def columns(self, front, taps, x):
-        if taps in ("", "all") and front not in WHISPER_WIDTH:
+        if front in WHISPER_WIDTH:
+            n = WHISPER_WIDTH[front]
+            kept = n * 2 // 3 if front == "whispert" and self.no_change else n  # mean and std only
+            points = range(x.shape[-1] // n) if taps in ("", "all") else [int(t) for t in taps]
+            return np.concatenate([x[..., n * t:n * t + kept] for t in points], axis=-1)
+        if taps in ("", "all"):
             return x
         if front == "ge2e":
             return np.concatenate([x[..., slice(*ge2e_frontend.TAPS[t])] for t in taps], axis=-1)
-        if front in WHISPER_WIDTH:
-            n = WHISPER_WIDTH[front]
-            if taps in ("", "all"):
-                taps = "".join(str(t) for t in range(x.shape[-1] // n))
-            kept = n * 2 // 3 if front == "whispert" and self.no_change else n
-            return np.concatenate([x[..., n * int(t):n * int(t) + kept] for t in taps], axis=-1)
         return x
 
     def has(self, f, split_key):
