@@ -30,6 +30,18 @@ for constant in (5.0, -5.0):
     passed, rows = product_check.check(lambda w: np.full(len(w), constant), 0.5, ["wideband"])
     assert not passed and all(r["alerted"] == (constant > 0) for r in rows), rows
 print("train smoke: product check reported, and it fails a constant detector")
+# peak() (the daemon's decision statistic, which lofo.py scores) against the daemon's run counter.
+rng = np.random.default_rng(0)
+for _ in range(200):
+    logits = rng.normal(0, 4, rng.integers(0, 12))
+    smoothing, enter = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+    for thr in rng.normal(0, 3, 5):
+        run, alerted = 0, False
+        for i in range(len(logits)):
+            run = run + 1 if np.mean(np.clip(logits[max(0, i + 1 - smoothing):i + 1], -8, 8)) >= thr else 0
+            alerted |= run >= enter
+        assert (product_check.peak(logits, smoothing, enter) >= thr) == alerted, (logits, smoothing, enter, thr)
+print("train smoke: the rule's peak statistic alerts exactly where the daemon's run counter does")
 PY
 # The int8 variant (static quantisation): train.py itself fails if the export disagrees with it.
 .deps/venv/bin/python train/train.py --tiny --precision int8 --out "$tiny/int8" >/dev/null

@@ -14,8 +14,10 @@ calibration). `--hold-out system` does the same per synthesis system (its siblin
 stay in training) and pools each family's systems beside it. Copy-synthesised spoofs
 (train/copysynth.py) count as vocoder copy-synthesis and leave with that family. Each file goes
 through each evaluation channel (wideband, G.711 mu/A-law, GSM 06.10, AMR-NB, Opus), and is
-scored like the daemon (1 s windows, 0.5 s hop): over the whole file, and over its first 1.5 s
-of speech (two windows).
+scored like the daemon (1 s windows, 0.5 s hop): over the whole file (the mean window log-odds),
+over its first 1.5 s of speech (two windows), and by the statistic the daemon alerts on (its
+fusion rule's peak, train/product_check.peak: a file scores the highest threshold at which the
+daemon would have alerted on it).
 
 `--variants` names the recipes compared on the same features (see Variant); every Whisper tap
 is featurised once, so recipes that differ in taps, data or head share one pass, and
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import copysynth  # noqa: E402
 import features  # noqa: E402
 import ge2e_frontend  # noqa: E402
+import product_check  # noqa: E402
 import train as T  # noqa: E402
 
 CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"]
@@ -241,6 +244,7 @@ def fold(files, variant, held_out, args, unit="family", trained=None):
             trained[variant.spec] = (logits, b, thr)
 
     out = {}
+    rule = product_check.verdict_rule()
     for ch in args.channels:
         bona = [logits(variant.eval_features(f, ch)) + b for f in files
                 if f["split"] == "test" and f["label"] == "bonafide" and ch in variant.eval_channels(f)]
@@ -251,8 +255,9 @@ def fold(files, variant, held_out, args, unit="family", trained=None):
             continue
         e_file, _ = T.eer([s.mean() for s in bona], [s.mean() for s in spoof])
         e_15, _ = T.eer([s[:2].mean() for s in bona], [s[:2].mean() for s in spoof])
+        e_rule, _ = T.eer([product_check.peak(s, *rule) for s in bona], [product_check.peak(s, *rule) for s in spoof])
         out[ch] = {"n_spoof": len(spoof), "n_bonafide": len(bona), "eer_file": round(e_file, 4),
-                   "eer_1500ms": round(e_15, 4),
+                   "eer_1500ms": round(e_15, 4), "eer_rule": round(e_rule, 4),
                    "genuine_alerted": round(float(np.mean([s.mean() >= thr for s in bona])), 4),
                    "spoof_detected": round(float(np.mean([s.mean() >= thr for s in spoof])), 4)}
     return out
@@ -431,13 +436,14 @@ def main():
 
 
 def pooled(folds, channels, specs):
-    """Per recipe and channel: the folds' EERs weighted by their number of spoof files."""
+    """Per recipe and channel: the folds' EERs weighted by their number of spoof files (file
+    means per channel, the first 1.5 s through mu-law, and the daemon's rule per channel)."""
     out = {}
     for spec in specs:
-        for ch in channels + ["first_1500ms"]:
-            key = "eer_1500ms" if ch == "first_1500ms" else "eer_file"
-            src = "g711_mu" if ch == "first_1500ms" else ch
-            rows = [by[spec][src] for by in folds.values() if src in by.get(spec, {})]
+        columns = ([(ch, "eer_file", ch) for ch in channels] + [("first_1500ms", "eer_1500ms", "g711_mu")]
+                   + [(f"rule_{ch}", "eer_rule", ch) for ch in channels])
+        for ch, key, src in columns:
+            rows = [by[spec][src] for by in folds.values() if key in by.get(spec, {}).get(src, {})]
             n = sum(r["n_spoof"] for r in rows)
             if n:
                 out.setdefault(spec, {})[ch] = round(sum(r[key] * r["n_spoof"] for r in rows) / n, 4)
@@ -446,24 +452,25 @@ def pooled(folds, channels, specs):
 
 def table(report, fronts):
     unit = report["held_out"]
-    head = f"| held-out {unit} | front-end | " + " | ".join(report["channels"]) + " | first 1.5 s (mu-law) |"
-    lines = [head, "|" + "---|" * (len(report["channels"]) + 3)]
+    head = (f"| held-out {unit} | front-end | " + " | ".join(report["channels"])
+            + " | first 1.5 s (mu-law) | daemon's rule (mu-law) |")
+    lines = [head, "|" + "---|" * (len(report["channels"]) + 4)]
     for fam, by_front in report["systems" if unit == "system" else "families"].items():
         for front in fronts:
             r = by_front.get(front, {})
             cells = [f"{r[ch]['eer_file'] * 100:.1f}%" if ch in r else "-" for ch in report["channels"]]
-            mu = r.get("g711_mu", {}).get("eer_1500ms")
+            extra = [r.get("g711_mu", {}).get(k) for k in ("eer_1500ms", "eer_rule")]
             n = next(iter(r.values()), {}).get("n_spoof", 0)
-            first = f"{mu * 100:.1f}%" if mu is not None else "-"
-            lines.append(f"| {fam} (n={n}) | {front} | " + " | ".join(cells) + f" | {first} |")
+            cells += [f"{e * 100:.1f}%" if e is not None else "-" for e in extra]
+            lines.append(f"| {fam} (n={n}) | {front} | " + " | ".join(cells) + " |")
     for front in fronts:
         p = report.get("pooled", {}).get(front, {})
-        cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in report["channels"] + ["first_1500ms"]]
+        cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in report["channels"] + ["first_1500ms", "rule_g711_mu"]]
         lines.append(f"| all, weighted by n | {front} | " + " | ".join(cells) + " |")
     for fam, by_front in report.get("by_family", {}).items():
         for front in fronts:
             p = by_front.get(front, {})
-            cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in report["channels"] + ["first_1500ms"]]
+            cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in report["channels"] + ["first_1500ms", "rule_g711_mu"]]
             lines.append(f"| {fam}: its systems, weighted by n | {front} | " + " | ".join(cells) + " |")
     lines.append(f"\nNuisance-feature classifier, test EER: {report['nuisance']['test_eer'] * 100:.1f}%")
     return "\n".join(lines)

@@ -47,15 +47,19 @@ def verdict_rule(config=T.ROOT / "config.toml"):
     return verdict.get("smoothing_windows", 4), verdict.get("enter_windows", 2)
 
 
+def peak(logits, smoothing, enter):
+    """The daemon's decision statistic on these window log-odds: the highest threshold at which
+    its rule (src/verdict/fusion.rs) would alert, i.e. the best run of `enter` consecutive fused
+    scores, each the mean of the last `smoothing` clipped log-odds, scored by its lowest. -inf when
+    there are fewer than `enter` windows: the daemon cannot alert on them at any threshold."""
+    fused = [np.mean(np.clip(logits[max(0, i + 1 - smoothing):i + 1], -8, 8)) for i in range(len(logits))]
+    runs = [min(fused[i + 1 - enter:i + 1]) for i in range(enter - 1, len(fused))]
+    return float(max(runs)) if runs else float("-inf")
+
+
 def alerts(logits, thr, smoothing, enter):
     """Whether the daemon's rule (src/verdict/fusion.rs) raises an alert on these window log-odds."""
-    run = 0
-    for i in range(len(logits)):
-        fused = np.mean(np.clip(logits[max(0, i + 1 - smoothing):i + 1], -8, 8))
-        run = run + 1 if fused >= thr else 0
-        if run >= enter:
-            return True
-    return False
+    return peak(logits, smoothing, enter) >= thr
 
 
 def speech_only(x, frame=512, floor_db=35.0, hangover=5):
