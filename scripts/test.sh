@@ -96,6 +96,18 @@ for fam, by in once["families"].items():
 assert set(replayed["pooled"]) == {"lfcc//cs/ph", "whisper+lfcc/all+/cs/ph", "lfcc//cs/ph/mg"}
 print("lofo smoke: a front-end replayed, and a block of generators added, score as when featurised at once")
 PY
+# The fine-tuning probe stays alive: its PyTorch port of the front-end must match the ONNX one
+# (run exits non-zero otherwise), and both detectors are scored.
+.deps/venv/bin/python train/finetune.py prep --tiny --out "$tiny/finetune" >/dev/null
+/usr/bin/python3 train/finetune.py run --tiny --out "$tiny/finetune" >/dev/null
+.deps/venv/bin/python - "$tiny/finetune/finetune.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for kind in ("frozen", "finetuned"):
+    assert set(r[kind]) == {"wideband", "g711_mu"} and all(0 <= v["eer_file"] <= 1 for v in r[kind].values()), r
+assert r["finetune_steps"] >= 1, r
+print(f"finetune smoke: {r['train_crops']} crops, frozen and fine-tuned encoders scored")
+PY
 # The alert-rule comparison stays alive too (generated clips, the shipped model).
 .deps/venv/bin/python train/fusion.py --tiny --out "$tiny/fusion/fusion.json" >/dev/null
 .deps/venv/bin/python - "$tiny/fusion/fusion.json" <<'PY'
