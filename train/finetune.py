@@ -2,7 +2,7 @@
 """Does fine-tuning the Whisper front-end help on unseen systems? A paired probe, on a CPU.
 
     .deps/venv/bin/python train/finetune.py prep       # windows and weights (~10 min, 2 cores)
-    /usr/bin/python3 train/finetune.py run             # PyTorch (Debian python3-torch; ~35 min)
+    /usr/bin/python3 train/finetune.py run             # PyTorch (Debian python3-torch; ~40 min)
     .deps/venv/bin/python train/finetune.py prep --tiny --out /tmp/ft && \\
         /usr/bin/python3 train/finetune.py run --tiny --out /tmp/ft   # seconds (CI)
 
