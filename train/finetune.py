@@ -68,12 +68,7 @@ def prep(args):
     items += copysynth.items(args.cache, genuine, T.load, vocoders)
 
     train_w, train_y, eval_w, eval_file, eval_ch, files = [], [], [], [], [], []
-    for path, label, system, family, group, split, source in items:
-        try:
-            x = T.load(path)
-        except Exception as e:  # a corrupt file is skipped and reported, never fatal
-            print(f"skip {path}: {e}", file=sys.stderr)
-            continue
+    for (path, label, system, family, group, split, source), x in T.loaded(items):
         if split == "train":
             for w in T.crops(x, args.crops, rng):
                 train_w.append(T.augment(w, rng, "phone"))

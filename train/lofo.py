@@ -101,12 +101,7 @@ def collect(items, sessions, args, rng):
     """Per file: metadata, train-crop features (train split) and evaluation-window features per
     channel (calibration and test splits, and every spoof file: each is tested in its fold)."""
     files = []
-    for path, label, system, family, group, split, source in items:
-        try:
-            x = T.load(path)
-        except Exception as e:  # a corrupt file is skipped and reported, never fatal
-            print(f"skip {path}: {e}", file=sys.stderr)
-            continue
+    for (path, label, system, family, group, split, source), x in T.loaded(items):
         f = dict(label=label, system=system, family=family, split=split, nuisance=nuisance(path),
                  train={}, eval={})
         if split == "train":

@@ -117,6 +117,17 @@ def load(path):
     return audio
 
 
+def loaded(items):
+    """(item, audio) for each item whose file loads; a corrupt file is skipped and reported, never fatal."""
+    for item in items:
+        try:
+            x = load(item[0])
+        except Exception as e:
+            print(f"skip {item[0]}: {e}", file=sys.stderr)
+            continue
+        yield item, x
+
+
 def group_split(key, seed=SEED):
     """Deterministic split of a group key: 'train' 60%, 'calib' 15%, 'test' 25%."""
     h = int(hashlib.sha1(f"{seed}:{key}".encode()).hexdigest(), 16) % 100
@@ -513,12 +524,7 @@ def main():
     file_meta = []
     # A copy-synthesised spoof belongs to its genuine source's speaker group (for the folds).
     twin_group = {copysynth.file_key(it[0]): it[4] for it in items if it[1] == "bonafide" and it[5] == "train"}
-    for fid, (path, label, system, family, group, split, source) in enumerate(items):
-        try:
-            x = load(path)
-        except Exception as e:  # a corrupt file is skipped and reported, never fatal
-            print(f"skip {path}: {e}", file=sys.stderr)
-            continue
+    for (path, label, system, family, group, split, source), x in loaded(items):
         if system.startswith(copysynth.SYSTEM_PREFIX):
             group = twin_group.get(Path(path).stem, group)
         fold = fold_of(group)
