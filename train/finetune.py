@@ -193,7 +193,7 @@ def run(args):
     meta = json.loads((args.out / "files.json").read_text())
     train_w = torch.from_numpy(data["train_w"].astype(np.float32))
     train_y = torch.from_numpy(data["train_y"].astype(np.float32))
-    eval_w = data["eval_w"]
+    eval_w, eval_file, eval_ch = data["eval_w"], data["eval_file"], data["eval_ch"]
     report = {"train_crops": len(train_y), "eval_windows": len(eval_w), "seconds": {}}
 
     def features(model, waves, batch=64):
@@ -241,7 +241,7 @@ def run(args):
         out = {}
         for c, ch in enumerate(meta["channels"]):
             per_file = {}
-            for s, f, cc in zip(window_logits, data["eval_file"], data["eval_ch"]):
+            for s, f, cc in zip(window_logits, eval_file, eval_ch):
                 if cc == c:
                     per_file.setdefault(int(f), []).append(float(s))
             test = [(np.mean(v), meta["files"][f]) for f, v in per_file.items() if meta["files"][f]["split"] == "test"]
@@ -254,7 +254,6 @@ def run(args):
     report["frozen"] = evaluate(scores(enc))
     report["seconds"]["score_frozen"] = round(time.process_time() - t0, 1)
     print("frozen:", json.dumps(report["frozen"]), flush=True)
-    state = {k: v.clone() for k, v in head.state_dict().items()}
 
     # Fine-tuning: the probed head and the whole encoder together, the encoder at a small rate.
     enc.train()
@@ -278,7 +277,6 @@ def run(args):
     report["finetuned"] = evaluate(scores(enc))
     report["seconds"]["score_finetuned"] = round(time.process_time() - t0, 1)
     print("fine-tuned:", json.dumps(report["finetuned"]), flush=True)
-    head.load_state_dict(state)
     report["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     (args.out / "finetune.json").write_text(json.dumps(report, indent=1))
 

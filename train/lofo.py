@@ -466,14 +466,15 @@ def table(report, fronts):
             n = next(iter(r.values()), {}).get("n_spoof", 0)
             cells += [f"{e * 100:.1f}%" if e is not None else "-" for e in extra]
             lines.append(f"| {fam} (n={n}) | {front} | " + " | ".join(cells) + " |")
+    pooled_columns = report["channels"] + ["first_1500ms", "rule_g711_mu", "rule_3500ms_g711_mu"]
     for front in fronts:
         p = report.get("pooled", {}).get(front, {})
-        cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in report["channels"] + ["first_1500ms", "rule_g711_mu", "rule_3500ms_g711_mu"]]
+        cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in pooled_columns]
         lines.append(f"| all, weighted by n | {front} | " + " | ".join(cells) + " |")
     for fam, by_front in report.get("by_family", {}).items():
         for front in fronts:
             p = by_front.get(front, {})
-            cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in report["channels"] + ["first_1500ms", "rule_g711_mu", "rule_3500ms_g711_mu"]]
+            cells = [f"{p[ch] * 100:.1f}%" if ch in p else "-" for ch in pooled_columns]
             lines.append(f"| {fam}: its systems, weighted by n | {front} | " + " | ".join(cells) + " |")
     lines.append(f"\nNuisance-feature classifier, test EER: {report['nuisance']['test_eer'] * 100:.1f}%")
     return "\n".join(lines)
