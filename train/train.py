@@ -134,27 +134,42 @@ def group_split(key, seed=SEED):
     return "train" if h < 60 else ("calib" if h < 75 else "test")
 
 
-def shared_items(data):
-    """(path, label, system, family, group, split, source) from ../shared/data."""
+# demo/ files these diffusion and flow-matching systems under tts-zero-shot-lm; with demo2/ (which
+# has the family tts-zero-shot-flow) they move there, so that leave-one-family-out folds are clean.
+FLOW_SYSTEMS = ("P-Flow", "Voicebox", "DiTTo-TTS", "E1-TTS", "ARDiT-TTS", "FlashSpeech", "NaturalSpeech2",
+                "NaturalSpeech3")
+SETS_V1 = ("real", "demo")  # 0.5.0's data
+SETS_V2 = ("real", "demo", "real2", "demo2")  # the detector round 2 data
+
+
+def shared_items(data, sets=SETS_V1):
+    """(path, label, system, family, group, split, source) from ../shared/data: the genuine sets
+    `real`/`real2` (grouped by speaker) and the demo-page sets `demo`/`demo2` (a spoof grouped by
+    its system, a genuine reference by its page and speaker)."""
     items = []
-    real = data / "real"
-    with open(real / "manifest.csv") as f:
-        for row in csv.DictReader(f):
-            # FSDD clips are 8 kHz digits under 0.5 s: a bandwidth and duration cue, left out.
-            if row["path"].startswith("fsdd/"):
-                continue
-            group = f"real:{row['speaker']}"
-            items.append((real / row["path"], "bonafide", "bonafide", "bonafide", group,
-                          group_split(group), row["source_repo"]))
-    demo = data / "demo"
-    with open(demo / "manifest.csv") as f:
-        for row in csv.DictReader(f):
-            if row["label"] == "bonafide":
-                group = f"demo:{row['source_repo']}:{row['speaker_if_known']}"
-            else:
-                group = f"system:{row['system']}"
-            items.append((demo / row["path"], row["label"], row["system"], row["family"], group,
-                          group_split(group), row["source_repo"]))
+    for name in (s for s in sets if s.startswith("real")):
+        real = data / name
+        with open(real / "manifest.csv") as f:
+            for row in csv.DictReader(f):
+                # FSDD clips are 8 kHz digits under 0.5 s: a bandwidth and duration cue, left out.
+                if row["path"].startswith("fsdd/"):
+                    continue
+                group = f"real:{row['speaker']}"
+                items.append((real / row["path"], "bonafide", "bonafide", "bonafide", group,
+                              group_split(group), row["source_repo"]))
+    for name in (s for s in sets if s.startswith("demo")):
+        demo = data / name
+        with open(demo / "manifest.csv") as f:
+            for row in csv.DictReader(f):
+                family = row["family"]
+                if "demo2" in sets and row["system"] in FLOW_SYSTEMS:
+                    family = "tts-zero-shot-flow"
+                if row["label"] == "bonafide":
+                    group = f"demo:{row['source_repo']}:{row['speaker_if_known']}"
+                else:
+                    group = f"system:{row['system']}"
+                items.append((demo / row["path"], row["label"], row["system"], family, group,
+                              group_split(group), row["source_repo"]))
     return items
 
 
@@ -386,8 +401,13 @@ RECIPES = {
 }
 
 
-def augment(x, rng, recipe="phone"):
+def augment(x, rng, recipe="phone", narrowband_only=False):
+    """A training window through the recipe's room, noise and channel draw. `narrowband_only`
+    draws among the 8 kHz channels alone (for a source recorded at 8 kHz: it has no wideband)."""
     names, weights = RECIPES[recipe]
+    if narrowband_only:
+        kept = [(n, w) for n, w in zip(names, weights) if n not in ("wideband", "mp3")]
+        names, weights = [n for n, _ in kept], np.array([w for _, w in kept]) / sum(w for _, w in kept)
     if recipe == "basic":
         return add_noise(channel(x, rng.choice(names, p=weights), rng), rng)
     if rng.random() < 0.2:

@@ -1,0 +1,457 @@
+#!/usr/bin/env python3
+"""A from-scratch CNN on log linear-filterbank energies (0-8 kHz, the 4-8 kHz band included where a
+call has it), compared leave-one-family-out on real/ + real2/ + demo/ + demo2/, scored by the
+daemon's alert rule. Three steps, because Debian's PyTorch needs Debian's numpy 1.x while the
+project's venv (codecs, onnxruntime, sklearn) has numpy 2:
+
+    .deps/venv/bin/python train/cnn.py prepare             # crops, channels, features (~15 min, 2 cores)
+    /usr/bin/python3      train/cnn.py fit --seeds 0,1,2   # one CNN per fold and seed (checkpointed, resumable)
+    .deps/venv/bin/python train/cnn.py report              # Platt, thresholds, EERs, alert rates: OUT/cnn.json
+
+    ... prepare --tiny / fit --tiny / report --tiny        # seconds, generated clips (CI smoke)
+
+prepare: every file of the four sets (and the espeak-ng/flite voices of train.py) is loaded at
+16 kHz. Train-split files give `--crops` random voiced 1 s crops, each through the "phone"
+augmentation (room, noise, one channel drawn per crop; a source recorded at 8 kHz draws only among
+the 8 kHz channels). Calibration- and test-split files, and every spoof file (each is tested in the
+fold that holds its family out), go through each evaluation channel whole and are cut into 1 s
+windows at the daemon's 0.5 s hop (at most EVAL_WINDOWS per file). A window's features are the
+log energies of 80 linear bands over 97 frames (512-point Hann STFT, 10 ms hop) of the RMS-
+normalised window, stored as float16: the same computation as the exported graph (`Frontend`).
+
+fit: for each fold (each synthesis family held out, and `zero-shot`: both zero-shot families out
+together) and seed, a CNN trains on the train-split windows of the other families and the genuine
+train speakers, drawn so that each spoof system and each genuine source weighs the same and the
+classes weigh the same (seven demo2 pages give clones only: a page's recording conditions must not
+stand for "synthetic"). It then scores every evaluation window. Checkpoints every epoch; a run
+that was stopped resumes where it was, and finished folds are skipped.
+
+report: per fold, Platt scaling on the calibration split without the held-out family; per channel,
+the file-mean EER and the daemon's rule EER (whole file and first 3.5 s) of the held-out family's
+spoofs against the genuine test speakers (real/real2 speakers and demo pages never trained on);
+the rule's threshold at 1% of calibration-split genuine files alerted, per channel class, and at it
+the share of clones caught, of genuine test files alerted, and false alerts per genuine call-hour
+on the held-out real2 speakers. Folds are pooled weighted by their spoof files, over seeds with
+mean and spread.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = 20261125
+SR = 16000
+WINDOW = 16000
+N_FFT, HOP, N_BANDS = 512, 160, 80
+FRAMES = (WINDOW - N_FFT) // HOP + 1  # 97
+EVAL_WINDOWS = 16  # 8.5 s of each evaluation file per channel
+CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"]
+CLASS_OF_CHANNEL = {"wideband": "wideband", "g711_mu": "narrowband_g711", "g711_a": "narrowband_g711",
+                    "gsm": "narrowband_lossy", "amr_nb": "narrowband_lossy", "opus": "narrowband_lossy"}
+ZERO_SHOT = ("tts-zero-shot-lm", "tts-zero-shot-flow")
+TRAIN_ONLY_FAMILIES = ("tts-parametric",)  # the generated espeak-ng/flite voices: never a fold
+
+
+# ------------------------------------------------------------------------------ front-end
+
+
+def stft_kernels():
+    n = np.arange(N_FFT)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)
+    k = np.arange(N_FFT // 2 + 1)[:, None]
+    return np.cos(2 * np.pi * k * n / N_FFT) * window, -np.sin(2 * np.pi * k * n / N_FFT) * window
+
+
+def filterbank():
+    bins = N_FFT // 2 + 1
+    freqs = np.linspace(0, SR / 2, bins)
+    edges = np.linspace(0, SR / 2, N_BANDS + 2)
+    fb = np.zeros((bins, N_BANDS))
+    for b in range(N_BANDS):
+        lo, mid, hi = edges[b], edges[b + 1], edges[b + 2]
+        fb[:, b] = np.maximum(0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
+    return fb
+
+
+_COS, _SIN = stft_kernels()
+_FB = filterbank()
+
+
+def log_bands(windows):
+    """[N, WINDOW] -> [N, FRAMES, N_BANDS] float32: what `Frontend` computes in the graph."""
+    x = np.asarray(windows, np.float64)
+    x = x / np.sqrt(np.mean(x ** 2, axis=1, keepdims=True) + 1e-8)
+    idx = np.arange(FRAMES)[:, None] * HOP + np.arange(N_FFT)[None, :]
+    frames = x[:, idx]  # [N, T, 512]
+    power = (frames @ _COS.T) ** 2 + (frames @ _SIN.T) ** 2
+    return np.log(power @ _FB + 1e-6).astype(np.float32)
+
+
+# -------------------------------------------------------------------------------- prepare
+
+
+def prepare(args):
+    import soundfile as sf
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import train as T
+
+    rng = np.random.default_rng(SEED)
+    if args.tiny:
+        items = T.generated_items(args.cache_train, 18) + T.tiny_bonafide(args.cache_train)
+        families = ["tts-a", "tts-b"]
+        for k, it in enumerate(items):
+            family = families[k % 2] if it[1] == "spoof" else "bonafide"
+            items[k] = it[:3] + (family, it[4], ["train", "calib", "test"][k % 3]) + it[6:]
+        channels = ["wideband", "g711_mu", "amr_nb"]
+    else:
+        items = T.shared_items(args.data, T.SETS_V2) + T.generated_items(args.cache_train, 72)
+        channels = CHANNELS
+    files, train_x, train_file, eval_x, eval_index = [], [], [], [], []
+    n_train = n_eval = 0
+    for (path, label, system, family, group, split, source), x in T.loaded(items):
+        rate = sf.info(str(path)).samplerate
+        f = dict(path=str(path), label=label, system=system, family=family, group=group, split=split,
+                 source=source, rate=rate, seconds=round(len(x) / SR, 3),
+                 real2="/real2/" in str(path))
+        k = len(files)
+        if split == "train":
+            crops = [T.augment(w, rng, "phone", narrowband_only=rate < SR) for w in T.crops(x, args.crops, rng)]
+            if crops:
+                train_x.append(log_bands(crops).astype(np.float16))
+                train_file += [k] * len(crops)
+                n_train += len(crops)
+        if split != "train" or label == "spoof":
+            crng = np.random.default_rng(SEED + 1)
+            for ch in channels:
+                if ch == "wideband" and rate < SR:
+                    continue  # an 8 kHz recording has no wideband form
+                ws = T.sliding(T.channel(x, ch, crng))[:EVAL_WINDOWS]
+                if ws:
+                    eval_x.append(log_bands(ws).astype(np.float16))
+                    eval_index.append((k, channels.index(ch), n_eval, len(ws)))
+                    n_eval += len(ws)
+        files.append(f)
+        if len(files) % 200 == 0:
+            print(f"prepare: {len(files)} files, {n_train} train crops, {n_eval} eval windows, "
+                  f"{time.time() - args.t0:.0f} s", flush=True)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    np.save(args.cache / "train_x.npy", np.concatenate(train_x))
+    np.save(args.cache / "train_file.npy", np.array(train_file, np.int32))
+    np.save(args.cache / "eval_x.npy", np.concatenate(eval_x))
+    np.save(args.cache / "eval_index.npy", np.array(eval_index, np.int64))
+    (args.cache / "files.json").write_text(json.dumps({"channels": channels, "files": files}))
+    print(f"prepare: {len(files)} files, {n_train} train crops, {n_eval} eval windows in "
+          f"{time.time() - args.t0:.0f} s -> {args.cache}")
+
+
+# ------------------------------------------------------------------------------------- fit
+
+
+def folds(files, tiny):
+    fams = sorted({f["family"] for f in files if f["label"] == "spoof" and f["family"] not in TRAIN_ONLY_FAMILIES})
+    out = {fam: (fam,) for fam in fams}
+    if not tiny:
+        out["zero-shot"] = ZERO_SHOT
+    return out
+
+
+def build_model(torch, band_mean, band_std):
+    nn = torch.nn
+
+    class Frontend(nn.Module):
+        """waveform [B, 16000] -> log band energies [B, 1, N_BANDS, FRAMES] (as log_bands)."""
+
+        def __init__(self):
+            super().__init__()
+            kernels = np.concatenate([_COS, _SIN])[:, None, :]
+            self.register_buffer("kernels", torch.tensor(kernels, dtype=torch.float32))
+            self.register_buffer("fb", torch.tensor(_FB, dtype=torch.float32))
+
+        def forward(self, wave):
+            wave = wave / torch.sqrt(torch.mean(wave * wave, dim=1, keepdim=True) + 1e-8)
+            spec = torch.nn.functional.conv1d(wave[:, None, :], self.kernels, stride=HOP)
+            half = N_FFT // 2 + 1
+            power = spec[:, :half] ** 2 + spec[:, half:] ** 2  # [B, 257, T]
+            return torch.log(torch.matmul(power.transpose(1, 2), self.fb) + 1e-6)  # [B, T, F]
+
+    def block(cin, cout, pool):
+        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        return layers
+
+    class Net(nn.Module):
+        """Log bands (standardised per band with training statistics) -> 4 conv blocks -> mean and
+        std over time of each (channel, band) -> linear -> logit."""
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(band_mean, dtype=torch.float32))
+            self.register_buffer("std", torch.tensor(band_std, dtype=torch.float32))
+            self.body = nn.Sequential(*block(1, 16, True), *block(16, 32, True), *block(32, 48, True),
+                                      *block(48, 64, False))
+            self.drop = nn.Dropout(0.3)
+            self.head = nn.Linear(2 * 64 * (N_BANDS // 8), 1)
+
+        def forward(self, bands):  # [B, T, F]
+            z = ((bands - self.mean) / self.std).transpose(1, 2)[:, None]  # [B, 1, F, T]
+            h = self.body(z)  # [B, 64, F/8, T/8]
+            h = torch.cat([h.mean(dim=3), h.std(dim=3)], dim=1).flatten(1)
+            return self.head(self.drop(h))[:, 0]
+
+    return Frontend, Net
+
+
+def fit(args):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    meta = json.loads((args.cache / "files.json").read_text())
+    files = meta["files"]
+    train_x = np.load(args.cache / "train_x.npy", mmap_mode="r")
+    train_file = np.load(args.cache / "train_file.npy")
+    eval_x = np.load(args.cache / "eval_x.npy", mmap_mode="r")
+    out = args.cache / "runs"
+    out.mkdir(exist_ok=True)
+    sample = np.random.default_rng(0).choice(len(train_x), min(len(train_x), 4000), replace=False)
+    sx = np.asarray(train_x[np.sort(sample)], np.float32)
+    band_mean, band_std = sx.mean(axis=(0, 1)), sx.std(axis=(0, 1)) + 1e-3
+    _, Net = build_model(torch, band_mean, band_std)
+    label = np.array([f["label"] == "spoof" for f in files])
+    family = np.array([f["family"] for f in files])
+    todo = folds(files, args.tiny)
+    if args.folds:
+        todo = {k: v for k, v in todo.items() if k in args.folds.split(",")}
+    if args.all:
+        todo = {"all": ()}
+    for name, held in todo.items():
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            tag = f"{name}_s{seed}"
+            if (out / f"{tag}.npy").exists():
+                print(f"fit: {tag} done before, skipped", flush=True)
+                continue
+            keep = ~np.isin(family[train_file], held)
+            rows = np.flatnonzero(keep)
+            w = weights(files, train_file[rows], label)
+            torch.manual_seed(SEED + seed)
+            rng = np.random.default_rng(SEED + seed)
+            net = Net()
+            opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-3)
+            steps_per_epoch = max(1, len(rows) // args.batch)
+            total = steps_per_epoch * args.epochs
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
+            ckpt = out / f"{tag}.pt"
+            epoch0 = 0
+            if ckpt.exists():
+                state = torch.load(ckpt)
+                net.load_state_dict(state["net"])
+                opt.load_state_dict(state["opt"])
+                sched.load_state_dict(state["sched"])
+                epoch0 = state["epoch"]
+                rng = np.random.default_rng(SEED + seed + 1000 * epoch0)
+                print(f"fit: {tag} resumed after epoch {epoch0}", flush=True)
+            y_all = torch.tensor(label[train_file].astype(np.float32))
+            t0 = time.time()
+            for epoch in range(epoch0, args.epochs):
+                net.train()
+                draw = rows[rng.choice(len(rows), steps_per_epoch * args.batch, p=w)]
+                loss_sum = 0.0
+                for s in range(steps_per_epoch):
+                    idx = np.sort(draw[s * args.batch:(s + 1) * args.batch])
+                    xb = torch.tensor(np.asarray(train_x[idx], np.float32))
+                    xb = spec_augment(torch, xb, rng)
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xb), y_all[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    loss_sum += float(loss)
+                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "epoch": epoch + 1}, ckpt)
+                print(f"fit: {tag} epoch {epoch + 1}/{args.epochs} loss {loss_sum / steps_per_epoch:.4f} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+            net.eval()
+            with torch.no_grad():
+                logits = np.concatenate([net(torch.tensor(np.asarray(eval_x[i:i + 512], np.float32))).numpy()
+                                         for i in range(0, len(eval_x), 512)])
+            np.save(out / f"{tag}.npy", logits.astype(np.float32))
+            if args.all:
+                torch.save({"net": net.state_dict()}, out / f"{tag}.final.pt")
+            print(f"fit: {tag} scored {len(logits)} windows ({time.time() - t0:.0f} s)", flush=True)
+
+
+def weights(files, file_of_row, label):
+    """Sampling weights of training rows: the classes weigh the same, and within them each spoof
+    system and each genuine source (a corpus, a demo page) weighs the same."""
+    key = np.array([f["system"] if f["label"] == "spoof" else f["source"] for f in files])[file_of_row]
+    spoof = label[file_of_row]
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    for cls in (True, False):
+        m = spoof == cls
+        w[m] *= 0.5 / w[m].sum()
+    return w / w.sum()
+
+
+def spec_augment(torch, x, rng):
+    """Training-time masking of one band stretch (up to 8 of 80) and one time stretch (up to 12 of
+    97 frames) on half of the windows each, filled with the window's mean: the CNN must not lean
+    on one narrow band or moment."""
+    x = x.clone()
+    for i in range(len(x)):
+        if rng.random() < 0.5:
+            w = int(rng.integers(1, 9))
+            f0 = int(rng.integers(0, N_BANDS - w))
+            x[i, :, f0:f0 + w] = x[i].mean()
+        if rng.random() < 0.5:
+            w = int(rng.integers(1, 13))
+            t0 = int(rng.integers(0, FRAMES - w))
+            x[i, t0:t0 + w, :] = x[i].mean()
+    return x
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def report(args):
+    from sklearn.linear_model import LogisticRegression
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import product_check
+    import train as T
+
+    meta = json.loads((args.cache / "files.json").read_text())
+    files, channels = meta["files"], meta["channels"]
+    index = np.load(args.cache / "eval_index.npy")
+    smoothing, enter = product_check.verdict_rule()
+    runs = sorted((args.cache / "runs").glob("*_s*.npy"))
+    result = {"channels": channels, "folds": {}, "rule": [smoothing, enter]}
+    for run in runs:
+        name, seed = run.stem.rsplit("_s", 1)
+        if name == "all":
+            continue
+        held = folds(files, args.tiny).get(name)
+        if held is None:
+            continue
+        logits = np.load(run)
+        per = {}  # (file, channel) -> window logits
+        for k, ch, start, n in index:
+            per[(int(k), channels[int(ch)])] = logits[start:start + n]
+        cal = [(per[(k, ch)], files[k]["label"] == "spoof") for (k, ch) in per
+               if files[k]["split"] == "calib" and files[k]["family"] not in held]
+        platt = LogisticRegression(C=1e4).fit(np.concatenate([x for x, _ in cal])[:, None],
+                                              np.concatenate([np.full(len(x), s) for x, s in cal]))
+        a, b = float(platt.coef_[0][0]), float(platt.intercept_[0])
+        cal_peak = {}  # channel class -> calibration genuine files' rule peaks
+        for (k, ch), x in per.items():
+            f = files[k]
+            if f["split"] == "calib" and f["label"] == "bonafide":
+                cal_peak.setdefault(CLASS_OF_CHANNEL[ch], []).append(product_check.peak(a * x + b, smoothing, enter))
+        thr = {c: float(np.quantile(v, 0.99)) for c, v in cal_peak.items()}
+        fold = {}
+        for ch in channels:
+            cls = CLASS_OF_CHANNEL[ch]
+            bona = [(files[k], a * x + b) for (k, c), x in per.items() if c == ch
+                    and files[k]["split"] == "test" and files[k]["label"] == "bonafide"]
+            spoof = [a * x + b for (k, c), x in per.items() if c == ch and files[k]["label"] == "spoof"
+                     and files[k]["family"] in held]
+            if not bona or not spoof:
+                continue
+            pb = np.array([product_check.peak(s, smoothing, enter) for _, s in bona])
+            ps = np.array([product_check.peak(s, smoothing, enter) for s in spoof])
+            pb6 = [product_check.peak(s[:6], smoothing, enter) for _, s in bona]
+            ps6 = [product_check.peak(s[:6], smoothing, enter) for s in spoof]
+            r2 = np.array([f["real2"] for f, _ in bona])
+            hours = sum(min(f["seconds"], 8.5) for f, _ in bona if f["real2"]) / 3600
+            t = thr.get(cls, np.inf)
+            fold[ch] = {"n_spoof": len(spoof), "n_bonafide": len(bona),
+                        "eer_file": round(T.eer([s.mean() for _, s in bona], [s.mean() for s in spoof])[0], 4),
+                        "eer_rule": round(T.eer(pb, ps)[0], 4), "eer_rule_3500ms": round(T.eer(pb6, ps6)[0], 4),
+                        "threshold_logit": round(t, 3),
+                        "caught": round(float(np.mean(ps >= t)), 4),
+                        "genuine_alerted": round(float(np.mean(pb >= t)), 4),
+                        "real2_alerts_per_hour": round(float(np.sum(pb[r2] >= t)) / hours, 3) if hours else None,
+                        "real2_hours": round(hours, 3)}
+        result["folds"].setdefault(name, {})[seed] = fold
+        print(f"report: {name} seed {seed}: " + ", ".join(
+            f"{ch} {r['eer_rule'] * 100:.1f}%" for ch, r in fold.items()), flush=True)
+    result["pooled"] = pool(result["folds"], channels)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cnn.json").write_text(json.dumps(result, indent=1))
+    print(table(result, channels))
+
+
+def pool(folds_result, channels):
+    """Per seed: leave-one-family-out folds (not `zero-shot`) weighted by spoof files; then the
+    mean and the spread (min, max) over seeds. `zero-shot` on its own."""
+    seeds = sorted({s for by in folds_result.values() for s in by})
+    out = {}
+    for key in ("eer_file", "eer_rule", "eer_rule_3500ms", "caught", "genuine_alerted"):
+        for ch in channels:
+            vals = []
+            for s in seeds:
+                rows = [by[s][ch] for name, by in folds_result.items() if name != "zero-shot" and s in by
+                        and ch in by[s]]
+                n = sum(r["n_spoof"] for r in rows)
+                if n:
+                    vals.append(sum(r[key] * r["n_spoof"] for r in rows) / n)
+            if vals:
+                out.setdefault(key, {})[ch] = {"mean": round(float(np.mean(vals)), 4), "min": round(min(vals), 4),
+                                               "max": round(max(vals), 4), "seeds": len(vals)}
+    zs = folds_result.get("zero-shot", {})
+    if zs:
+        out["zero-shot"] = {ch: {k: round(float(np.mean([zs[s][ch][k] for s in zs if ch in zs[s]])), 4)
+                                 for k in ("eer_rule", "caught", "genuine_alerted")}
+                            for ch in channels if any(ch in zs[s] for s in zs)}
+    return out
+
+
+def table(result, channels):
+    lines = ["| held out | seeds | " + " | ".join(channels) + " |", "|" + "---|" * (len(channels) + 2)]
+    for name, by in result["folds"].items():
+        cells = []
+        for ch in channels:
+            v = [by[s][ch]["eer_rule"] for s in by if ch in by[s]]
+            cells.append(f"{np.mean(v) * 100:.1f}% ({min(v) * 100:.1f}-{max(v) * 100:.1f})" if v else "-")
+        n = next((r["n_spoof"] for s in by for r in by[s].values()), 0)
+        lines.append(f"| {name} (n={n}) | {len(by)} | " + " | ".join(cells) + " |")
+    p = result["pooled"].get("eer_rule", {})
+    lines.append("| all folds, weighted | | " + " | ".join(
+        f"{p[ch]['mean'] * 100:.1f}% ({p[ch]['min'] * 100:.1f}-{p[ch]['max'] * 100:.1f})" if ch in p else "-"
+        for ch in channels) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["prepare", "fit", "report"])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--cache", type=Path, help="features and runs (default .deps/cnn, or .deps/cnn-tiny)")
+    ap.add_argument("--out", type=Path, help="report folder (default: the cache)")
+    ap.add_argument("--tiny", action="store_true", help="a seconds-long run on generated clips (CI)")
+    ap.add_argument("--crops", type=int, default=8, help="training crops per train-split file")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--folds", help="comma-separated fold names (default: every family, and zero-shot)")
+    ap.add_argument("--all", action="store_true", help="fit: one model on every family (the candidate)")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    args.t0 = time.time()
+    args.cache = args.cache or ROOT / ".deps" / ("cnn-tiny" if args.tiny else "cnn")
+    args.cache_train = ROOT / ".deps" / "train-cache"
+    args.out = args.out or args.cache
+    if args.tiny:
+        args.crops, args.epochs = 2, 1
+    {"prepare": prepare, "fit": fit, "report": report}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
