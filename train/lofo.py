@@ -104,15 +104,18 @@ def collect(items, sessions, args, rng):
     for (path, label, system, family, group, split, source), x in T.loaded(items):
         f = dict(label=label, system=system, family=family, split=split, nuisance=nuisance(path),
                  train={}, eval={})
+        narrowband = sf.info(str(path)).samplerate < T.SR  # recorded at 8 kHz: it has no wideband form
         if split == "train":
             windows = T.crops(x, args.crops, rng)
             for recipe in args.recipes:
-                crops = [T.augment(w, rng, recipe) for w in windows]
+                crops = [T.augment(w, rng, recipe, narrowband_only=narrowband) for w in windows]
                 for name, s in sessions.items():
                     f["train"][f"{name}:{recipe}"] = T.featurize(s, crops) if crops else None
         if split != "train" or (label == "spoof" and not is_copysynth(f)):
             crng = np.random.default_rng(T.SEED + 1)
             for ch in args.channels:
+                if ch == "wideband" and narrowband:
+                    continue
                 ws = T.sliding(T.channel(x, ch, crng))
                 if ws:
                     for name, s in sessions.items():
@@ -346,6 +349,8 @@ def main():
     ap.add_argument("--hold-out", choices=["family", "system"], default="family",
                     help="leave one synthesis family out per fold (default), or one system")
     ap.add_argument("--features", type=Path, help="a pickle of the featurised files: read if it exists, else written")
+    ap.add_argument("--sets", choices=["v1", "v2"], default="v1",
+                    help="v1: real/ and demo/ (0.5.0's data); v2: with real2/ and demo2/, flow-matching TTS a family")
     args = ap.parse_args()
     args.t0 = time.time()
     rng = np.random.default_rng(T.SEED)
@@ -360,7 +365,8 @@ def main():
             items[k] = it[:3] + (family, it[4], ["train", "calib", "test"][k % 3]) + it[6:]
         args.channels = ["wideband", "g711_mu", "amr_nb"]
     else:
-        items = T.shared_items(args.data) + T.generated_items(args.cache, 72)
+        items = T.shared_items(args.data, T.SETS_V2 if args.sets == "v2" else T.SETS_V1)
+        items += T.generated_items(args.cache, 72)
         args.channels = CHANNELS
     files = pickle.loads(args.features.read_bytes()) if args.features and args.features.exists() else None
     stored_added = [f for f in files or [] if T.is_added_generator(f["system"])]
