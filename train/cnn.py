@@ -7,6 +7,7 @@ project's venv (codecs, onnxruntime, sklearn) has numpy 2:
     .deps/venv/bin/python train/cnn.py prepare             # crops, channels, features (~15 min, 2 cores)
     /usr/bin/python3      train/cnn.py fit --seeds 0,1,2   # one CNN per fold and seed (checkpointed, resumable)
     .deps/venv/bin/python train/cnn.py report              # Platt, thresholds, EERs, alert rates: OUT/cnn.json
+    .deps/venv/bin/python train/cnn.py prepare-extra       # Kokoro clips' crops; then fit/report --extra kokoro
 
     ... prepare --tiny / fit --tiny / report --tiny        # seconds, generated clips (CI smoke)
 
@@ -79,6 +80,7 @@ def filterbank():
 
 
 _COS, _SIN = stft_kernels()
+_HANN = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)
 _FB = filterbank()
 
 
@@ -87,9 +89,8 @@ def log_bands(windows):
     x = np.asarray(windows, np.float64)
     x = x / np.sqrt(np.mean(x ** 2, axis=1, keepdims=True) + 1e-8)
     idx = np.arange(FRAMES)[:, None] * HOP + np.arange(N_FFT)[None, :]
-    frames = x[:, idx]  # [N, T, 512]
-    power = (frames @ _COS.T) ** 2 + (frames @ _SIN.T) ** 2
-    return np.log(power @ _FB + 1e-6).astype(np.float32)
+    spec = np.fft.rfft(x[:, idx] * _HANN, axis=-1)  # [N, T, 257]: the graph's cos/sin kernels
+    return np.log((spec.real ** 2 + spec.imag ** 2) @ _FB + 1e-6).astype(np.float32)
 
 
 # -------------------------------------------------------------------------------- prepare
@@ -128,10 +129,11 @@ def prepare(args):
                 n_train += len(crops)
         if split != "train" or label == "spoof":
             crng = np.random.default_rng(SEED + 1)
+            head = x[:WINDOW + (EVAL_WINDOWS - 1) * WINDOW // 2]  # what the windows below reach
             for ch in channels:
                 if ch == "wideband" and rate < SR:
                     continue  # an 8 kHz recording has no wideband form
-                ws = T.sliding(T.channel(x, ch, crng))[:EVAL_WINDOWS]
+                ws = T.sliding(T.channel(head, ch, crng))[:EVAL_WINDOWS]
                 if ws:
                     eval_x.append(log_bands(ws).astype(np.float16))
                     eval_index.append((k, channels.index(ch), n_eval, len(ws)))
@@ -148,6 +150,23 @@ def prepare(args):
     (args.cache / "files.json").write_text(json.dumps({"channels": channels, "files": files}))
     print(f"prepare: {len(files)} files, {n_train} train crops, {n_eval} eval windows in "
           f"{time.time() - args.t0:.0f} s -> {args.cache}")
+
+
+def prepare_extra(args):
+    """Training crops of generated voices that only ever train (Kokoro), into extra_NAME.npy:
+    `fit --extra NAME` adds them as one more spoof system."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import kokoro
+    import train as T
+
+    rng = np.random.default_rng(SEED + 3)
+    items = kokoro.items(args.cache_train / "kokoro", 6 if args.tiny else args.kokoro)
+    crops = []
+    for _, x in T.loaded(items):
+        crops += [T.augment(w, rng, "phone") for w in T.crops(x, args.crops, rng)]
+    args.cache.mkdir(parents=True, exist_ok=True)
+    np.save(args.cache / "extra_kokoro.npy", log_bands(crops).astype(np.float16))
+    print(f"prepare-extra: {len(items)} Kokoro clips, {len(crops)} crops -> {args.cache / 'extra_kokoro.npy'}")
 
 
 # ------------------------------------------------------------------------------------- fit
@@ -216,8 +235,14 @@ def fit(args):
     files = meta["files"]
     train_x = np.load(args.cache / "train_x.npy", mmap_mode="r")
     train_file = np.load(args.cache / "train_file.npy")
+    n_base = len(train_x)
+    extra = np.zeros((0, FRAMES, N_BANDS), np.float16)
+    if args.extra:  # one more spoof system, training only: rows past n_base
+        extra = np.load(args.cache / f"extra_{args.extra}.npy")
+        train_x = np.concatenate([np.asarray(train_x), extra])
     eval_x = np.load(args.cache / "eval_x.npy", mmap_mode="r")
-    out = args.cache / "runs"
+    eval_index = np.load(args.cache / "eval_index.npy")
+    out = args.cache / ("runs-" + args.extra if args.extra else "runs")
     out.mkdir(exist_ok=True)
     sample = np.random.default_rng(0).choice(len(train_x), min(len(train_x), 4000), replace=False)
     sx = np.asarray(train_x[np.sort(sample)], np.float32)
@@ -239,6 +264,11 @@ def fit(args):
             keep = ~np.isin(family[train_file], held)
             rows = np.flatnonzero(keep)
             w = weights(files, train_file[rows], label)
+            if len(extra):  # weighs as much as one spoof system of the fold
+                systems = len({files[k]["system"] for k in train_file[rows] if label[k]})
+                w = np.concatenate([w, np.full(len(extra), 0.5 / systems / len(extra))])
+                rows = np.concatenate([rows, np.arange(n_base, n_base + len(extra))])
+                w /= w.sum()
             torch.manual_seed(SEED + seed)
             rng = np.random.default_rng(SEED + seed)
             net = Net()
@@ -256,7 +286,7 @@ def fit(args):
                 epoch0 = state["epoch"]
                 rng = np.random.default_rng(SEED + seed + 1000 * epoch0)
                 print(f"fit: {tag} resumed after epoch {epoch0}", flush=True)
-            y_all = torch.tensor(label[train_file].astype(np.float32))
+            y_all = torch.tensor(np.concatenate([label[train_file], np.ones(len(extra), bool)]).astype(np.float32))
             t0 = time.time()
             for epoch in range(epoch0, args.epochs):
                 net.train()
@@ -276,11 +306,22 @@ def fit(args):
                             "epoch": epoch + 1}, ckpt)
                 print(f"fit: {tag} epoch {epoch + 1}/{args.epochs} loss {loss_sum / steps_per_epoch:.4f} "
                       f"({time.time() - t0:.0f} s)", flush=True)
+            # Scored: what the report reads for this fold (the calibration split, the genuine test
+            # files, the held-out spoofs); the other windows stay NaN.
+            needed = np.zeros(len(eval_x), bool)
+            for k, _, start, n in eval_index:
+                f = files[k]
+                if args.all or f["split"] == "calib" or (f["split"] == "test" and f["label"] == "bonafide") or (
+                        f["label"] == "spoof" and f["family"] in held):
+                    needed[start:start + n] = True
+            rows_eval = np.flatnonzero(needed)
+            logits = np.full(len(eval_x), np.nan, np.float32)
             net.eval()
             with torch.no_grad():
-                logits = np.concatenate([net(torch.tensor(np.asarray(eval_x[i:i + 512], np.float32))).numpy()
-                                         for i in range(0, len(eval_x), 512)])
-            np.save(out / f"{tag}.npy", logits.astype(np.float32))
+                for i in range(0, len(rows_eval), 512):
+                    r = rows_eval[i:i + 512]
+                    logits[r] = net(torch.tensor(np.asarray(eval_x[r], np.float32))).numpy()
+            np.save(out / f"{tag}.npy", logits)
             if args.all:
                 torch.save({"net": net.state_dict()}, out / f"{tag}.final.pt")
             print(f"fit: {tag} scored {len(logits)} windows ({time.time() - t0:.0f} s)", flush=True)
@@ -316,6 +357,45 @@ def spec_augment(torch, x, rng):
     return x
 
 
+def export(args):
+    """The `fit --all` model of `--seeds` (its first) as DIR/detector.onnx: waveform [batch, 16000]
+    -> logit [batch], the front-end in the graph and the Platt scaling of `report` folded in.
+    Checked against the stored features' scores before it is written."""
+    import torch
+
+    seed = int(args.seeds.split(",")[0])
+    runs = args.cache / ("runs-" + args.extra if args.extra else "runs")
+    platt = json.loads((runs / f"all_s{seed}.platt.json").read_text())
+    state = torch.load(runs / f"all_s{seed}.final.pt")["net"]
+    Frontend, Net = build_model(torch, np.zeros(N_BANDS), np.ones(N_BANDS))
+    net = Net()
+    net.load_state_dict(state)
+    net.eval()
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.front, self.net = Frontend(), net
+
+        def forward(self, waveform):
+            return self.net(self.front(waveform)) * platt["a"] + platt["b"]
+
+    model = Detector().eval()
+    rng = np.random.default_rng(SEED)
+    waves = rng.normal(0, 0.1, (8, WINDOW)).astype(np.float32) * rng.uniform(0.1, 2, (8, 1)).astype(np.float32)
+    with torch.no_grad():
+        graph = model(torch.tensor(waves)).numpy()
+        stored = net(torch.tensor(log_bands(waves))).numpy() * platt["a"] + platt["b"]
+    gap = float(np.abs(graph - stored).max())
+    if gap > 1e-3:
+        sys.exit(f"export: the graph's front-end disagrees with the training features by {gap}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, torch.tensor(waves[:2]), str(args.out / "detector.onnx"), input_names=["waveform"],
+                      output_names=["logit"], dynamic_axes={"waveform": {0: "batch"}, "logit": {0: "batch"}},
+                      opset_version=17)
+    print(f"export: {args.out / 'detector.onnx'} (graph vs features: max gap {gap:.2e})")
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -330,13 +410,11 @@ def report(args):
     files, channels = meta["files"], meta["channels"]
     index = np.load(args.cache / "eval_index.npy")
     smoothing, enter = product_check.verdict_rule()
-    runs = sorted((args.cache / "runs").glob("*_s*.npy"))
+    runs = sorted((args.cache / ("runs-" + args.extra if args.extra else "runs")).glob("*_s*.npy"))
     result = {"channels": channels, "folds": {}, "rule": [smoothing, enter]}
     for run in runs:
         name, seed = run.stem.rsplit("_s", 1)
-        if name == "all":
-            continue
-        held = folds(files, args.tiny).get(name)
+        held = () if name == "all" else folds(files, args.tiny).get(name)
         if held is None:
             continue
         logits = np.load(run)
@@ -348,6 +426,9 @@ def report(args):
         platt = LogisticRegression(C=1e4).fit(np.concatenate([x for x, _ in cal])[:, None],
                                               np.concatenate([np.full(len(x), s) for x, s in cal]))
         a, b = float(platt.coef_[0][0]), float(platt.intercept_[0])
+        if name == "all":  # the candidate: its calibration, for export
+            (run.parent / f"{run.stem}.platt.json").write_text(json.dumps({"a": a, "b": b}))
+            continue
         cal_peak = {}  # channel class -> calibration genuine files' rule peaks
         for (k, ch), x in per.items():
             f = files[k]
@@ -383,7 +464,7 @@ def report(args):
             f"{ch} {r['eer_rule'] * 100:.1f}%" for ch, r in fold.items()), flush=True)
     result["pooled"] = pool(result["folds"], channels)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cnn.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"cnn{'-' + args.extra if args.extra else ''}.json").write_text(json.dumps(result, indent=1))
     print(table(result, channels))
 
 
@@ -430,7 +511,9 @@ def table(result, channels):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prepare", "fit", "report"])
+    ap.add_argument("step", choices=["prepare", "prepare-extra", "fit", "report", "export"])
+    ap.add_argument("--extra", choices=["kokoro"], help="fit/report: with the Kokoro clips of prepare-extra")
+    ap.add_argument("--kokoro", type=int, default=240, help="prepare-extra: Kokoro clips (train/kokoro.py)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--cache", type=Path, help="features and runs (default .deps/cnn, or .deps/cnn-tiny)")
     ap.add_argument("--out", type=Path, help="report folder (default: the cache)")
@@ -439,7 +522,7 @@ def main():
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--folds", help="comma-separated fold names (default: every family, and zero-shot)")
     ap.add_argument("--all", action="store_true", help="fit: one model on every family (the candidate)")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
@@ -450,7 +533,7 @@ def main():
     args.out = args.out or args.cache
     if args.tiny:
         args.crops, args.epochs = 2, 1
-    {"prepare": prepare, "fit": fit, "report": report}[args.step](args)
+    {"prepare": prepare, "prepare-extra": prepare_extra, "fit": fit, "report": report, "export": export}[args.step](args)
 
 
 if __name__ == "__main__":
