@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use callguard::audio::g711::{self, Law};
 use callguard::audio::resample::Resampler;
 use callguard::detect::{Detector, ModelCard, SileroVad, VadState};
-use callguard::verdict::{CallEvidence, FusionParams};
+use callguard::verdict::{CallEvidence, ChannelClass, FusionParams};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn root() -> PathBuf {
@@ -179,6 +179,7 @@ fn whisper(c: &mut Criterion) {
 
 fn fusion(c: &mut Criterion) {
     let params = FusionParams {
+        channel_class: ChannelClass::NarrowbandG711,
         enter_threshold: 0.6,
         exit_threshold: 0.3,
         smoothing: 4,

@@ -1,5 +1,7 @@
 //! Subcommands and their output. This is the only place that prints to stdout.
 
+mod calibrate;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,6 +16,7 @@ use callguard::config::Config;
 use callguard::eval::{self, Label, Manifest};
 use callguard::guard::{DeviceSpec, Guard};
 use callguard::pipeline::{CallSummary, Engine, EngineEvent, FileOutcome, score_files};
+use callguard::verdict::ChannelClass;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -63,6 +66,35 @@ enum Command {
         /// Draw DET curves (overall and per system) as PNG.
         #[arg(long)]
         plot: Option<PathBuf>,
+    },
+    /// Per-channel-class enter thresholds from a site's own genuine recorded calls: the lowest
+    /// that keeps false alerts within a target per call-hour. Writes a TOML fragment for
+    /// `[verdict] thresholds_file`.
+    Calibrate {
+        /// A manifest (CSV: path,label[,system]; only bonafide rows are used) or a folder
+        /// (every WAV and FLAC under it).
+        input: PathBuf,
+        /// Most false alerts per genuine call-hour.
+        #[arg(long, default_value_t = callguard::eval::calibrate::DEFAULT_ALERTS_PER_HOUR)]
+        alerts_per_hour: f64,
+        /// Screen every file as this class (wideband, narrowband_g711, narrowband_lossy), e.g.
+        /// PCM recordings that came through AMR; default: from each file's rate and codec.
+        #[arg(long)]
+        class: Option<callguard::verdict::ChannelClass>,
+        /// Where to write the thresholds.
+        #[arg(long, default_value = "calibration.toml")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Draw false alerts per call-hour against the threshold, per class, as PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Allow thresholds below 0.5.
+        #[arg(long)]
+        allow_below_half: bool,
+        /// Channel that carries the caller (0-based); default: mix all channels.
+        #[arg(long)]
+        caller_channel: Option<u16>,
     },
     /// List capture hosts, input devices and their configurations.
     Devices {
@@ -124,6 +156,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
             scores,
             plot,
         } => evaluate(&config, &manifest, json, scores.as_deref(), plot.as_deref()),
+        Command::Calibrate {
+            input,
+            alerts_per_hour,
+            class,
+            out,
+            json,
+            plot,
+            allow_below_half,
+            caller_channel,
+        } => calibrate::run(
+            &config,
+            &calibrate::Options {
+                input,
+                alerts_per_hour,
+                class,
+                out,
+                json,
+                plot,
+                allow_below_half,
+                pick: ChannelPick::from_option(caller_channel),
+            },
+        ),
         Command::Devices { .. } | Command::Token { .. } => unreachable!("handled above"),
     }
 }
@@ -175,9 +229,14 @@ fn scan(config: &Config, files: &[PathBuf], as_json: bool, pick: ChannelPick) ->
                 Err(e) => json!({ "path": o.path.display().to_string(), "error": e }),
             })
             .collect();
+        let thresholds: serde_json::Map<String, serde_json::Value> = ChannelClass::ALL
+            .into_iter()
+            .map(|c| (c.to_string(), json!(engine.enter_threshold(c).p_spoof)))
+            .collect();
         let doc = json!({
             "model": engine.card().id(),
             "threshold": engine.card().threshold.p_spoof,
+            "thresholds": thresholds,
             "files": files,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -218,9 +277,10 @@ const TEXT_TIMELINE: usize = 24;
 fn write_summary(out: &mut impl Write, s: &CallSummary) -> Result<()> {
     writeln!(
         out,
-        "{}: {} p_spoof={} peak={} first_alert={} audio={} speech={} windows={}{}",
+        "{}: {} ({}) p_spoof={} peak={} first_alert={} audio={} speech={} windows={}{}",
         s.call_id,
         s.verdict.as_str().to_uppercase(),
+        s.channel_class,
         fmt_p(s.p_spoof),
         fmt_p(s.p_spoof_peak),
         fmt_ms(s.first_alert_ms),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::assets;
+use crate::verdict::{ChannelClass, ClassThresholds};
 
 /// Everything `callguard` can be told; see the shipped `config.toml` for each key's meaning.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -176,8 +177,23 @@ pub struct DetectorConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerdictConfig {
-    /// Spoof probability at which a call becomes suspected; absent: the model's calibrated threshold.
+    /// Spoof probability at which a call becomes suspected, for every channel class that has
+    /// no threshold of its own; absent: the model's calibrated threshold (per class).
     pub enter_threshold: Option<f32>,
+    /// `[verdict.enter_thresholds]`: the enter threshold of one channel class (`wideband`,
+    /// `narrowband_g711`, `narrowband_lossy`); above every other source.
+    pub enter_thresholds: ClassThresholds,
+    /// A calibration (`callguard calibrate` writes one): its `[verdict.enter_thresholds]` are
+    /// read at load, below this file's own `[verdict.enter_thresholds]`. Relative paths are
+    /// beside the config file.
+    pub thresholds_file: Option<PathBuf>,
+    /// The class of narrowband audio that is not G.711-coded (PCM below 16 kHz):
+    /// `narrowband_g711`, or `narrowband_lossy` where the upstream is GSM, AMR or Opus.
+    pub narrowband_class: ChannelClass,
+    /// The thresholds read from `thresholds_file` (by [`Config::load`] or
+    /// [`Config::read_thresholds_file`]).
+    #[serde(skip)]
+    pub file_thresholds: ClassThresholds,
     /// A suspected call is cleared when the fused probability falls below this.
     pub exit_threshold: f32,
     /// Windows averaged (in log-odds) into the fused probability.
@@ -274,6 +290,10 @@ impl Default for VerdictConfig {
     fn default() -> Self {
         Self {
             enter_threshold: None,
+            enter_thresholds: ClassThresholds::default(),
+            thresholds_file: None,
+            narrowband_class: ChannelClass::NarrowbandG711,
+            file_thresholds: ClassThresholds::default(),
             exit_threshold: 0.3,
             smoothing_windows: 4,
             enter_windows: 2,
@@ -449,6 +469,22 @@ impl TranscribeConfig {
     }
 }
 
+/// What `verdict.thresholds_file` may hold: a config fragment with only
+/// `[verdict.enter_thresholds]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThresholdsFile {
+    #[serde(default)]
+    verdict: ThresholdsFileVerdict,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThresholdsFileVerdict {
+    #[serde(default)]
+    enter_thresholds: ClassThresholds,
+}
+
 /// One thing wrong with a configuration, named by its key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigProblem {
@@ -491,11 +527,60 @@ impl Config {
             message,
         })?;
         config.resolve_paths(path.parent());
-        config.validate().map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })?;
+        let mut problems = config.read_thresholds_file();
+        problems.extend(config.validate().err().unwrap_or_default());
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
         Ok(config)
+    }
+
+    /// Reads `verdict.thresholds_file` (if set) into `verdict.file_thresholds`; returns what is
+    /// wrong with it. The file is a config fragment of which only `[verdict.enter_thresholds]`
+    /// may be set (what `callguard calibrate` writes).
+    pub fn read_thresholds_file(&mut self) -> Vec<ConfigProblem> {
+        const KEY: &str = "verdict.thresholds_file";
+        self.verdict.file_thresholds = ClassThresholds::default();
+        let Some(path) = &self.verdict.thresholds_file else {
+            return Vec::new();
+        };
+        let problem = |message: String| ConfigProblem {
+            key: KEY.into(),
+            message: format!("{}: {message}", path.display()),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return vec![problem(format!("cannot read it: {e}"))],
+        };
+        let file: ThresholdsFile = match toml::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                return vec![problem(format!(
+                    "not a thresholds file (only [verdict.enter_thresholds] may be set): {}",
+                    e.message()
+                ))];
+            }
+        };
+        let thresholds = file.verdict.enter_thresholds;
+        let mut problems: Vec<_> = thresholds
+            .not_probabilities()
+            .into_iter()
+            .map(|(class, t)| {
+                problem(format!(
+                    "verdict.enter_thresholds.{class} {t} is not a probability strictly between 0 and 1"
+                ))
+            })
+            .collect();
+        if thresholds.is_empty() {
+            problems.push(problem("sets no [verdict.enter_thresholds]".into()));
+        }
+        if problems.is_empty() {
+            self.verdict.file_thresholds = thresholds;
+        }
+        problems
     }
 
     /// Parses TOML without validating (unknown keys are still rejected).
@@ -522,6 +607,9 @@ impl Config {
             }
         };
         beside(&mut self.store.path);
+        if let Some(t) = &mut self.verdict.thresholds_file {
+            beside(t);
+        }
         if let Some(tls) = &mut self.server.tls {
             beside(&mut tls.cert);
             beside(&mut tls.key);
@@ -696,6 +784,26 @@ impl Config {
                     "{} is above verdict.enter_threshold ({t})",
                     v.exit_threshold
                 ),
+            );
+        }
+        for (class, t) in v.enter_thresholds.iter() {
+            let key = format!("verdict.enter_thresholds.{class}");
+            if !(t > 0.0 && t < 1.0) {
+                bad(
+                    &key,
+                    format!("{t} is not a probability strictly between 0 and 1"),
+                );
+            } else if v.exit_threshold > t {
+                bad(
+                    "verdict.exit_threshold",
+                    format!("{} is above {key} ({t})", v.exit_threshold),
+                );
+            }
+        }
+        if v.narrowband_class == ChannelClass::Wideband {
+            bad(
+                "verdict.narrowband_class",
+                "must be narrowband_g711 or narrowband_lossy".into(),
             );
         }
         self.validate_server(&mut bad);
@@ -920,5 +1028,106 @@ mod tests {
         let problems = c.validate().unwrap_err();
         assert!(problems.iter().any(|p| p.key == "verdict.exit_threshold"
             && p.message.contains("above verdict.enter_threshold")));
+    }
+
+    #[test]
+    fn class_thresholds_are_validated_and_unknown_classes_rejected() {
+        let err = Config::from_toml("[verdict.enter_thresholds]\nnarrowband = 0.5\n").unwrap_err();
+        assert!(err.contains("narrowband"), "{err}");
+        let mut c = Config::from_toml(
+            "[verdict]\nnarrowband_class = \"wideband\"\n\
+             [verdict.enter_thresholds]\nwideband = 1.5\nnarrowband_lossy = 0.2\nnarrowband_g711 = 0.6\n",
+        )
+        .unwrap();
+        c.resolve_paths(None);
+        let problems = c.validate().unwrap_err();
+        let has = |key: &str, text: &str| {
+            problems
+                .iter()
+                .any(|p| p.key == key && p.message.contains(text))
+        };
+        assert!(
+            has("verdict.enter_thresholds.wideband", "not a probability"),
+            "{problems:?}"
+        );
+        assert!(
+            has(
+                "verdict.exit_threshold",
+                "verdict.enter_thresholds.narrowband_lossy"
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            has(
+                "verdict.narrowband_class",
+                "narrowband_g711 or narrowband_lossy"
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            !problems.iter().any(|p| p.key.ends_with("narrowband_g711")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_thresholds_file_is_read_beside_the_config_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("callguard.toml");
+        std::fs::write(
+            &config,
+            "[windows]\nhop_ms = 1\n[verdict]\nthresholds_file = \"cal.toml\"\n",
+        )
+        .unwrap();
+        let problems = |path: &Path| match Config::load(path) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("{other:?}"),
+        };
+        // Missing: reported with the config's other problems.
+        let p = problems(&config);
+        assert!(
+            p.iter()
+                .any(|p| p.key == "verdict.thresholds_file" && p.message.contains("cannot read")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|p| p.key == "windows.hop_ms"), "{p:?}");
+        let cal = dir.path().join("cal.toml");
+        for (text, why) in [
+            (
+                "[verdict]\nexit_threshold = 0.2\n",
+                "only [verdict.enter_thresholds]",
+            ),
+            (
+                "[verdict.enter_thresholds]\nwideband = 0\n",
+                "wideband 0 is not a probability",
+            ),
+            ("# nothing\n", "sets no [verdict.enter_thresholds]"),
+            ("[verdict.enter_thresholds\n", "not a thresholds file"),
+        ] {
+            std::fs::write(&cal, text).unwrap();
+            let p = problems(&config);
+            assert!(
+                p.iter()
+                    .any(|p| p.key == "verdict.thresholds_file" && p.message.contains(why)),
+                "{text:?}: {p:?}"
+            );
+        }
+        std::fs::write(
+            &cal,
+            "# calibrated\n[verdict.enter_thresholds]\nnarrowband_g711 = 0.61\n",
+        )
+        .unwrap();
+        let mut c = Config::from_toml(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        c.resolve_paths(Some(dir.path()));
+        assert_eq!(c.verdict.thresholds_file.as_deref(), Some(cal.as_path()));
+        assert!(c.read_thresholds_file().is_empty());
+        assert_eq!(c.verdict.file_thresholds.narrowband_g711, Some(0.61));
+        assert_eq!(c.verdict.file_thresholds.wideband, None);
+        // The file is a config fragment as it stands.
+        let fragment = Config::from_toml(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+        assert_eq!(
+            fragment.verdict.enter_thresholds.narrowband_g711,
+            Some(0.61)
+        );
     }
 }

@@ -524,6 +524,127 @@ async fn malformed_openings_are_refused_and_bad_frames_skipped() {
     server.stop().await;
 }
 
+/// Each call is screened at its channel class's threshold: the class comes from the codec and
+/// rate, or from the opening frame, and shows in `CallOpened`, alerts, the summary and `GetCall`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_classes_pick_each_calls_threshold() {
+    use callguard::verdict::ChannelClass;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = server_config(dir.path(), common::loudness_config());
+    for (class, t) in [
+        (ChannelClass::Wideband, 0.7),
+        (ChannelClass::NarrowbandG711, 0.6),
+        (ChannelClass::NarrowbandLossy, 0.55),
+    ] {
+        config.verdict.enter_thresholds.set(class, Some(t));
+    }
+    let server = TestServer::start(config).await;
+    let mut c = server.client(TOKEN_A).await;
+    let opened = |updates: &[pb::CallUpdate]| match &updates[0].update {
+        Some(pb::call_update::Update::Opened(o)) => (o.channel_class, o.enter_threshold),
+        other => panic!("first update is not CallOpened: {other:?}"),
+    };
+    let with_class = |mut open: pb::AudioFrame, class: pb::ChannelClass| {
+        if let Some(pb::audio_frame::Frame::Open(o)) = &mut open.frame {
+            o.channel_class = class as i32;
+        }
+        open
+    };
+    for (id, codec, rate, class, want, threshold) in [
+        (
+            "mu",
+            pb::Codec::G711Mulaw,
+            8_000,
+            pb::ChannelClass::Unspecified,
+            pb::ChannelClass::NarrowbandG711,
+            0.6,
+        ),
+        (
+            "pcm-8k",
+            pb::Codec::Pcm16le,
+            8_000,
+            pb::ChannelClass::Unspecified,
+            pb::ChannelClass::NarrowbandG711,
+            0.6,
+        ),
+        (
+            "pcm-16k",
+            pb::Codec::Pcm16le,
+            16_000,
+            pb::ChannelClass::Unspecified,
+            pb::ChannelClass::Wideband,
+            0.7,
+        ),
+        (
+            "told-g711",
+            pb::Codec::F32le,
+            48_000,
+            pb::ChannelClass::NarrowbandG711,
+            pb::ChannelClass::NarrowbandG711,
+            0.6,
+        ),
+    ] {
+        let updates = stream_call(
+            &mut c,
+            with_class(open_frame(id, codec, rate, 1), class),
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(opened(&updates), (want as i32, threshold), "{id}");
+        let s = summary_of(&updates);
+        assert_eq!(
+            (s.channel_class, s.enter_threshold),
+            (want as i32, Some(threshold)),
+            "{id}"
+        );
+    }
+
+    // A lossy call, as the media server says: its alerts cross the lossy threshold.
+    let (audio, rate) = alternating(1);
+    let open = with_class(
+        open_frame("amr", pb::Codec::Pcm16le, rate, 1),
+        pb::ChannelClass::NarrowbandLossy,
+    );
+    let updates = stream_call(&mut c, open, numbered(pcm16(&audio, rate)))
+        .await
+        .unwrap();
+    assert_eq!(
+        opened(&updates),
+        (pb::ChannelClass::NarrowbandLossy as i32, 0.55)
+    );
+    let alerts = alerts_of(&updates);
+    let suspected: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.kind == pb::AlertKind::SuspectedClone as i32)
+        .collect();
+    assert!(!suspected.is_empty(), "{alerts:?}");
+    assert!(
+        suspected.iter().all(|a| a.threshold == 0.55),
+        "{suspected:?}"
+    );
+    let info = c
+        .get_call(pb::GetCallRequest {
+            call_id: "amr".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (info.channel_class, info.enter_threshold),
+        (pb::ChannelClass::NarrowbandLossy as i32, Some(0.55))
+    );
+
+    let mut bad = open_frame("bad-class", pb::Codec::Pcm16le, 8_000, 1);
+    if let Some(pb::audio_frame::Frame::Open(o)) = &mut bad.frame {
+        o.channel_class = 9;
+    }
+    let err = stream_call(&mut c, bad, vec![]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("channel_class"), "{err:?}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_answer_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();

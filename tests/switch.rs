@@ -19,6 +19,7 @@ fn open_mono_call(engine: &Engine, id: &str, format: SourceFormat) -> callguard:
             id: id.into(),
             format,
             pick: ChannelPick::Mix,
+            channel_class: engine.classify(format.sample_rate, false),
             when_full: WhenFull::Block,
             timeline_limit: 10_000,
             recorded: true,

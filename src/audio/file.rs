@@ -5,7 +5,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::{CODEC_TYPE_NULL, Decoder, DecoderOptions};
+use symphonia::core::codecs::{
+    CODEC_TYPE_NULL, CODEC_TYPE_PCM_ALAW, CODEC_TYPE_PCM_MULAW, Decoder, DecoderOptions,
+};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::{FormatOptions, FormatReader};
 use symphonia::core::io::MediaSourceStream;
@@ -20,6 +22,7 @@ const MAX_CONSECUTIVE_DECODE_ERRORS: u32 = 16;
 pub struct FileSource {
     path: PathBuf,
     format: SourceFormat,
+    g711: bool,
     reader: Box<dyn FormatReader>,
     decoder: Box<dyn Decoder>,
     track_id: u32,
@@ -75,9 +78,11 @@ impl FileSource {
             .make(params, &DecoderOptions::default())
             .map_err(|e| format_err(e.to_string()))?;
         let track_id = track.id;
+        let g711 = [CODEC_TYPE_PCM_MULAW, CODEC_TYPE_PCM_ALAW].contains(&params.codec);
         Ok(Self {
             path: path.to_owned(),
             format,
+            g711,
             reader,
             decoder,
             track_id,
@@ -88,6 +93,11 @@ impl FileSource {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the file holds G.711 (mu-law or A-law) samples.
+    pub fn is_g711(&self) -> bool {
+        self.g711
     }
 }
 

@@ -36,6 +36,10 @@ pub struct ModelOutput {
 pub struct Threshold {
     /// Calibrated spoof probability at which a call is suspected.
     pub p_spoof: f32,
+    /// The model's calibrated enter threshold per channel class (`wideband`,
+    /// `narrowband_g711`, `narrowband_lossy`); a class not listed uses `p_spoof`.
+    #[serde(default)]
+    pub by_class: crate::verdict::ClassThresholds,
 }
 
 /// The parts of the sidecar the daemon uses; the rest (training data, validation numbers) is
@@ -77,6 +81,11 @@ impl ModelCard {
                 card.threshold.p_spoof
             )));
         }
+        if let Some(&(class, t)) = card.threshold.by_class.not_probabilities().first() {
+            return Err(err(format!(
+                "threshold.by_class.{class} {t} is not a probability"
+            )));
+        }
         card.model_path = model.to_owned();
         Ok(card)
     }
@@ -89,5 +98,43 @@ impl ModelCard {
     /// `name@version`, as alerts report it.
     pub fn id(&self) -> String {
         format!("{}@{}", self.name, self.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(threshold: &str) -> Result<ModelCard, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        std::fs::write(
+            ModelCard::sidecar_path(&model),
+            format!(
+                r#"{{"name": "m", "version": "1",
+                    "input": {{"name": "waveform", "sample_rate": 16000, "window_samples": 16000}},
+                    "output": {{"name": "logit", "kind": "logit"}},
+                    "threshold": {threshold}}}"#
+            ),
+        )
+        .unwrap();
+        ModelCard::load(&model).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn per_class_thresholds_are_optional_and_validated() {
+        let card = load_with(r#"{"p_spoof": 0.7}"#).unwrap();
+        assert!(card.threshold.by_class.is_empty());
+        let card = load_with(
+            r#"{"p_spoof": 0.7, "by_class": {"wideband": 0.74, "narrowband_lossy": 0.6}}"#,
+        )
+        .unwrap();
+        assert_eq!(card.threshold.by_class.wideband, Some(0.74));
+        assert_eq!(card.threshold.by_class.narrowband_g711, None);
+        let err =
+            load_with(r#"{"p_spoof": 0.7, "by_class": {"narrowband_g711": 1.5}}"#).unwrap_err();
+        assert!(err.contains("threshold.by_class.narrowband_g711"), "{err}");
+        let err = load_with(r#"{"p_spoof": 0.7, "by_class": {"phone": 0.5}}"#).unwrap_err();
+        assert!(err.contains("phone"), "{err}");
     }
 }

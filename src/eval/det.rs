@@ -1,4 +1,5 @@
-//! DET curve (miss against false-alarm rate on normal-deviate axes) as a PNG.
+//! DET curve (miss against false-alarm rate on normal-deviate axes) as a PNG, and its
+//! calibration cousin: false alerts per genuine call-hour against the enter threshold.
 
 use std::path::Path;
 
@@ -151,6 +152,103 @@ pub fn plot_det(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// One channel class's false-alert rate against the threshold, and the threshold chosen.
+#[derive(Debug, Clone)]
+pub struct RateCurve {
+    pub name: String,
+    /// `(threshold, false alerts per call-hour)`, thresholds ascending.
+    pub points: Vec<(f64, f64)>,
+    /// `(threshold, false alerts per call-hour at it)`.
+    pub chosen: Option<(f64, f64)>,
+}
+
+/// Draws false alerts per call-hour (log scale) against the enter threshold, one curve per
+/// class, the target as a dashed line and each chosen threshold marked, into a PNG.
+pub fn plot_alert_rates(
+    path: &Path,
+    title: &str,
+    curves: &[RateCurve],
+    target: f64,
+) -> Result<(), String> {
+    load_font()?;
+    let root = BitMapBackend::new(path, (720, 720)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let rates = || {
+        curves
+            .iter()
+            .flat_map(|c| c.points.iter().map(|p| p.1))
+            .filter(|r| *r > 0.0 && r.is_finite())
+    };
+    // Zero alerts cannot sit on a log axis: they are drawn on the floor.
+    let floor = rates().fold(target, f64::min) / 4.0;
+    let top = rates().fold(target, f64::max) * 4.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..1f64, (floor..top).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("enter threshold (fused p_spoof)")
+        .y_desc("false alerts per call-hour")
+        .light_line_style(BLACK.mix(0.05))
+        .bold_line_style(BLACK.mix(0.15))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.0, target), (1.0, target)],
+            6,
+            4,
+            BLACK.mix(0.5).stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?
+        .label(format!("target {target}/h"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+    let on_axis = |r: f64| r.max(floor);
+    for (i, curve) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let line: Vec<(f64, f64)> = curve.points.iter().map(|&(t, r)| (t, on_axis(r))).collect();
+        chart
+            .draw_series(LineSeries::new(line, color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(curve.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        if let Some((t, rate)) = curve.chosen {
+            chart
+                .draw_series([PathElement::new(
+                    vec![(t, floor), (t, top)],
+                    color.mix(0.6).stroke_width(1),
+                )])
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series([
+                    Circle::new((t, on_axis(rate)), 6, color.filled()),
+                    Circle::new((t, on_axis(rate)), 6, BLACK.stroke_width(1)),
+                ])
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series([Text::new(
+                    format!("{t:.3}"),
+                    (t + 0.01, on_axis(rate) * 1.3),
+                    ("sans-serif", 14),
+                )])
+                .map_err(|e| e.to_string())?;
+        }
     }
     chart
         .configure_series_labels()

@@ -5,7 +5,7 @@ use crate::alert::{CallMeta, LoggedAlert, Severity};
 use crate::audio::push::Encoding;
 use crate::guard::{CallRecord, CallSource, EndedSummary, FrameError, OpenError, OpenSpec};
 use crate::transcribe::{Cue, TranscriptSegment};
-use crate::verdict::{AlertKind, CallState, WindowScore};
+use crate::verdict::{AlertKind, CallState, ChannelClass, WindowScore};
 use tonic::{Code, Status};
 
 pub fn meta_from(m: Option<pb::CallMetadata>) -> CallMeta {
@@ -46,6 +46,15 @@ pub fn open_spec(open: pb::CallOpen) -> Result<OpenSpec, Status> {
             )));
         }
     };
+    let channel_class = match pb::ChannelClass::try_from(open.channel_class) {
+        Ok(c) => channel_class_from(c),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "channel_class {} is not one of UNSPECIFIED, WIDEBAND, NARROWBAND_G711, NARROWBAND_LOSSY",
+                open.channel_class
+            )));
+        }
+    };
     let small = |v: u32, what: &str| {
         u16::try_from(v).map_err(|_| Status::invalid_argument(format!("{what} {v} is too large")))
     };
@@ -60,7 +69,26 @@ pub fn open_spec(open: pb::CallOpen) -> Result<OpenSpec, Status> {
             .transpose()?,
         metadata: meta_from(open.metadata),
         window_updates: open.window_updates,
+        channel_class,
     })
+}
+
+fn channel_class_from(c: pb::ChannelClass) -> Option<ChannelClass> {
+    match c {
+        pb::ChannelClass::Unspecified => None,
+        pb::ChannelClass::Wideband => Some(ChannelClass::Wideband),
+        pb::ChannelClass::NarrowbandG711 => Some(ChannelClass::NarrowbandG711),
+        pb::ChannelClass::NarrowbandLossy => Some(ChannelClass::NarrowbandLossy),
+    }
+}
+
+pub fn channel_class(c: Option<ChannelClass>) -> i32 {
+    (match c {
+        None => pb::ChannelClass::Unspecified,
+        Some(ChannelClass::Wideband) => pb::ChannelClass::Wideband,
+        Some(ChannelClass::NarrowbandG711) => pb::ChannelClass::NarrowbandG711,
+        Some(ChannelClass::NarrowbandLossy) => pb::ChannelClass::NarrowbandLossy,
+    }) as i32
 }
 
 pub fn open_status(e: OpenError) -> Status {
@@ -188,6 +216,8 @@ pub fn summary(call_id: &str, s: &EndedSummary) -> pb::CallSummary {
         segments_no_speech: s.segment_counts.no_speech,
         segments_skipped: s.segment_counts.skipped,
         segments_failed: s.segment_counts.failed,
+        channel_class: channel_class(s.channel_class),
+        enter_threshold: s.enter_threshold,
     }
 }
 
@@ -216,5 +246,7 @@ pub fn call_info(r: &CallRecord) -> pb::CallInfo {
         recent_windows: r.recent_windows.iter().map(window).collect(),
         summary: r.summary.as_ref().map(|s| summary(&r.call_id, s)),
         transcript: r.transcript.iter().map(transcript).collect(),
+        channel_class: channel_class(r.channel_class),
+        enter_threshold: r.enter_threshold,
     }
 }

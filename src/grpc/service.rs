@@ -152,6 +152,8 @@ impl pb::call_guard_server::CallGuard for CallGuardService {
             call_id: call.call_id().to_owned(),
             model: self.guard.model().to_owned(),
             window_ms: self.guard.window_ms(),
+            channel_class: convert::channel_class(Some(call.channel_class())),
+            enter_threshold: call.enter_threshold(),
         };
         let _ = tx
             .send(Ok(pb::CallUpdate {

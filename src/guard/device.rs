@@ -130,6 +130,9 @@ fn screen(
     vad: &mut crate::detect::SileroVad,
     stop: &AtomicBool,
 ) -> Result<(), BindError> {
+    let format = source.format();
+    // What the engine screens the call as, for the registry entry made after it opens.
+    let screened_as = std::cell::Cell::new((crate::verdict::ChannelClass::Wideband, 0.0));
     let (_, call) = shared.registry.open(
         &spec.tenant,
         id,
@@ -138,13 +141,16 @@ fn screen(
             let call = shared.with_engine(|e| {
                 e.open_call(CallSpec {
                     id: id.to_owned(),
-                    format: source.format(),
+                    format,
                     pick: ChannelPick::from_option(spec.caller_channel),
+                    // A sound device delivers PCM: its rate says whether it is narrowband.
+                    channel_class: e.classify(format.sample_rate, false),
                     when_full: shared.config.detector.when_full,
                     timeline_limit: TIMELINE_LIMIT,
                     recorded: false,
                 })
             })??;
+            screened_as.set((call.channel_class(), call.enter_threshold()));
             Ok((call.key(), call))
         },
         || {
@@ -152,6 +158,7 @@ fn screen(
                 &spec.tenant,
                 id,
                 CallSource::Device,
+                screened_as.get(),
                 spec.metadata.clone(),
                 end.clone(),
             )

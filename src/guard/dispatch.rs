@@ -183,6 +183,8 @@ fn ended(shared: &Shared, s: &CallSummary) {
         frames_lost: frames.lost.load(Ordering::Relaxed),
         model: s.model.clone(),
         alerts: s.alerts.len() as u32,
+        channel_class: Some(s.channel_class),
+        enter_threshold: Some(s.enter_threshold),
         segments: s.segments,
         segment_counts: s.segment_counts,
     });

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::alert::{CallMeta, LoggedAlert};
 use crate::transcribe::{SegmentCounts, TranscriptSegment};
-use crate::verdict::{CallState, WindowScore};
+use crate::verdict::{CallState, ChannelClass, WindowScore};
 
 /// Windows kept for `GetCall`'s recent timeline.
 pub const RECENT_WINDOWS: usize = 20;
@@ -99,6 +99,12 @@ pub struct EndedSummary {
     pub frames_lost: u64,
     pub model: String,
     pub alerts: u32,
+    /// The class the call was screened as and its enter threshold (absent in records logged
+    /// before classes existed).
+    #[serde(default)]
+    pub channel_class: Option<ChannelClass>,
+    #[serde(default)]
+    pub enter_threshold: Option<f32>,
     /// Speech segments cut for transcription and what became of them.
     #[serde(default)]
     pub segments: u64,
@@ -113,6 +119,12 @@ pub struct CallRecord {
     pub tenant: String,
     pub state: CallState,
     pub source: CallSource,
+    /// The class the call is screened as and its enter threshold (absent in records logged
+    /// before classes existed).
+    #[serde(default)]
+    pub channel_class: Option<ChannelClass>,
+    #[serde(default)]
+    pub enter_threshold: Option<f32>,
     pub p_spoof: Option<f32>,
     pub p_spoof_peak: Option<f32>,
     pub first_alert_ms: Option<u64>,
@@ -134,6 +146,8 @@ pub struct CallEntry {
     pub tenant: Arc<str>,
     pub call_id: Arc<str>,
     pub source: CallSource,
+    pub channel_class: ChannelClass,
+    pub enter_threshold: f32,
     pub metadata: CallMeta,
     pub started_wall_time_ms: i64,
     pub state: CallState,
@@ -160,6 +174,7 @@ impl CallEntry {
         tenant: &str,
         call_id: &str,
         source: CallSource,
+        (channel_class, enter_threshold): (ChannelClass, f32),
         metadata: CallMeta,
         end: Arc<EndSignal>,
     ) -> Self {
@@ -167,6 +182,8 @@ impl CallEntry {
             tenant: tenant.into(),
             call_id: call_id.into(),
             source,
+            channel_class,
+            enter_threshold,
             metadata,
             started_wall_time_ms: crate::alert::now_ms(),
             state: CallState::Listening,
@@ -192,6 +209,8 @@ impl CallEntry {
             tenant: self.tenant.to_string(),
             state: self.state,
             source: self.source,
+            channel_class: Some(self.channel_class),
+            enter_threshold: Some(self.enter_threshold),
             p_spoof: self.p_spoof,
             p_spoof_peak: self.p_spoof_peak,
             first_alert_ms: self.first_alert_ms,

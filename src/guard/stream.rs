@@ -17,6 +17,7 @@ use crate::alert::{AlertFilter, CallMeta, HubError, LoggedAlert, StoreError, Sub
 use crate::audio::push::Encoding;
 use crate::audio::{ChannelPick, SourceFormat};
 use crate::pipeline::{CallSpec, EngineError};
+use crate::verdict::ChannelClass;
 
 /// Updates queued for a `StreamAudio` client before some are skipped.
 const UPDATE_QUEUE: usize = 256;
@@ -35,6 +36,19 @@ pub struct OpenSpec {
     pub caller_channel: Option<u16>,
     pub metadata: CallMeta,
     pub window_updates: bool,
+    /// The client's word for the call's channel class; absent: from the codec and rate
+    /// (G.711 is `narrowband_g711`, PCM below 16 kHz `verdict.narrowband_class`).
+    pub channel_class: Option<ChannelClass>,
+}
+
+impl OpenSpec {
+    /// The call's channel class: the client's, or else from its codec and rate.
+    pub fn class(&self, narrowband: ChannelClass) -> ChannelClass {
+        self.channel_class.unwrap_or_else(|| {
+            let g711 = matches!(self.encoding, Encoding::MuLaw | Encoding::ALaw);
+            ChannelClass::of_source(self.sample_rate, g711, narrowband)
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +136,8 @@ pub struct StreamCall {
     shared: Arc<Shared>,
     key: u64,
     call_id: String,
+    channel_class: ChannelClass,
+    enter_threshold: f32,
     encoding: Encoding,
     channels: u16,
     sample_rate: u32,
@@ -148,6 +164,9 @@ pub(super) fn open(
     let (ended_tx, ended) = oneshot::channel();
     let end = Arc::new(EndSignal::default());
     let frames = Arc::new(FrameCounters::default());
+    let channel_class = spec.class(shared.config.verdict.narrowband_class);
+    // What the engine screens the call as, for the registry entry made after it opens.
+    let screened_as = std::cell::Cell::new((channel_class, 0.0));
     let (key, engine_call) = shared.registry.open(
         tenant,
         &spec.call_id,
@@ -158,11 +177,13 @@ pub(super) fn open(
                     id: spec.call_id.clone(),
                     format,
                     pick: ChannelPick::from_option(spec.caller_channel),
+                    channel_class,
                     when_full: shared.config.detector.when_full,
                     timeline_limit: TIMELINE_LIMIT,
                     recorded: false,
                 })
             })??;
+            screened_as.set((call.channel_class(), call.enter_threshold()));
             Ok((call.key(), call))
         },
         || CallEntry {
@@ -174,6 +195,7 @@ pub(super) fn open(
                 tenant,
                 &spec.call_id,
                 CallSource::Stream,
+                screened_as.get(),
                 spec.metadata.clone(),
                 end.clone(),
             )
@@ -187,9 +209,12 @@ pub(super) fn open(
         Ok(Err(Some(_))) => return Err(OpenError::Busy),
         Ok(Err(None)) | Err(_) => return Err(OpenError::Stopped),
     }
+    let (channel_class, enter_threshold) = screened_as.get();
     Ok(StreamCall {
         shared: shared.clone(),
         key,
+        channel_class,
+        enter_threshold,
         call_id: spec.call_id,
         encoding: spec.encoding,
         channels: spec.channels,
@@ -211,6 +236,16 @@ pub(super) fn open(
 impl StreamCall {
     pub fn call_id(&self) -> &str {
         &self.call_id
+    }
+
+    /// The class the call is screened as.
+    pub fn channel_class(&self) -> ChannelClass {
+        self.channel_class
+    }
+
+    /// The spoof probability at which the call becomes suspected.
+    pub fn enter_threshold(&self) -> f32 {
+        self.enter_threshold
     }
 
     /// Takes one frame: checks it, decodes it and queues it for the call's ingest worker.

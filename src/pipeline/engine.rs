@@ -25,7 +25,10 @@ use crate::transcribe::{
     CallTranscript, SegmentCounts, SegmentResult, SegmentSubmitter, TranscribeError,
     TranscribeStats, TranscriberPool, TranscriptSegment, WhisperModel,
 };
-use crate::verdict::{Alert, AlertKind, CallEvidence, CallState, FusionParams, WindowScore};
+use crate::verdict::{
+    Alert, AlertKind, CallEvidence, CallState, ChannelClass, EnterThreshold, FusionParams,
+    WindowScore,
+};
 
 /// Fusion inputs and engine events waiting at most this many deep.
 const FUSION_QUEUE: usize = 8_192;
@@ -51,6 +54,9 @@ pub struct CallSpec {
     pub id: String,
     pub format: SourceFormat,
     pub pick: ChannelPick,
+    /// The channel the call's audio came through (the adapter decides, usually with
+    /// [`Engine::classify`]); it picks the call's enter threshold.
+    pub channel_class: ChannelClass,
     pub when_full: WhenFull,
     /// Most windows kept on the call's timeline.
     pub timeline_limit: usize,
@@ -86,6 +92,9 @@ pub struct CallSummary {
     #[serde(skip)]
     pub key: u64,
     pub call_id: String,
+    /// The channel class the call was screened as, and its enter threshold.
+    pub channel_class: ChannelClass,
+    pub enter_threshold: f32,
     pub verdict: CallState,
     /// Fused spoof probability at the end of the call (null when no speech was scored).
     pub p_spoof: Option<f32>,
@@ -171,6 +180,10 @@ impl Engine {
                 rate: card.input.sample_rate,
             });
         }
+        for class in ChannelClass::ALL {
+            let t = crate::verdict::enter_threshold(&config.verdict, &card, class);
+            tracing::info!(channel_class = %class, enter_threshold = t.p_spoof, source = t.source.as_str(), "Enter threshold.");
+        }
         let (fusion_tx, fusion_rx) = bounded::<FusionInput>(FUSION_QUEUE);
         let (events_tx, events) = bounded(EVENT_QUEUE);
         let d = &config.detector;
@@ -221,6 +234,17 @@ impl Engine {
         &self.config
     }
 
+    /// The class of a call whose source runs at `sample_rate` Hz, G.711-coded or not, with the
+    /// configured `verdict.narrowband_class` for narrowband audio that is not G.711.
+    pub fn classify(&self, sample_rate: u32, g711: bool) -> ChannelClass {
+        ChannelClass::of_source(sample_rate, g711, self.config.verdict.narrowband_class)
+    }
+
+    /// The enter threshold of a class's calls, and where it came from.
+    pub fn enter_threshold(&self, class: ChannelClass) -> EnterThreshold {
+        crate::verdict::enter_threshold(&self.config.verdict, &self.card, class)
+    }
+
     /// Scored, dropped and failed windows, batches and inference time over all calls.
     pub fn pool_stats(&self) -> Option<&Arc<PoolStats>> {
         self.pool.as_ref().map(|p| p.stats())
@@ -269,8 +293,13 @@ impl Engine {
                 }
             }),
         )?;
-        let params =
-            FusionParams::from_config(&self.config.verdict, &self.card, spec.timeline_limit);
+        let params = FusionParams::from_config(
+            &self.config.verdict,
+            &self.card,
+            spec.channel_class,
+            spec.timeline_limit,
+        );
+        let (channel_class, enter_threshold) = (params.channel_class, params.enter_threshold);
         fusion
             .send(FusionInput::Opened {
                 key,
@@ -292,6 +321,8 @@ impl Engine {
                 fusion: fusion.clone(),
                 windows_when_full: spec.when_full,
             },
+            channel_class,
+            enter_threshold,
             closed: false,
         })
     }
@@ -336,6 +367,8 @@ impl Drop for Engine {
 pub struct Call {
     stream: CallStream,
     out: CallOutput,
+    channel_class: ChannelClass,
+    enter_threshold: f32,
     closed: bool,
 }
 
@@ -379,6 +412,16 @@ impl Call {
 
     pub fn format(&self) -> SourceFormat {
         self.stream.format()
+    }
+
+    /// The class the call is screened as.
+    pub fn channel_class(&self) -> ChannelClass {
+        self.channel_class
+    }
+
+    /// The spoof probability at which the call becomes suspected.
+    pub fn enter_threshold(&self) -> f32 {
+        self.enter_threshold
     }
 
     pub fn stats(&self) -> &StreamStats {
@@ -685,6 +728,8 @@ fn summary(key: u64, call: CallFusion) -> CallSummary {
     let model = e.params().model.clone();
     CallSummary {
         key,
+        channel_class: e.params().channel_class,
+        enter_threshold: e.params().enter_threshold,
         call_id: e.call_id,
         verdict: e.state,
         p_spoof: e.last_fused,

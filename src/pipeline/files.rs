@@ -10,6 +10,7 @@ use super::engine::{CallSpec, CallSummary, Engine, EngineEvent, drive};
 use crate::audio::file::FileSource;
 use crate::audio::{AudioSource, ChannelPick};
 use crate::config::WhenFull;
+use crate::verdict::ChannelClass;
 
 /// Files keep every window on their timeline up to this many (about 140 hours of speech).
 pub const FILE_TIMELINE_LIMIT: usize = 1_000_000;
@@ -21,11 +22,25 @@ pub struct FileOutcome {
 }
 
 /// Scores `files` with `threads` reader threads; `on_done` is called as each file completes.
-/// The outcomes are in the order of `files`.
+/// The outcomes are in the order of `files`. Each file's channel class comes from its sample
+/// rate and codec ([`Engine::classify`]).
 pub fn score_files(
     engine: &Engine,
     files: &[PathBuf],
     pick: ChannelPick,
+    threads: usize,
+    on_done: &(dyn Fn(&Path) + Sync),
+) -> Vec<FileOutcome> {
+    score_files_as(engine, files, pick, None, threads, on_done)
+}
+
+/// [`score_files`], with every file screened as `class` when one is given (recordings stored
+/// as PCM that came through a lossy codec).
+pub fn score_files_as(
+    engine: &Engine,
+    files: &[PathBuf],
+    pick: ChannelPick,
+    class: Option<ChannelClass>,
     threads: usize,
     on_done: &(dyn Fn(&Path) + Sync),
 ) -> Vec<FileOutcome> {
@@ -51,7 +66,7 @@ pub fn score_files(
                     };
                     while let Some(i) = take(&next, files.len()) {
                         let outcome =
-                            score_one(engine, &mut vad, &files[i], i, pick, &opened, &never);
+                            score_one(engine, &mut vad, &files[i], i, pick, class, &opened, &never);
                         if let Err(e) = outcome {
                             errors.lock().unwrap()[i] = Some(e);
                         }
@@ -101,19 +116,24 @@ fn take(next: &AtomicUsize, len: usize) -> Option<usize> {
     (i < len).then_some(i)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn score_one(
     engine: &Engine,
     vad: &mut crate::detect::SileroVad,
     path: &Path,
     index: usize,
     pick: ChannelPick,
+    class: Option<ChannelClass>,
     opened: &AtomicUsize,
     stop: &AtomicBool,
 ) -> Result<(), String> {
     let mut source = FileSource::open(path).map_err(|e| e.to_string())?;
+    let format = source.format();
     let spec = CallSpec {
         id: index.to_string(),
-        format: source.format(),
+        format,
+        channel_class: class
+            .unwrap_or_else(|| engine.classify(format.sample_rate, source.is_g711())),
         // Recorded audio has no deadline: wait for the detector rather than drop windows.
         when_full: WhenFull::Block,
         pick,

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Alert, AlertKind, CallState, WindowScore};
+use super::{Alert, AlertKind, CallState, ChannelClass, WindowScore};
 
 /// Alerts kept per call for its summary (every alert is still published as it happens).
 const ALERTS_KEPT: usize = 256;
@@ -13,8 +13,10 @@ const ALERTS_KEPT: usize = 256;
 /// Log-odds are clamped so one over-confident window cannot dominate the average.
 const MAX_LOGIT: f32 = 8.0;
 
+/// One call's fusion parameters: the call's channel class picks its enter threshold.
 #[derive(Debug, Clone)]
 pub struct FusionParams {
+    pub channel_class: ChannelClass,
     pub enter_threshold: f32,
     pub exit_threshold: f32,
     pub smoothing: usize,
@@ -26,16 +28,19 @@ pub struct FusionParams {
 }
 
 impl FusionParams {
+    /// The parameters of a call of `class` (see [`super::enter_threshold`] for which threshold
+    /// wins); the exit threshold is at most the class's enter threshold.
     pub fn from_config(
         v: &crate::config::VerdictConfig,
         card: &crate::detect::ModelCard,
+        class: ChannelClass,
         timeline_limit: usize,
     ) -> Self {
+        let enter = super::enter_threshold(v, card, class).p_spoof;
         Self {
-            enter_threshold: v.enter_threshold.unwrap_or(card.threshold.p_spoof),
-            exit_threshold: v
-                .exit_threshold
-                .min(v.enter_threshold.unwrap_or(card.threshold.p_spoof)),
+            channel_class: class,
+            enter_threshold: enter,
+            exit_threshold: v.exit_threshold.min(enter),
             smoothing: v.smoothing_windows,
             enter_windows: v.enter_windows,
             exit_windows: v.exit_windows,
@@ -54,13 +59,84 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// The fused score: the mean of the clamped log-odds of the last `smoothing` windows, as a
+/// probability. [`CallEvidence`] and [`alert_peak`] both use it, so they agree to the bit.
+#[derive(Debug, Clone)]
+struct LogOddsMean {
+    smoothing: usize,
+    logits: VecDeque<f32>,
+    sum: f32,
+}
+
+impl LogOddsMean {
+    fn new(smoothing: usize) -> Self {
+        let smoothing = smoothing.max(1);
+        Self {
+            smoothing,
+            logits: VecDeque::with_capacity(smoothing),
+            sum: 0.0,
+        }
+    }
+
+    /// Adds the next window's probability; returns the fused probability after it.
+    fn push(&mut self, p_spoof: f32) -> f32 {
+        let l = logit(p_spoof);
+        if self.logits.len() == self.smoothing
+            && let Some(old) = self.logits.pop_front()
+        {
+            self.sum -= old;
+        }
+        self.sum += l;
+        self.logits.push_back(l);
+        sigmoid(self.sum / self.logits.len() as f32)
+    }
+}
+
+/// The highest enter threshold at which the daemon's rule would have alerted on a call whose
+/// windows scored `p_spoof` (in order): the best, over every run of `enter_windows` consecutive
+/// fused scores, of the run's lowest score. `alert_peak(..) >= t` exactly when a call screened
+/// at enter threshold `t` raises a suspected-clone alert; a call with fewer fused scores than
+/// `enter_windows` never alerts (0).
+pub fn alert_peak(
+    p_spoof: impl IntoIterator<Item = f32>,
+    smoothing: usize,
+    enter_windows: usize,
+) -> f32 {
+    let enter = enter_windows.max(1);
+    let mut mean = LogOddsMean::new(smoothing);
+    // Indices and scores of the last `enter` fused scores, scores increasing: the front is
+    // the run's minimum.
+    let mut run: VecDeque<(usize, f32)> = VecDeque::with_capacity(enter);
+    let mut peak = 0.0f32;
+    for (i, p) in p_spoof.into_iter().enumerate() {
+        let fused = mean.push(p);
+        // A NaN never reaches a threshold (`>=` is false), like a score below every one.
+        let f = if fused.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            fused
+        };
+        while run.back().is_some_and(|&(_, g)| g >= f) {
+            run.pop_back();
+        }
+        run.push_back((i, f));
+        if run.front().is_some_and(|&(j, _)| j + enter <= i) {
+            run.pop_front();
+        }
+        if i + 1 >= enter {
+            peak = peak.max(run.front().expect("just pushed").1);
+        }
+    }
+    peak
+}
+
 /// Everything a call has shown so far.
 #[derive(Debug)]
 pub struct CallEvidence {
     pub call_id: String,
     params: FusionParams,
     recent: VecDeque<WindowScore>,
-    logit_sum: f32,
+    mean: LogOddsMean,
     above: usize,
     below: usize,
     pub state: CallState,
@@ -83,8 +159,8 @@ impl CallEvidence {
         Self {
             call_id,
             recent: VecDeque::with_capacity(params.smoothing),
+            mean: LogOddsMean::new(params.smoothing),
             params,
-            logit_sum: 0.0,
             above: 0,
             below: 0,
             state: CallState::Listening,
@@ -117,14 +193,10 @@ impl CallEvidence {
     }
 
     fn fuse(&mut self, seq: u64, start_ms: u64, end_ms: u64, p_spoof: f32) -> Option<Alert> {
-        let l = logit(p_spoof);
-        if self.recent.len() == self.params.smoothing
-            && let Some(old) = self.recent.pop_front()
-        {
-            self.logit_sum -= logit(old.p_spoof);
+        let fused = self.mean.push(p_spoof);
+        if self.recent.len() == self.params.smoothing.max(1) {
+            self.recent.pop_front();
         }
-        self.logit_sum += l;
-        let fused = sigmoid(self.logit_sum / (self.recent.len() + 1) as f32);
         let score = WindowScore {
             seq,
             start_ms,
@@ -250,6 +322,7 @@ mod tests {
 
     fn params() -> FusionParams {
         FusionParams {
+            channel_class: ChannelClass::Wideband,
             enter_threshold: 0.5,
             exit_threshold: 0.3,
             smoothing: 4,
@@ -324,5 +397,60 @@ mod tests {
             7,
             "the latest windows are kept"
         );
+    }
+
+    #[test]
+    fn alert_peak_of_a_call_shorter_than_the_run_is_zero() {
+        assert_eq!(alert_peak([0.99], 4, 2), 0.0);
+        assert_eq!(alert_peak([], 4, 2), 0.0);
+    }
+
+    #[test]
+    fn alert_peak_is_the_best_runs_lowest_fused_score() {
+        // No smoothing: each fused score is its window's probability.
+        let peak = alert_peak([0.2, 0.9, 0.8, 0.3, 0.7, 0.95], 1, 2);
+        assert!((peak - 0.8).abs() < 1e-5, "{peak}");
+        let one = alert_peak([0.2, 0.9, 0.8, 0.3, 0.7, 0.95], 1, 1);
+        assert!((one - 0.95).abs() < 1e-5, "{one}");
+    }
+
+    fn alerts_at(ps: &[f32], smoothing: usize, enter: usize, threshold: f32) -> bool {
+        let mut e = CallEvidence::new(
+            "p".into(),
+            FusionParams {
+                enter_threshold: threshold,
+                exit_threshold: threshold.min(0.3),
+                smoothing,
+                enter_windows: enter,
+                ..params()
+            },
+        );
+        feed(&mut e, ps)
+            .iter()
+            .any(|a| a.kind == AlertKind::SuspectedClone)
+    }
+
+    proptest::proptest! {
+        /// `alert_peak >= t` exactly when the daemon's rule, at enter threshold `t`, raises a
+        /// suspected-clone alert: for random thresholds and at the peak itself (it alerts) and
+        /// the next float above it (it does not).
+        #[test]
+        fn alert_peak_agrees_with_call_evidence(
+            ps in proptest::collection::vec(
+                proptest::prop_oneof![0.0f32..=1.0, proptest::strategy::Just(0.0f32), proptest::strategy::Just(1.0f32), 0.4f32..0.9],
+                0..60,
+            ),
+            smoothing in 1usize..8,
+            enter in 1usize..5,
+            threshold in 0.001f32..0.999,
+        ) {
+            let peak = alert_peak(ps.iter().copied(), smoothing, enter);
+            proptest::prop_assert!((0.0..1.0).contains(&peak));
+            proptest::prop_assert_eq!(peak >= threshold, alerts_at(&ps, smoothing, enter, threshold));
+            if peak > 0.0 {
+                proptest::prop_assert!(alerts_at(&ps, smoothing, enter, peak));
+                proptest::prop_assert!(!alerts_at(&ps, smoothing, enter, peak.next_up()));
+            }
+        }
     }
 }

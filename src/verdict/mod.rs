@@ -1,9 +1,15 @@
 //! Where scores become decisions: per-call evidence fusion (smoothed log-odds), hysteresis and
 //! debounce, so a call yields a few state changes with their evidence, not one alert per window.
+//! Each call is screened at the enter threshold of its channel class (wideband, G.711, lossy).
 
+mod class;
 mod fusion;
 
-pub use fusion::{CallEvidence, FusionParams};
+pub use class::{
+    ChannelClass, ClassThresholds, EnterThreshold, ThresholdSource, WIDEBAND_MIN_RATE,
+    enter_threshold,
+};
+pub use fusion::{CallEvidence, FusionParams, alert_peak};
 
 use serde::{Deserialize, Serialize};
 

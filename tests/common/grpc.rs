@@ -168,6 +168,7 @@ pub fn open_frame(call_id: &str, codec: pb::Codec, rate: u32, channels: u32) -> 
                 labels: Default::default(),
             }),
             window_updates: false,
+            channel_class: pb::ChannelClass::Unspecified as i32,
         })),
     }
 }

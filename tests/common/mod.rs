@@ -120,6 +120,7 @@ pub fn push_live_calls(
                         id: format!("live-{i}"),
                         format,
                         pick: callguard::audio::ChannelPick::Mix,
+                        channel_class: engine.classify(format.sample_rate, false),
                         when_full: callguard::config::WhenFull::DropNewest,
                         timeline_limit: 10_000,
                         recorded: false,
