@@ -118,4 +118,30 @@ assert kinds == {"average", "cusum"}, kinds
 assert r["genuine_calls"] >= 1 and r["switch_calls"] >= 1, r
 print(f"fusion smoke: {len(r['results'])} rules on {r['genuine_calls']} + {r['switch_calls']} calls")
 PY
+# The from-scratch CNN comparison stays alive: features, one CNN per fold (resumed runs skip what is
+# done), the report, and the candidate's export (its graph checked against the stored features).
+.deps/venv/bin/python train/cnn.py prepare --tiny --cache "$tiny/cnn" >/dev/null
+/usr/bin/python3 train/cnn.py fit --tiny --cache "$tiny/cnn" >/dev/null
+/usr/bin/python3 train/cnn.py fit --tiny --cache "$tiny/cnn" | grep -q "done before, skipped"
+/usr/bin/python3 train/cnn.py fit --tiny --all --cache "$tiny/cnn" >/dev/null
+.deps/venv/bin/python train/cnn.py report --tiny --cache "$tiny/cnn" >/dev/null
+/usr/bin/python3 train/cnn.py export --tiny --cache "$tiny/cnn" --out "$tiny/cnn/model" >/dev/null
+.deps/venv/bin/python - "$tiny/cnn" <<'PY'
+import json, sys, numpy as np, onnxruntime as ort
+d = sys.argv[1]
+r = json.load(open(f"{d}/cnn.json"))
+assert set(r["folds"]) == {"tts-a", "tts-b"}, r["folds"].keys()
+assert all(0 <= v["eer_rule"] <= 1 for by in r["folds"].values() for s in by.values() for v in s.values())
+y = ort.InferenceSession(f"{d}/model/detector.onnx").run(None, {"waveform": np.zeros((3, 16000), np.float32)})[0]
+assert y.shape == (3,), y.shape
+print(f"cnn smoke: {len(r['folds'])} folds scored by the rule, candidate exported")
+PY
+# Per-channel-class thresholds under the daemon's rule, written into a sidecar.
+.deps/venv/bin/python train/class_thresholds.py "$tiny" --tiny --write >/dev/null
+.deps/venv/bin/python - "$tiny/detector.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["threshold"]["by_class"]
+assert set(t) <= {"wideband", "narrowband_g711", "narrowband_lossy"} and t and all(0 < p < 1 for p in t.values()), t
+print(f"class thresholds smoke: {t}")
+PY
 rm -rf "$tiny"

@@ -128,15 +128,30 @@ fn class_report(
     };
     let peaks: Vec<f32> = calls.iter().map(|c| c.peak).collect();
     let call_hours = cal::call_hours(calls);
-    let choice = cal::choose_threshold(&peaks, call_hours, o.alerts_per_hour, floor);
+    let before = engine.enter_threshold(class);
+    let mut choice = cal::choose_threshold(&peaks, call_hours, o.alerts_per_hour, floor);
     let mut notes = Vec::new();
     if choice.unresolved {
         let highest = peaks.iter().copied().fold(0.0, f32::max);
+        // No alert observed in too few hours is no evidence that a lower threshold is safe:
+        // the data may raise the threshold, never lower it.
+        let kept = choice.threshold < before.p_spoof;
+        if kept {
+            choice.threshold = before.p_spoof;
+        }
         notes.push(format!(
             "too little data to resolve the target: {call_hours:.3} call-hours is less than the \
-             {:.1} h (1 / target) needed to allow one alert, so none is allowed and the threshold \
-             is set just above the highest peak ({highest:.4}); calibrate on at least {:.1} h of calls",
+             {:.1} h (1 / target) needed to allow one alert, so none is allowed: {}; calibrate on \
+             at least {:.1} h of calls",
             1.0 / o.alerts_per_hour,
+            if kept {
+                format!(
+                    "no call alerted at the current threshold, which is kept (the highest peak \
+                     is {highest:.4})"
+                )
+            } else {
+                format!("the threshold is set above the highest peak ({highest:.4})")
+            },
             1.0 / o.alerts_per_hour
         ));
     }
@@ -165,7 +180,7 @@ fn class_report(
         call_hours,
         scored_hours: cal::scored_hours(calls),
         peaks,
-        before: engine.enter_threshold(class),
+        before,
         choice,
         notes,
     }

@@ -64,9 +64,9 @@ pub struct Choice {
     pub raised_from: Option<f32>,
 }
 
-/// The lowest threshold `t`, taken from the sorted peaks, with
-/// `alerts_at(peaks, t) / call_hours <= alerts_per_hour`; just above the highest peak when no
-/// alert is allowed; never below `floor`.
+/// The lowest threshold `t` with `alerts_at(peaks, t) / call_hours <= alerts_per_hour`, placed
+/// halfway between the lowest peak it allows and the peak below it (halfway between the highest
+/// peak and 1 when no alert is allowed); never below `floor`.
 pub fn choose_threshold(
     peaks: &[f32],
     call_hours: f64,
@@ -85,11 +85,16 @@ pub fn choose_threshold(
     values.dedup();
     let highest = values.last().copied().unwrap_or(0.0);
     // Ascending peaks alert on fewer and fewer calls: the first within budget is the lowest.
-    let from_data = values
+    // Every threshold between it and the peak below alerts on the same calls; the midpoint keeps
+    // a margin on both sides, so the float noise of batched scoring (about 1e-7) moves no call.
+    let from_data = match values
         .iter()
-        .copied()
-        .find(|&t| alerts_at(peaks, t) as u64 <= allowed_alerts)
-        .unwrap_or_else(|| highest.next_up());
+        .position(|&t| alerts_at(peaks, t) as u64 <= allowed_alerts)
+    {
+        Some(0) => values[0],
+        Some(k) => values[k - 1] + (values[k] - values[k - 1]) / 2.0,
+        None => highest + (1.0 - highest) / 2.0,
+    };
     let threshold = from_data.max(floor);
     Choice {
         threshold,
@@ -181,11 +186,11 @@ mod tests {
         let c = choose_threshold(&peaks, 4.0, 0.5, HALF);
         assert_eq!(
             (c.threshold, c.allowed_alerts, c.unresolved),
-            (0.8, 2, false)
+            (0.75, 2, false)
         );
         assert_eq!(alerts_at(&peaks, c.threshold), 2);
-        // Exactly 2 h: one alert.
-        assert_eq!(choose_threshold(&peaks, 2.0, 0.5, HALF).threshold, 0.9);
+        // Exactly 2 h: one alert, halfway between 0.8 and 0.9.
+        assert_eq!(choose_threshold(&peaks, 2.0, 0.5, HALF).threshold, 0.85);
         // Budget for everything: the lowest peak (a peak of 0 never alerts).
         let all = choose_threshold(&peaks, 100.0, 0.5, HALF);
         assert_eq!((all.threshold, all.raised_from), (0.55, None));
@@ -203,7 +208,7 @@ mod tests {
         let c = choose_threshold(&peaks, 1.0, 0.5, HALF);
         assert!(c.unresolved);
         assert_eq!(c.allowed_alerts, 0);
-        assert!(c.threshold > 0.7 && c.threshold == 0.7f32.next_up());
+        assert!(c.threshold > 0.7 && c.threshold == 0.85);
         assert_eq!(alerts_at(&peaks, c.threshold), 0);
         // Ties at the top are excluded together.
         let tied = choose_threshold(&[0.7, 0.7, 0.6], 2.0, 0.5, HALF);
