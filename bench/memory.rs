@@ -89,6 +89,7 @@ fn open(guard: &Guard, id: String) -> StreamCall {
                 caller_channel: None,
                 metadata: Default::default(),
                 window_updates: false,
+                source: callguard::guard::CallSource::Stream,
             },
         )
         .unwrap()

@@ -60,6 +60,7 @@ pub fn open_spec(open: pb::CallOpen) -> Result<OpenSpec, Status> {
             .transpose()?,
         metadata: meta_from(open.metadata),
         window_updates: open.window_updates,
+        source: CallSource::Stream,
     })
 }
 
@@ -203,6 +204,9 @@ pub fn call_info(r: &CallRecord) -> pb::CallInfo {
         source: (match r.source {
             CallSource::Stream => pb::CallSource::Stream,
             CallSource::Device => pb::CallSource::Device,
+            CallSource::Twilio => pb::CallSource::Twilio,
+            CallSource::AudioSocket => pb::CallSource::Audiosocket,
+            CallSource::AudioHook => pb::CallSource::Audiohook,
         }) as i32,
         p_spoof: r.p_spoof,
         p_spoof_peak: r.p_spoof_peak,
