@@ -1154,6 +1154,71 @@ mod tests {
     }
 
     #[test]
+    fn connector_problems_are_reported_with_their_keys() {
+        let mut c = Config::default();
+        c.connectors.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.connectors.public_url = Some("https://example.com/path".into());
+        c.connectors.max_text_bytes = 10;
+        let twilio = |tenant: &str, env: Option<&str>| TwilioTenantConfig {
+            tenant: tenant.into(),
+            auth_token_env: env.map(Into::into),
+            auth_token_file: None,
+            caller_track: TwilioTrack::Inbound,
+            inline_alerts: false,
+        };
+        // PATH is set in any test environment; the token is only checked for presence.
+        c.connectors.twilio = vec![
+            twilio("bank a", Some("PATH")),
+            twilio("b", Some("CALLGUARD_SURELY_UNSET_VARIABLE")),
+            twilio("b", None),
+        ];
+        c.connectors.audiosocket = vec![
+            AudioSocketConfig {
+                listen: "127.0.0.1:9092".parse().unwrap(),
+                tenant: "b".into(),
+            },
+            AudioSocketConfig {
+                listen: "127.0.0.1:9092".parse().unwrap(),
+                tenant: "c".into(),
+            },
+        ];
+        let problems = c.validate().unwrap_err();
+        let k: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "connectors.public_url",
+            "connectors.max_text_bytes",
+            "connectors.twilio[0].tenant",
+            "connectors.twilio[1].auth_token_env",
+            "connectors.twilio[2].tenant",
+            "connectors.twilio[2].auth_token_env",
+            "connectors.audiosocket[1].listen",
+        ] {
+            assert!(k.contains(&key), "{key} missing from {k:?}");
+        }
+        let unset = problems
+            .iter()
+            .find(|p| p.key == "connectors.twilio[1].auth_token_env")
+            .unwrap();
+        assert!(unset.message.contains("CALLGUARD_SURELY_UNSET_VARIABLE"));
+        // Without [connectors] nothing is asked for.
+        assert!(!Config::default().connectors.is_active());
+    }
+
+    #[test]
+    fn secrets_come_from_a_file_or_the_environment() {
+        let dir = std::env::temp_dir().join(format!("callguard-secret-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret \nsecond line\n").unwrap();
+        assert_eq!(read_secret(None, Some(&dir)).unwrap(), "s3cret");
+        std::fs::write(&dir, "\n").unwrap();
+        assert!(read_secret(None, Some(&dir)).is_err());
+        std::fs::remove_file(&dir).unwrap();
+        assert!(read_secret(None, Some(&dir)).is_err());
+        assert!(read_secret(Some("PATH"), Some(&dir)).is_err());
+        assert!(read_secret(None, None).is_err());
+        assert!(read_secret(Some("PATH"), None).is_ok());
+    }
+
+    #[test]
     fn exit_above_enter_is_a_problem() {
         let mut c = Config::default();
         c.verdict.enter_threshold = Some(0.4);

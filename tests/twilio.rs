@@ -17,9 +17,9 @@ use serde_json::Value;
 const AUTH_TOKEN: &str = "twilio-auth-token-of-bank-a";
 const TOKEN_ENV: &str = "CALLGUARD_TEST_TWILIO_TOKEN";
 
-fn write_config(dir: &Path) -> std::path::PathBuf {
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("daemon.toml");
-    let text = format!(
+    let mut text = format!(
         r#"[speech]
 vad_model = "{vad}"
 [detector]
@@ -48,13 +48,14 @@ inline_alerts = true
         model = common::root().join("models/detector.onnx").display(),
         a = callguard::grpc::token_sha256(TOKEN_A),
     );
+    text.push_str(extra);
     std::fs::write(&path, text).unwrap();
     path
 }
 
 fn start(dir: &Path) -> Daemon {
     Daemon::start(
-        &write_config(dir),
+        &write_config(dir, ""),
         &[(TOKEN_ENV, AUTH_TOKEN)],
         &["gRPC", "connectors"],
     )
@@ -362,4 +363,40 @@ async fn broken_streams_get_their_error_and_nothing_else_is_lost() {
     assert_eq!(closed(&lines).0, 1000, "{lines:?}");
     let summary = get_call(&mut client, "MZ50").await.summary.unwrap();
     assert_eq!(summary.verdict, pb::CallState::Genuine as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_arrive_over_tls() {
+    use rcgen::{CertificateParams, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let config = write_config(
+        dir.path(),
+        "[connectors.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+    );
+    let daemon = Daemon::start(&config, &[(TOKEN_ENV, AUTH_TOKEN)], &["gRPC", "connectors"]);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let port = daemon
+        .addr("connectors")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let sid = "MZ00000000000000000000000000000060";
+    let mut args = call_args(&daemon, sid, &["--inbound", &wav("genuine_2.wav")]);
+    // Twilio signs the wss:// URL; the certificate is for localhost.
+    args[1] = format!("wss://localhost:{port}/twilio/bank-a");
+    args.extend(["--cafile".into(), cert_path.display().to_string()]);
+    let (code, lines) = python("twilio_client.py", &args);
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(closed(&lines).0, 1000, "{lines:?}");
+    let info = ended_call(&mut client, sid).await;
+    assert_eq!(info.summary.unwrap().verdict, pb::CallState::Genuine as i32);
 }

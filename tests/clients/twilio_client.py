@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 import os
+import ssl
 import sys
 import time
 import warnings
@@ -154,9 +155,12 @@ async def run(args):
     if args.scenario != "no-signature":
         token = args.auth_token + ("-wrong" if args.scenario == "bad-signature" else "")
         headers["X-Twilio-Signature"] = sign(token, url)
+    tls = None
+    if url.startswith("wss://"):
+        tls = ssl.create_default_context(cafile=args.cafile)
     try:
         ws = await connect(url, additional_headers=headers, max_size=None, open_timeout=30,
-                           close_timeout=30, ping_interval=None)
+                           close_timeout=30, ping_interval=None, ssl=tls)
     except InvalidStatus as e:
         emit(event="rejected", status=e.response.status_code,
              body=e.response.body.decode(errors="replace"))
@@ -229,6 +233,7 @@ def main():
     ap.add_argument("--speed", type=float, default=1.0, help="1 = real time")
     ap.add_argument("--stream-sid", default="MZ" + os.urandom(16).hex())
     ap.add_argument("--call-sid", default="CA" + os.urandom(16).hex())
+    ap.add_argument("--cafile", help="CA to trust for wss:// (default: the system's)")
     ap.add_argument("--close-wait", type=float, default=120.0)
     ap.add_argument("--scenario", default="call",
                     choices=["call", "bad-signature", "no-signature", "media-before-start",
