@@ -670,7 +670,9 @@ fn start_connectors(
     ))?;
     if let Some((addr, tls)) = connectors.ws_addr() {
         let tls = if tls { "TLS" } else { "plaintext" };
-        eprintln!("callguard: connectors listening on {addr} ({tls}; Twilio at /twilio/TENANT)");
+        eprintln!(
+            "callguard: connectors listening on {addr} ({tls}; /twilio/TENANT, /audiohook/TENANT)"
+        );
     }
     for (addr, tenant) in connectors.audiosocket_addrs() {
         eprintln!("callguard: AudioSocket listening on {addr} (tenant {tenant})");

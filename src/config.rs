@@ -828,14 +828,15 @@ impl Config {
     }
 }
 
-/// Cloud contact-center connectors (`src/connect/`): Twilio Media Streams on an HTTP/WebSocket
-/// listener, Asterisk AudioSocket on TCP listeners of their own. Each session becomes a call
+/// Cloud contact-center connectors (`src/connect/`): Twilio Media Streams and Genesys AudioHook
+/// on an HTTP/WebSocket listener, Asterisk AudioSocket on TCP listeners of their own. Each session becomes a call
 /// as `StreamAudio` would open it, under the `[server]` limits (calls per tenant, frame size,
 /// speed). Absent: no connector runs.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectorsConfig {
-    /// HTTP/WebSocket address (Twilio at `/twilio/TENANT`); absent: no WebSocket listener.
+    /// HTTP/WebSocket address (Twilio at `/twilio/TENANT`, AudioHook at `/audiohook/TENANT`);
+    /// absent: no WebSocket listener.
     pub listen: Option<SocketAddr>,
     /// The origin the platforms dial, e.g. "wss://callguard.example.com": Twilio signs the URL
     /// it connects to, which a proxy in front may change. Absent: `ws(s)://` + the Host header.
@@ -852,6 +853,8 @@ pub struct ConnectorsConfig {
     pub twilio: Vec<TwilioTenantConfig>,
     /// Asterisk AudioSocket listeners, each owned by one tenant.
     pub audiosocket: Vec<AudioSocketConfig>,
+    /// Genesys Cloud AudioHook Monitor integrations, one entry per tenant.
+    pub audiohook: Vec<AudioHookTenantConfig>,
 }
 
 pub const DEFAULT_CONNECTOR_MAX_TEXT_BYTES: usize = 64 << 10;
@@ -869,6 +872,7 @@ impl Default for ConnectorsConfig {
             outbound_queue: DEFAULT_CONNECTOR_OUTBOUND_QUEUE,
             twilio: Vec::new(),
             audiosocket: Vec::new(),
+            audiohook: Vec::new(),
         }
     }
 }
@@ -900,6 +904,32 @@ pub struct TwilioTenantConfig {
     #[serde(default)]
     pub caller_track: TwilioTrack,
     /// Each alert is also sent on the stream as a `mark` message named `callguard:...`.
+    #[serde(default)]
+    pub inline_alerts: bool,
+}
+
+/// A tenant's AudioHook Monitor integration (`wss://HOST/audiohook/TENANT`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AudioHookTenantConfig {
+    pub tenant: String,
+    /// The integration's API key (`X-API-KEY`): from this environment variable or file.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// The integration's client secret (base64, as Genesys shows it); given, every upgrade
+    /// must carry a valid HTTP Message Signature made with it. From an environment variable
+    /// or file; absent: the API key alone authenticates.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The Genesys organization whose sessions are taken (`Audiohook-Organization-Id`);
+    /// absent: any.
+    #[serde(default)]
+    pub organization_id: Option<String>,
+    /// Each alert is also sent to the client as an `event` message (`callguard.alert`).
     #[serde(default)]
     pub inline_alerts: bool,
 }
@@ -957,6 +987,14 @@ impl ConnectorsConfig {
                 beside(f);
             }
         }
+        for h in &mut self.audiohook {
+            for f in [&mut h.api_key_file, &mut h.client_secret_file]
+                .into_iter()
+                .flatten()
+            {
+                beside(f);
+            }
+        }
     }
 
     /// Whether any connector listener is configured.
@@ -970,17 +1008,43 @@ impl ConnectorsConfig {
     }
 
     fn validate(&self, bad: &mut impl FnMut(&str, String)) {
-        if self.listen.is_some() && self.twilio.is_empty() {
+        let ws_tenants = !self.twilio.is_empty() || !self.audiohook.is_empty();
+        if self.listen.is_some() && !ws_tenants {
             bad(
                 "connectors.twilio",
-                "is empty, so connectors.listen would serve no platform".into(),
+                "and connectors.audiohook are empty, so connectors.listen would serve no platform"
+                    .into(),
             );
         }
-        if self.listen.is_none() && !self.twilio.is_empty() {
+        if self.listen.is_none() && ws_tenants {
             bad(
                 "connectors.listen",
-                "is not set, so the [[connectors.twilio]] tenants cannot connect".into(),
+                "is not set, so the Twilio and AudioHook tenants cannot connect".into(),
             );
+        }
+        let mut hook_tenants = std::collections::HashSet::new();
+        for (i, h) in self.audiohook.iter().enumerate() {
+            let key = format!("connectors.audiohook[{i}]");
+            if !valid_name(&h.tenant) || !hook_tenants.insert(&h.tenant) {
+                bad(
+                    &format!("{key}.tenant"),
+                    format!(
+                        "{:?} is not 1-64 letters, digits or -_., or is listed twice",
+                        h.tenant
+                    ),
+                );
+            }
+            if let Err(m) = read_secret(h.api_key_env.as_deref(), h.api_key_file.as_deref()) {
+                bad(&format!("{key}.api_key_env"), m);
+            }
+            if (h.client_secret_env.is_some() || h.client_secret_file.is_some())
+                && let Err(m) = read_secret(
+                    h.client_secret_env.as_deref(),
+                    h.client_secret_file.as_deref(),
+                )
+            {
+                bad(&format!("{key}.client_secret_env"), m);
+            }
         }
         if let Some(url) = &self.public_url {
             let rest = url
@@ -1182,9 +1246,20 @@ mod tests {
                 tenant: "c".into(),
             },
         ];
+        c.connectors.audiohook = vec![AudioHookTenantConfig {
+            tenant: "b".into(),
+            api_key_env: None,
+            api_key_file: None,
+            client_secret_env: Some("CALLGUARD_SURELY_UNSET_VARIABLE".into()),
+            client_secret_file: None,
+            organization_id: None,
+            inline_alerts: false,
+        }];
         let problems = c.validate().unwrap_err();
         let k: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
         for key in [
+            "connectors.audiohook[0].api_key_env",
+            "connectors.audiohook[0].client_secret_env",
             "connectors.public_url",
             "connectors.max_text_bytes",
             "connectors.twilio[0].tenant",

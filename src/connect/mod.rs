@@ -5,13 +5,16 @@
 //!
 //! ```text
 //! Twilio Media Streams (WebSocket) ─► ws.rs (axum task) ─► twilio.rs (sans-I/O session) ─┐
+//! Genesys AudioHook (WebSocket) ────► hook_ws.rs (axum task) ─► audiohook.rs (sans-I/O) ──┤
 //! Asterisk AudioSocket (TCP) ───────► tcp.rs (tokio task) ─► audiosocket.rs (sans-I/O) ──┴► StreamCall
 //! ```
 //!
 //! Each protocol session is a plain state machine (`&mut self`; messages, bytes and time in;
 //! outputs polled), unit-tested directly; the tasks only own sockets and timers.
 
+pub mod audiohook;
 pub mod audiosocket;
+mod hook_ws;
 mod tcp;
 mod tls;
 pub mod twilio;
@@ -36,7 +39,7 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("connectors.twilio tenant {tenant}: auth token {message}")]
+    #[error("connectors tenant {tenant}: secret {message}")]
     Secret { tenant: String, message: String },
     #[error("connectors.tls: {0}")]
     Tls(String),
@@ -51,11 +54,20 @@ pub(crate) struct TwilioTenant {
     pub inline_alerts: bool,
 }
 
+/// What an AudioHook session needs to know of its tenant.
+pub(crate) struct AudioHookTenant {
+    pub api_key: String,
+    pub client_secret: Option<String>,
+    pub organization_id: Option<String>,
+    pub inline_alerts: bool,
+}
+
 /// The bound listeners, with the secrets and TLS they need, ready to serve.
 pub struct Connectors {
     ws: Option<(TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
     audiosocket: Vec<(TcpListener, String)>,
     twilio: HashMap<String, TwilioTenant>,
+    audiohook: HashMap<String, AudioHookTenant>,
     config: ConnectorsConfig,
 }
 
@@ -79,6 +91,38 @@ impl Connectors {
                 },
             );
         }
+        let mut audiohook = HashMap::new();
+        for h in &config.audiohook {
+            let secret = |what: &str, env: Option<&str>, file: Option<&std::path::Path>| {
+                read_secret(env, file).map_err(|message| ConnectError::Secret {
+                    tenant: h.tenant.clone(),
+                    message: format!("({what}) {message}"),
+                })
+            };
+            let api_key = secret(
+                "AudioHook API key",
+                h.api_key_env.as_deref(),
+                h.api_key_file.as_deref(),
+            )?;
+            let client_secret = if h.client_secret_env.is_some() || h.client_secret_file.is_some() {
+                Some(secret(
+                    "AudioHook client secret",
+                    h.client_secret_env.as_deref(),
+                    h.client_secret_file.as_deref(),
+                )?)
+            } else {
+                None
+            };
+            audiohook.insert(
+                h.tenant.clone(),
+                AudioHookTenant {
+                    api_key,
+                    client_secret,
+                    organization_id: h.organization_id.clone(),
+                    inline_alerts: h.inline_alerts,
+                },
+            );
+        }
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -99,6 +143,7 @@ impl Connectors {
             ws,
             audiosocket,
             twilio,
+            audiohook,
             config: config.clone(),
         })
     }
@@ -132,6 +177,7 @@ impl Connectors {
             let state = Arc::new(ws::WsState {
                 guard: guard.clone(),
                 twilio: self.twilio,
+                audiohook: self.audiohook,
                 public_url: self.config.public_url.clone(),
                 tls: tls.is_some(),
                 max_text_bytes: self.config.max_text_bytes,
@@ -247,6 +293,7 @@ impl CallLink {
     /// updates that were still queued.
     pub async fn finish(&mut self) -> Vec<crate::guard::CallUpdate> {
         let mut rest = Vec::new();
+        self.end = None;
         if let Some(mut call) = self.call.take() {
             call.finish().await;
             while let Some(u) = call.update().await {

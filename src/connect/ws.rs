@@ -1,4 +1,5 @@
-//! The connectors' HTTP/WebSocket listener (axum): Twilio Media Streams at `/twilio/TENANT`.
+//! The connectors' HTTP/WebSocket listener (axum): Twilio Media Streams at `/twilio/TENANT`,
+//! AudioHook at `/audiohook/TENANT` (`super::hook_ws`).
 //! The upgrade request is checked (tenant, `X-Twilio-Signature`) before the WebSocket is
 //! accepted; then one task per socket drives a [`TwilioSession`] and the call behind it, and a
 //! writer task drains a bounded queue of outgoing messages.
@@ -26,15 +27,16 @@ use crate::guard::{CallSource, CallUpdate, Guard, OpenError, OpenSpec};
 /// Largest WebSocket message read off the socket at all. Messages up to this size are read
 /// whole, so that one over `connectors.max_text_bytes` gets a clean close (1009) with a reason
 /// instead of a torn connection; beyond it the socket is dropped.
-const WS_READ_LIMIT: usize = 16 << 20;
+pub(super) const WS_READ_LIMIT: usize = 16 << 20;
 /// How long a closing session waits for the peer to answer its close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// A WebSocket close reason is at most 123 bytes (RFC 6455 5.5).
 const MAX_CLOSE_REASON: usize = 123;
 
 pub(super) struct WsState {
     pub guard: Arc<Guard>,
     pub twilio: HashMap<String, TwilioTenant>,
+    pub audiohook: HashMap<String, super::AudioHookTenant>,
     pub public_url: Option<String>,
     pub tls: bool,
     pub max_text_bytes: usize,
@@ -46,6 +48,22 @@ pub(super) struct WsState {
 impl WsState {
     /// The URL Twilio signed: the configured public origin (or `ws(s)://` + Host) and the
     /// request's path and query.
+    /// The authority the platform connected to: `public_url`'s, else the Host header.
+    pub(super) fn authority(&self, headers: &HeaderMap) -> String {
+        match &self.public_url {
+            Some(u) => u
+                .split_once("://")
+                .map_or(u.as_str(), |(_, a)| a)
+                .trim_end_matches('/')
+                .to_owned(),
+            None => headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
     fn signed_url(&self, headers: &HeaderMap, uri: &Uri) -> String {
         let origin = match &self.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
@@ -71,6 +89,7 @@ pub(super) async fn serve(
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/twilio/{tenant}", get(twilio_upgrade))
+        .route("/audiohook/{tenant}", get(super::hook_ws::upgrade))
         .with_state(state);
     match tls {
         Some(acceptor) => {
@@ -87,7 +106,7 @@ pub(super) async fn serve(
     }
 }
 
-fn reject(status: StatusCode, reason: String) -> Response {
+pub(super) fn reject(status: StatusCode, reason: String) -> Response {
     tracing::info!(%status, reason, "Connector request rejected.");
     (status, reason).into_response()
 }
@@ -134,7 +153,7 @@ async fn twilio_upgrade(
         .on_upgrade(move |socket| twilio_session(state, tenant, socket))
 }
 
-fn close_frame(code: u16, reason: &str) -> Message {
+pub(super) fn close_frame(code: u16, reason: &str) -> Message {
     let mut end = reason.len().min(MAX_CLOSE_REASON);
     while !reason.is_char_boundary(end) {
         end -= 1;
@@ -146,7 +165,7 @@ fn close_frame(code: u16, reason: &str) -> Message {
 }
 
 /// Sends queued messages until the queue closes or a close frame has gone out.
-async fn write_all(
+pub(super) async fn write_all(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<Message>,
 ) {
