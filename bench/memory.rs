@@ -90,6 +90,7 @@ fn open(guard: &Guard, id: String) -> StreamCall {
                 metadata: Default::default(),
                 window_updates: false,
                 channel_class: None,
+                source: callguard::guard::CallSource::Stream,
             },
         )
         .unwrap()

@@ -616,7 +616,7 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
     });
     let guard = Arc::new(Guard::start(config, Some(observer))?);
     let mut devices = config.capture.devices.clone();
-    if devices.is_empty() && config.server.listen.is_none() {
+    if devices.is_empty() && config.server.listen.is_none() && !config.connectors.is_active() {
         devices.push(callguard::config::CaptureDevice {
             name: "default".into(),
             caller_channel: None,
@@ -640,6 +640,11 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
         Some(addr) => Some(start_server(guard.clone(), addr, &STOP)?),
         None => None,
     };
+    let connectors = if config.connectors.is_active() {
+        Some(start_connectors(guard.clone(), &STOP)?)
+    } else {
+        None
+    };
     eprintln!(
         "callguard: screening {} device(s) with {}; Ctrl-C to stop",
         devices.len(),
@@ -658,6 +663,13 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed."),
             Err(e) => tracing::error!(error = %e, "gRPC server task failed."),
+        }
+    }
+    if let Some((runtime, task)) = connectors {
+        match runtime.block_on(task) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Connectors failed."),
+            Err(e) => tracing::error!(error = %e, "Connectors task failed."),
         }
     }
     guard.shutdown();
@@ -693,6 +705,39 @@ fn start_server(
     };
     eprintln!("callguard: gRPC listening on {local} ({tls})");
     let task = runtime.spawn(callguard::grpc::serve(guard, listener, async move {
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }));
+    Ok((runtime, task))
+}
+
+type ConnectorsTask = tokio::task::JoinHandle<Result<(), callguard::connect::ConnectError>>;
+
+/// Binds the `[connectors]` listeners and serves them on a runtime of their own until `stop`.
+fn start_connectors(
+    guard: Arc<Guard>,
+    stop: &'static AtomicBool,
+) -> Result<(tokio::runtime::Runtime, ConnectorsTask)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("connect")
+        .enable_all()
+        .build()
+        .context("cannot start the connectors' runtime")?;
+    let connectors = runtime.block_on(callguard::connect::Connectors::bind(
+        &guard.config().connectors,
+    ))?;
+    if let Some((addr, tls)) = connectors.ws_addr() {
+        let tls = if tls { "TLS" } else { "plaintext" };
+        eprintln!(
+            "callguard: connectors listening on {addr} ({tls}; /twilio/TENANT, /audiohook/TENANT)"
+        );
+    }
+    for (addr, tenant) in connectors.audiosocket_addrs() {
+        eprintln!("callguard: AudioSocket listening on {addr} (tenant {tenant})");
+    }
+    let task = runtime.spawn(connectors.serve(guard, async move {
         while !stop.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -22,6 +22,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub transcribe: TranscribeConfig,
+    pub connectors: ConnectorsConfig,
 }
 
 /// Live capture from sound devices (`callguard run`).
@@ -617,6 +618,7 @@ impl Config {
                 beside(ca);
             }
         }
+        self.connectors.resolve_paths(Some(base));
     }
 
     /// Number of ingest workers after `0 = one per core` is applied.
@@ -808,6 +810,7 @@ impl Config {
         }
         self.validate_server(&mut bad);
         self.transcribe.validate(&mut bad);
+        self.connectors.validate(&mut bad);
         for (key, n) in [
             ("verdict.smoothing_windows", v.smoothing_windows),
             ("verdict.enter_windows", v.enter_windows),
@@ -933,6 +936,308 @@ impl Config {
     }
 }
 
+/// Cloud contact-center connectors (`src/connect/`): Twilio Media Streams and Genesys AudioHook
+/// on an HTTP/WebSocket listener, Asterisk AudioSocket on TCP listeners of their own. Each session becomes a call
+/// as `StreamAudio` would open it, under the `[server]` limits (calls per tenant, frame size,
+/// speed). Absent: no connector runs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorsConfig {
+    /// HTTP/WebSocket address (Twilio at `/twilio/TENANT`, AudioHook at `/audiohook/TENANT`);
+    /// absent: no WebSocket listener.
+    pub listen: Option<SocketAddr>,
+    /// The origin the platforms dial, e.g. "wss://callguard.example.com": Twilio signs the URL
+    /// it connects to, which a proxy in front may change. Absent: `ws(s)://` + the Host header.
+    pub public_url: Option<String>,
+    /// TLS for the WebSocket listener (rustls); absent: plaintext (terminate TLS in front).
+    pub tls: Option<TlsConfig>,
+    /// Largest WebSocket text message taken, in bytes; a larger one closes the session.
+    pub max_text_bytes: usize,
+    /// A session that sends nothing for this long is closed and its call ended, in seconds.
+    pub idle_timeout_s: u32,
+    /// Replies and inline alerts queued for one session before it is closed as stuck.
+    pub outbound_queue: usize,
+    /// Twilio Media Streams, one entry per tenant.
+    pub twilio: Vec<TwilioTenantConfig>,
+    /// Asterisk AudioSocket listeners, each owned by one tenant.
+    pub audiosocket: Vec<AudioSocketConfig>,
+    /// Genesys Cloud AudioHook Monitor integrations, one entry per tenant.
+    pub audiohook: Vec<AudioHookTenantConfig>,
+}
+
+pub const DEFAULT_CONNECTOR_MAX_TEXT_BYTES: usize = 64 << 10;
+pub const DEFAULT_CONNECTOR_IDLE_TIMEOUT_S: u32 = 30;
+pub const DEFAULT_CONNECTOR_OUTBOUND_QUEUE: usize = 64;
+
+impl Default for ConnectorsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            public_url: None,
+            tls: None,
+            max_text_bytes: DEFAULT_CONNECTOR_MAX_TEXT_BYTES,
+            idle_timeout_s: DEFAULT_CONNECTOR_IDLE_TIMEOUT_S,
+            outbound_queue: DEFAULT_CONNECTOR_OUTBOUND_QUEUE,
+            twilio: Vec::new(),
+            audiosocket: Vec::new(),
+            audiohook: Vec::new(),
+        }
+    }
+}
+
+/// Which Twilio track carries the caller.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TwilioTrack {
+    /// Audio Twilio receives from the call's party (the caller on an inbound call).
+    #[default]
+    Inbound,
+    /// Audio Twilio sends to that party (the far end of a `<Dial>`).
+    Outbound,
+}
+
+/// A tenant's Twilio account as the connector knows it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioTenantConfig {
+    /// The tenant that owns the calls (its gRPC token sees them); the URL path is `/twilio/TENANT`.
+    pub tenant: String,
+    /// The account's auth token, which signs `X-Twilio-Signature`: read from this environment
+    /// variable, or from this file (its first line). Never written in the config itself.
+    #[serde(default)]
+    pub auth_token_env: Option<String>,
+    #[serde(default)]
+    pub auth_token_file: Option<PathBuf>,
+    /// The track screened as the caller; the other track of a two-track stream is not scored.
+    #[serde(default)]
+    pub caller_track: TwilioTrack,
+    /// Each alert is also sent on the stream as a `mark` message named `callguard:...`.
+    #[serde(default)]
+    pub inline_alerts: bool,
+}
+
+/// A tenant's AudioHook Monitor integration (`wss://HOST/audiohook/TENANT`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AudioHookTenantConfig {
+    pub tenant: String,
+    /// The integration's API key (`X-API-KEY`): from this environment variable or file.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// The integration's client secret (base64, as Genesys shows it); given, every upgrade
+    /// must carry a valid HTTP Message Signature made with it. From an environment variable
+    /// or file; absent: the API key alone authenticates.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The Genesys organization whose sessions are taken (`Audiohook-Organization-Id`);
+    /// absent: any.
+    #[serde(default)]
+    pub organization_id: Option<String>,
+    /// Each alert is also sent to the client as an `event` message (`callguard.alert`).
+    #[serde(default)]
+    pub inline_alerts: bool,
+}
+
+/// One AudioSocket listener: every connection on it is a call of `tenant`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AudioSocketConfig {
+    /// TCP address Asterisk connects to, e.g. "0.0.0.0:9092" (AudioSocket has no TLS or
+    /// credentials: keep it on the telephony network).
+    pub listen: SocketAddr,
+    /// The tenant that owns this listener's calls.
+    pub tenant: String,
+}
+
+/// Reads a secret named by config: an environment variable's value, or a file's first line.
+pub fn read_secret(env: Option<&str>, file: Option<&Path>) -> Result<String, String> {
+    let value = match (env, file) {
+        (Some(var), None) => {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        (Some(_), Some(_)) => return Err("name either an environment variable or a file".into()),
+        (None, None) => return Err("is missing (name an environment variable or a file)".into()),
+    };
+    let value = value.trim().to_owned();
+    if value.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    Ok(value)
+}
+
+impl ConnectorsConfig {
+    fn resolve_paths(&mut self, base: Option<&Path>) {
+        let Some(base) = base else { return };
+        let beside = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            beside(&mut tls.cert);
+            beside(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                beside(ca);
+            }
+        }
+        for t in &mut self.twilio {
+            if let Some(f) = &mut t.auth_token_file {
+                beside(f);
+            }
+        }
+        for h in &mut self.audiohook {
+            for f in [&mut h.api_key_file, &mut h.client_secret_file]
+                .into_iter()
+                .flatten()
+            {
+                beside(f);
+            }
+        }
+    }
+
+    /// Whether any connector listener is configured.
+    pub fn is_active(&self) -> bool {
+        self.listen.is_some() || !self.audiosocket.is_empty()
+    }
+
+    /// The Twilio entry of a tenant.
+    pub fn twilio_tenant(&self, tenant: &str) -> Option<&TwilioTenantConfig> {
+        self.twilio.iter().find(|t| t.tenant == tenant)
+    }
+
+    fn validate(&self, bad: &mut impl FnMut(&str, String)) {
+        let ws_tenants = !self.twilio.is_empty() || !self.audiohook.is_empty();
+        if self.listen.is_some() && !ws_tenants {
+            bad(
+                "connectors.twilio",
+                "and connectors.audiohook are empty, so connectors.listen would serve no platform"
+                    .into(),
+            );
+        }
+        if self.listen.is_none() && ws_tenants {
+            bad(
+                "connectors.listen",
+                "is not set, so the Twilio and AudioHook tenants cannot connect".into(),
+            );
+        }
+        let mut hook_tenants = std::collections::HashSet::new();
+        for (i, h) in self.audiohook.iter().enumerate() {
+            let key = format!("connectors.audiohook[{i}]");
+            if !valid_name(&h.tenant) || !hook_tenants.insert(&h.tenant) {
+                bad(
+                    &format!("{key}.tenant"),
+                    format!(
+                        "{:?} is not 1-64 letters, digits or -_., or is listed twice",
+                        h.tenant
+                    ),
+                );
+            }
+            if let Err(m) = read_secret(h.api_key_env.as_deref(), h.api_key_file.as_deref()) {
+                bad(&format!("{key}.api_key_env"), m);
+            }
+            if (h.client_secret_env.is_some() || h.client_secret_file.is_some())
+                && let Err(m) = read_secret(
+                    h.client_secret_env.as_deref(),
+                    h.client_secret_file.as_deref(),
+                )
+            {
+                bad(&format!("{key}.client_secret_env"), m);
+            }
+        }
+        if let Some(url) = &self.public_url {
+            let rest = url
+                .strip_prefix("wss://")
+                .or_else(|| url.strip_prefix("ws://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(['/', '?', '#'])) {
+                bad(
+                    "connectors.public_url",
+                    format!("{url:?} is not ws(s)://HOST[:PORT] (no path)"),
+                );
+            }
+        }
+        if let Some(tls) = &self.tls {
+            let ca = tls
+                .client_ca
+                .iter()
+                .map(|p| ("connectors.tls.client_ca", p));
+            for (key, path) in [
+                ("connectors.tls.cert", &tls.cert),
+                ("connectors.tls.key", &tls.key),
+            ]
+            .into_iter()
+            .chain(ca)
+            {
+                if !path.is_file() {
+                    bad(key, format!("{} not found", path.display()));
+                }
+            }
+        }
+        for (key, v, lo, hi) in [
+            (
+                "connectors.max_text_bytes",
+                self.max_text_bytes,
+                1_024,
+                16 << 20,
+            ),
+            (
+                "connectors.idle_timeout_s",
+                self.idle_timeout_s as usize,
+                1,
+                86_400,
+            ),
+            ("connectors.outbound_queue", self.outbound_queue, 1, 65_536),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                bad(key, format!("{v} is outside {lo}..={hi}"));
+            }
+        }
+        let mut tenants = std::collections::HashSet::new();
+        for (i, t) in self.twilio.iter().enumerate() {
+            let key = format!("connectors.twilio[{i}]");
+            if !valid_name(&t.tenant) {
+                bad(
+                    &format!("{key}.tenant"),
+                    format!("{:?} is not 1-64 letters, digits or -_.", t.tenant),
+                );
+            } else if !tenants.insert(&t.tenant) {
+                bad(
+                    &format!("{key}.tenant"),
+                    format!("{:?} is listed twice", t.tenant),
+                );
+            }
+            if let Err(m) = read_secret(t.auth_token_env.as_deref(), t.auth_token_file.as_deref()) {
+                bad(&format!("{key}.auth_token_env"), m);
+            }
+        }
+        let mut addrs = std::collections::HashSet::new();
+        for (i, a) in self.audiosocket.iter().enumerate() {
+            let key = format!("connectors.audiosocket[{i}]");
+            if !valid_name(&a.tenant) {
+                bad(
+                    &format!("{key}.tenant"),
+                    format!("{:?} is not 1-64 letters, digits or -_.", a.tenant),
+                );
+            }
+            if a.listen.port() != 0 && !addrs.insert(a.listen) {
+                bad(
+                    &format!("{key}.listen"),
+                    format!("{} is used by another listener", a.listen),
+                );
+            }
+        }
+    }
+}
+
 /// Tenant names: 1-64 ASCII letters, digits, `-`, `_` or `.`.
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -1018,6 +1323,82 @@ mod tests {
         ] {
             assert!(k.iter().any(|x| x == key), "{key} missing from {k:?}");
         }
+    }
+
+    #[test]
+    fn connector_problems_are_reported_with_their_keys() {
+        let mut c = Config::default();
+        c.connectors.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.connectors.public_url = Some("https://example.com/path".into());
+        c.connectors.max_text_bytes = 10;
+        let twilio = |tenant: &str, env: Option<&str>| TwilioTenantConfig {
+            tenant: tenant.into(),
+            auth_token_env: env.map(Into::into),
+            auth_token_file: None,
+            caller_track: TwilioTrack::Inbound,
+            inline_alerts: false,
+        };
+        // PATH is set in any test environment; the token is only checked for presence.
+        c.connectors.twilio = vec![
+            twilio("bank a", Some("PATH")),
+            twilio("b", Some("CALLGUARD_SURELY_UNSET_VARIABLE")),
+            twilio("b", None),
+        ];
+        c.connectors.audiosocket = vec![
+            AudioSocketConfig {
+                listen: "127.0.0.1:9092".parse().unwrap(),
+                tenant: "b".into(),
+            },
+            AudioSocketConfig {
+                listen: "127.0.0.1:9092".parse().unwrap(),
+                tenant: "c".into(),
+            },
+        ];
+        c.connectors.audiohook = vec![AudioHookTenantConfig {
+            tenant: "b".into(),
+            api_key_env: None,
+            api_key_file: None,
+            client_secret_env: Some("CALLGUARD_SURELY_UNSET_VARIABLE".into()),
+            client_secret_file: None,
+            organization_id: None,
+            inline_alerts: false,
+        }];
+        let problems = c.validate().unwrap_err();
+        let k: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "connectors.audiohook[0].api_key_env",
+            "connectors.audiohook[0].client_secret_env",
+            "connectors.public_url",
+            "connectors.max_text_bytes",
+            "connectors.twilio[0].tenant",
+            "connectors.twilio[1].auth_token_env",
+            "connectors.twilio[2].tenant",
+            "connectors.twilio[2].auth_token_env",
+            "connectors.audiosocket[1].listen",
+        ] {
+            assert!(k.contains(&key), "{key} missing from {k:?}");
+        }
+        let unset = problems
+            .iter()
+            .find(|p| p.key == "connectors.twilio[1].auth_token_env")
+            .unwrap();
+        assert!(unset.message.contains("CALLGUARD_SURELY_UNSET_VARIABLE"));
+        // Without [connectors] nothing is asked for.
+        assert!(!Config::default().connectors.is_active());
+    }
+
+    #[test]
+    fn secrets_come_from_a_file_or_the_environment() {
+        let dir = std::env::temp_dir().join(format!("callguard-secret-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret \nsecond line\n").unwrap();
+        assert_eq!(read_secret(None, Some(&dir)).unwrap(), "s3cret");
+        std::fs::write(&dir, "\n").unwrap();
+        assert!(read_secret(None, Some(&dir)).is_err());
+        std::fs::remove_file(&dir).unwrap();
+        assert!(read_secret(None, Some(&dir)).is_err());
+        assert!(read_secret(Some("PATH"), Some(&dir)).is_err());
+        assert!(read_secret(None, None).is_err());
+        assert!(read_secret(Some("PATH"), None).is_ok());
     }
 
     #[test]

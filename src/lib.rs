@@ -5,12 +5,15 @@
 //! - [`pipeline`]: per-call speech gating and windows, and the engine that runs many calls;
 //! - [`detect`]: the ONNX detector and VAD sessions, and the detector worker pool;
 //! - [`verdict`]: evidence fusion, hysteresis and debounce into alerts;
+//! - [`connect`]: cloud contact-center connectors (Twilio Media Streams, Genesys
+//!   AudioHook, Asterisk AudioSocket);
 //! - [`eval`]: detection quality on labelled sets (EER, minDCF, DET curves).
 
 pub mod alert;
 pub mod assets;
 pub mod audio;
 pub mod config;
+pub mod connect;
 pub mod detect;
 pub mod eval;
 pub mod grpc;

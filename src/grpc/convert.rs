@@ -70,6 +70,7 @@ pub fn open_spec(open: pb::CallOpen) -> Result<OpenSpec, Status> {
         metadata: meta_from(open.metadata),
         window_updates: open.window_updates,
         channel_class,
+        source: CallSource::Stream,
     })
 }
 
@@ -233,6 +234,9 @@ pub fn call_info(r: &CallRecord) -> pb::CallInfo {
         source: (match r.source {
             CallSource::Stream => pb::CallSource::Stream,
             CallSource::Device => pb::CallSource::Device,
+            CallSource::Twilio => pb::CallSource::Twilio,
+            CallSource::AudioSocket => pb::CallSource::Audiosocket,
+            CallSource::AudioHook => pb::CallSource::Audiohook,
         }) as i32,
         p_spoof: r.p_spoof,
         p_spoof_peak: r.p_spoof_peak,

@@ -26,6 +26,14 @@ pub const RECENT_SEGMENTS: usize = 200;
 pub enum CallSource {
     Stream,
     Device,
+    /// A Twilio Media Stream (`src/connect/twilio.rs`).
+    Twilio,
+    /// An Asterisk AudioSocket connection (`src/connect/audiosocket.rs`).
+    #[serde(rename = "audiosocket")]
+    AudioSocket,
+    /// A Genesys Cloud AudioHook session.
+    #[serde(rename = "audiohook")]
+    AudioHook,
 }
 
 /// Frames of a streamed call: received, rejected, and lost (sequence gaps or a full queue).

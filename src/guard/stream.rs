@@ -39,6 +39,8 @@ pub struct OpenSpec {
     /// The client's word for the call's channel class; absent: from the codec and rate
     /// (G.711 is `narrowband_g711`, PCM below 16 kHz `verdict.narrowband_class`).
     pub channel_class: Option<ChannelClass>,
+    /// Where the call comes from, as `ListCalls`/`GetCall` name it.
+    pub source: CallSource,
 }
 
 impl OpenSpec {
@@ -194,7 +196,7 @@ pub(super) fn open(
             ..CallEntry::opened(
                 tenant,
                 &spec.call_id,
-                CallSource::Stream,
+                spec.source,
                 screened_as.get(),
                 spec.metadata.clone(),
                 end.clone(),
@@ -256,6 +258,18 @@ impl StreamCall {
             self.frames.rejected.fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+
+    /// Counts a frame that a protocol adapter received but could not decode (bad base64, a
+    /// torn frame), so the call's summary accounts for it as `push` would have.
+    pub fn count_rejected(&self) {
+        self.frames.received.fetch_add(1, Ordering::Relaxed);
+        self.frames.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts audio that a protocol adapter knows was lost (a gap in the platform's positions).
+    pub fn count_lost(&self, frames: u64) {
+        self.frames.lost.fetch_add(frames, Ordering::Relaxed);
     }
 
     fn take(&mut self, sequence: u64, data: &[u8]) -> Result<(), FrameError> {

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod daemon;
 pub mod grpc;
 
 use callguard::config::Config;

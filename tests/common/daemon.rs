@@ -1,0 +1,90 @@
+//! The `callguard run` binary on free ports, for behaviour tests that drive its listeners with
+//! outside clients.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub struct Daemon {
+    pub child: Child,
+    /// Listening addresses by what the daemon said it serves: "gRPC", "connectors",
+    /// "AudioSocket".
+    pub addrs: HashMap<String, String>,
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` and `env`, and waits until every listener in `expect`
+    /// has said where it listens.
+    pub fn start(config: &Path, env: &[(&str, &str)], expect: &[&str]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_callguard"));
+        cmd.args(["--config", config.to_str().unwrap(), "run", "--json"])
+            .env("CALLGUARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut addrs = HashMap::new();
+        while !expect.iter().all(|e| addrs.contains_key(*e)) {
+            let line = lines
+                .next()
+                .expect("the daemon exited before listening")
+                .unwrap();
+            for what in expect {
+                if let Some(rest) = line.split(&format!("{what} listening on ")).nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().to_owned();
+                    addrs.insert((*what).to_owned(), addr);
+                }
+            }
+        }
+        // Keep draining the log so the daemon never blocks on a full pipe; CALLGUARD_TEST_LOG=1
+        // shows it.
+        let show = std::env::var_os("CALLGUARD_TEST_LOG").is_some();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if show {
+                    eprintln!("daemon: {line}");
+                }
+            }
+        });
+        Self { child, addrs }
+    }
+
+    pub fn addr(&self, what: &str) -> &str {
+        &self.addrs[what]
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.addr("gRPC"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a Python test client from `tests/clients/`, returning its exit code and the JSON
+/// objects it printed, one per line.
+pub fn python(client: &str, args: &[String]) -> (i32, Vec<serde_json::Value>) {
+    let out = Command::new(super::root().join(".deps/venv/bin/python"))
+        .arg(super::root().join("tests/clients").join(client))
+        .args(args)
+        .output()
+        .expect("run scripts/setup.sh for .deps/venv");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let code = out.status.code().unwrap_or(-1);
+    if code != 0 {
+        eprintln!("{client} stderr: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (code, lines)
+}
