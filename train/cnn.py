@@ -173,10 +173,12 @@ def prepare_extra(args):
 
 
 def folds(files, tiny):
-    fams = sorted({f["family"] for f in files if f["label"] == "spoof" and f["family"] not in TRAIN_ONLY_FAMILIES})
-    out = {fam: (fam,) for fam in fams}
-    if not tiny:
-        out["zero-shot"] = ZERO_SHOT
+    """Fold name -> families held out: `zero-shot` (both zero-shot families) first, then each family,
+    the zero-shot ones first (a run that is stopped has the folds that matter most)."""
+    fams = sorted({f["family"] for f in files if f["label"] == "spoof" and f["family"] not in TRAIN_ONLY_FAMILIES},
+                  key=lambda fam: (fam not in ZERO_SHOT, fam))
+    out = {} if tiny else {"zero-shot": ZERO_SHOT}
+    out.update({fam: (fam,) for fam in fams})
     return out
 
 
