@@ -18,7 +18,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 APT_PACKAGES=(pkg-config libasound2-dev unzip sox espeak-ng flite pulseaudio pulseaudio-utils
   libasound2-plugins asterisk-core-sounds-en-wav asterisk-core-sounds-en fonts-dejavu-core python3-venv
   build-essential cmake libclang-dev festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-  python3-torch)
+  python3-torch libopenblas0-pthread)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
