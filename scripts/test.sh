@@ -122,7 +122,7 @@ PY
 # done), the report, and the candidate's export (its graph checked against the stored features).
 .deps/venv/bin/python train/cnn.py prepare --tiny --cache "$tiny/cnn" >/dev/null
 /usr/bin/python3 train/cnn.py fit --tiny --cache "$tiny/cnn" >/dev/null
-/usr/bin/python3 train/cnn.py fit --tiny --cache "$tiny/cnn" | grep -q "done before, skipped"
+/usr/bin/python3 train/cnn.py fit --tiny --cache "$tiny/cnn" | grep -c "done before, skipped" >/dev/null
 /usr/bin/python3 train/cnn.py fit --tiny --all --cache "$tiny/cnn" >/dev/null
 .deps/venv/bin/python train/cnn.py report --tiny --cache "$tiny/cnn" >/dev/null
 /usr/bin/python3 train/cnn.py export --tiny --cache "$tiny/cnn" --out "$tiny/cnn/model" >/dev/null
