@@ -92,26 +92,6 @@ fn received<'a>(lines: &'a [Value], ty: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-async fn ended_call(client: &mut Client, call_id: &str) -> pb::CallInfo {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(info) = client
-            .get_call(pb::GetCallRequest {
-                call_id: call_id.into(),
-            })
-            .await
-            && info.get_ref().state == pb::CallState::Ended as i32
-        {
-            return info.into_inner();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{call_id} never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stereo_session_alerts_for_the_customer_only() {
     let dir = tempfile::tempdir().unwrap();

@@ -58,26 +58,6 @@ fn wav(name: &str) -> String {
     common::audio(name).display().to_string()
 }
 
-async fn ended_call(client: &mut Client, call_id: &str) -> pb::CallInfo {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(info) = client
-            .get_call(pb::GetCallRequest {
-                call_id: call_id.into(),
-            })
-            .await
-            && info.get_ref().state == pb::CallState::Ended as i32
-        {
-            return info.into_inner();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{call_id} never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_asterisk_call_is_screened_and_its_clone_alert_names_the_uuid() {
     let dir = tempfile::tempdir().unwrap();

@@ -126,27 +126,6 @@ async fn get_call(client: &mut Client, call_id: &str) -> pb::CallInfo {
         .into_inner()
 }
 
-/// The call once it has ended (the server may still be finishing it).
-async fn ended_call(client: &mut Client, call_id: &str) -> pb::CallInfo {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(info) = client
-            .get_call(pb::GetCallRequest {
-                call_id: call_id.into(),
-            })
-            .await
-            && info.get_ref().state == pb::CallState::Ended as i32
-        {
-            return info.into_inner();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{call_id} never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Runs the client in a thread while the call is watched in ListCalls: the call must show there
 /// as a live Twilio call.
 async fn call_seen_live(

@@ -232,3 +232,24 @@ pub fn rejections_of(updates: &[pb::CallUpdate]) -> Vec<pb::FrameRejected> {
         })
         .collect()
 }
+
+/// The call once it has ended (the server may still be finishing it).
+pub async fn ended_call(client: &mut Client, call_id: &str) -> pb::CallInfo {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Ok(info) = client
+            .get_call(pb::GetCallRequest {
+                call_id: call_id.into(),
+            })
+            .await
+            && info.get_ref().state == pb::CallState::Ended as i32
+        {
+            return info.into_inner();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{call_id} never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
