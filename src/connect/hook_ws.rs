@@ -25,14 +25,6 @@ const API_KEY: &str = "x-api-key";
 const PING_BURST: f64 = 10.0;
 const PINGS_PER_S: f64 = 2.0;
 
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 pub(super) async fn upgrade(
     State(state): State<Arc<WsState>>,
     Path(tenant): Path<String>,
@@ -66,7 +58,7 @@ pub(super) async fn upgrade(
         header(SESSION).unwrap_or_default(),
         header(API_KEY).unwrap_or_default(),
     );
-    if !same(&api_key, &account.api_key) {
+    if !crate::grpc::auth::same(api_key.as_bytes(), account.api_key.as_bytes()) {
         return reject(
             StatusCode::UNAUTHORIZED,
             "X-API-KEY is not this tenant's AudioHook API key".into(),

@@ -36,8 +36,10 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether two secrets (or their digests) are equal, in time that does not depend on where they
+/// differ; a length difference shows, the contents do not.
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Authenticator {
