@@ -84,15 +84,10 @@ def main():
     for n, ((path, pool, kind, real2, label), x) in enumerate(T.loaded(items)):
         narrowband = sf.info(str(path)).samplerate < T.SR
         crng = np.random.default_rng(T.SEED + 1)
-        head = x[:T.WINDOW + (MAX_WINDOWS - 1) * T.WINDOW // 2]
-        for ch in channels:
-            if ch == "wideband" and narrowband:
-                continue
-            ws = T.sliding(T.channel(head, ch, crng))[:MAX_WINDOWS]
-            if not ws:
-                continue
+        seconds = min(len(x), T.WINDOW + (MAX_WINDOWS - 1) * T.WINDOW // 2) / T.SR
+        for ch, ws in T.channel_windows(x, channels, crng, narrowband, MAX_WINDOWS):
             logits = session.run(None, {"waveform": np.stack(ws).astype(np.float32)})[0]
-            rows.append((pool, kind, real2, ch, product_check.peak(logits, smoothing, enter), len(head) / T.SR))
+            rows.append((pool, kind, real2, ch, product_check.peak(logits, smoothing, enter), seconds))
         if (n + 1) % 200 == 0:
             print(f"{n + 1}/{len(items)} files scored, {time.time() - t0:.0f} s", flush=True)
     old = float(np.log(card["threshold"]["p_spoof"] / (1 - card["threshold"]["p_spoof"])))

@@ -52,8 +52,6 @@ N_FFT, HOP, N_BANDS = 512, 160, 80
 FRAMES = (WINDOW - N_FFT) // HOP + 1  # 97
 EVAL_WINDOWS = 16  # 8.5 s of each evaluation file per channel
 CHANNELS = ["wideband", "g711_mu", "g711_a", "gsm", "amr_nb", "opus"]
-CLASS_OF_CHANNEL = {"wideband": "wideband", "g711_mu": "narrowband_g711", "g711_a": "narrowband_g711",
-                    "gsm": "narrowband_lossy", "amr_nb": "narrowband_lossy", "opus": "narrowband_lossy"}
 ZERO_SHOT = ("tts-zero-shot-lm", "tts-zero-shot-flow")
 TRAIN_ONLY_FAMILIES = ("tts-parametric",)  # the generated espeak-ng/flite voices: never a fold
 
@@ -61,6 +59,8 @@ TRAIN_ONLY_FAMILIES = ("tts-parametric",)  # the generated espeak-ng/flite voice
 # ------------------------------------------------------------------------------ front-end
 
 
+# The STFT and filterbank are features.py's (there with 60 bands), written again here because
+# `fit` runs in Debian's Python, which has PyTorch but not the onnx package features.py imports.
 def stft_kernels():
     n = np.arange(N_FFT)
     window = 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)
@@ -129,15 +129,10 @@ def prepare(args):
                 n_train += len(crops)
         if split != "train" or label == "spoof":
             crng = np.random.default_rng(SEED + 1)
-            head = x[:WINDOW + (EVAL_WINDOWS - 1) * WINDOW // 2]  # what the windows below reach
-            for ch in channels:
-                if ch == "wideband" and rate < SR:
-                    continue  # an 8 kHz recording has no wideband form
-                ws = T.sliding(T.channel(head, ch, crng))[:EVAL_WINDOWS]
-                if ws:
-                    eval_x.append(log_bands(ws).astype(np.float16))
-                    eval_index.append((k, channels.index(ch), n_eval, len(ws)))
-                    n_eval += len(ws)
+            for ch, ws in T.channel_windows(x, channels, crng, rate < SR, EVAL_WINDOWS):
+                eval_x.append(log_bands(ws).astype(np.float16))
+                eval_index.append((k, channels.index(ch), n_eval, len(ws)))
+                n_eval += len(ws)
         files.append(f)
         if len(files) % 200 == 0:
             print(f"prepare: {len(files)} files, {n_train} train crops, {n_eval} eval windows, "
@@ -407,6 +402,9 @@ def report(args):
     sys.path.insert(0, str(Path(__file__).parent))
     import product_check
     import train as T
+    from class_thresholds import CLASSES
+
+    class_of_channel = {ch: cls for cls, chs in CLASSES.items() for ch in chs}
 
     meta = json.loads((args.cache / "files.json").read_text())
     files, channels = meta["files"], meta["channels"]
@@ -435,11 +433,11 @@ def report(args):
         for (k, ch), x in per.items():
             f = files[k]
             if f["split"] == "calib" and f["label"] == "bonafide":
-                cal_peak.setdefault(CLASS_OF_CHANNEL[ch], []).append(product_check.peak(a * x + b, smoothing, enter))
+                cal_peak.setdefault(class_of_channel[ch], []).append(product_check.peak(a * x + b, smoothing, enter))
         thr = {c: float(np.quantile(v, 0.99)) for c, v in cal_peak.items()}
         fold = {}
         for ch in channels:
-            cls = CLASS_OF_CHANNEL[ch]
+            cls = class_of_channel[ch]
             bona = [(files[k], a * x + b) for (k, c), x in per.items() if c == ch
                     and files[k]["split"] == "test" and files[k]["label"] == "bonafide"]
             spoof = [a * x + b for (k, c), x in per.items() if c == ch and files[k]["label"] == "spoof"

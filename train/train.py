@@ -773,6 +773,20 @@ def sliding(x, hop=WINDOW // 2):
     return [x[s:s + WINDOW] for s in range(0, len(x) - WINDOW + 1, hop)]
 
 
+def channel_windows(x, channels, rng, narrowband, max_windows):
+    """(channel, windows): a file's first `max_windows` daemon windows (1 s, 0.5 s hop) through each
+    channel in turn, drawing from `rng`; an 8 kHz recording (`narrowband`) has no wideband form
+    and skips it, and a channel that leaves no window is skipped. The file is cut before the
+    channel, so a long file costs no more than the windows kept."""
+    head = x[:WINDOW + (max_windows - 1) * WINDOW // 2]
+    for ch in channels:
+        if ch == "wideband" and narrowband:
+            continue
+        ws = sliding(channel(head, ch, rng))[:max_windows]
+        if ws:
+            yield ch, ws
+
+
 def evaluate(per_file, meta, calibrated, channels, threshold):
     """EER per channel, per unseen family and system, at file level (mean window log-odds) and
     at one 1.0 s window; plus the alert rate of genuine files at the shipped threshold."""
