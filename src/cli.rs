@@ -616,7 +616,11 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
     });
     let guard = Arc::new(Guard::start(config, Some(observer))?);
     let mut devices = config.capture.devices.clone();
-    if devices.is_empty() && config.server.listen.is_none() && !config.connectors.is_active() {
+    if devices.is_empty()
+        && config.server.listen.is_none()
+        && !config.connectors.is_active()
+        && !config.siprec.is_active()
+    {
         devices.push(callguard::config::CaptureDevice {
             name: "default".into(),
             caller_channel: None,
@@ -640,7 +644,7 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
         Some(addr) => Some(start_server(guard.clone(), addr, &STOP)?),
         None => None,
     };
-    let connectors = if config.connectors.is_active() {
+    let connectors = if config.connectors.is_active() || config.siprec.is_active() {
         Some(start_connectors(guard.clone(), &STOP)?)
     } else {
         None
@@ -727,6 +731,7 @@ fn start_connectors(
         .context("cannot start the connectors' runtime")?;
     let connectors = runtime.block_on(callguard::connect::Connectors::bind(
         &guard.config().connectors,
+        &guard.config().siprec,
     ))?;
     if let Some((addr, tls)) = connectors.ws_addr() {
         let tls = if tls { "TLS" } else { "plaintext" };
@@ -736,6 +741,13 @@ fn start_connectors(
     }
     for (addr, tenant) in connectors.audiosocket_addrs() {
         eprintln!("callguard: AudioSocket listening on {addr} (tenant {tenant})");
+    }
+    let (sip, sip_tls) = connectors.siprec_addrs();
+    if let Some(addr) = sip {
+        eprintln!("callguard: SIPREC listening on {addr} (UDP and TCP)");
+    }
+    if let Some(addr) = sip_tls {
+        eprintln!("callguard: SIPREC-TLS listening on {addr}");
     }
     let task = runtime.spawn(connectors.serve(guard, async move {
         while !stop.load(Ordering::SeqCst) {

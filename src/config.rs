@@ -23,6 +23,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub transcribe: TranscribeConfig,
     pub connectors: ConnectorsConfig,
+    pub siprec: SiprecConfig,
 }
 
 /// Live capture from sound devices (`callguard run`).
@@ -619,6 +620,13 @@ impl Config {
             }
         }
         self.connectors.resolve_paths(Some(base));
+        if let Some(tls) = &mut self.siprec.tls {
+            beside(&mut tls.cert);
+            beside(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                beside(ca);
+            }
+        }
     }
 
     /// Number of ingest workers after `0 = one per core` is applied.
@@ -811,6 +819,7 @@ impl Config {
         self.validate_server(&mut bad);
         self.transcribe.validate(&mut bad);
         self.connectors.validate(&mut bad);
+        self.siprec.validate(&mut bad);
         for (key, n) in [
             ("verdict.smoothing_windows", v.smoothing_windows),
             ("verdict.enter_windows", v.enter_windows),
@@ -1051,6 +1060,167 @@ pub struct AudioSocketConfig {
     pub listen: SocketAddr,
     /// The tenant that owns this listener's calls.
     pub tenant: String,
+}
+
+/// A SIPREC Session Recording Server (`src/connect/sip/`): an SBC forks each call's media to
+/// it (RFC 7866), and the caller's stream becomes a call of the peer's tenant.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiprecConfig {
+    /// SIP address, UDP and TCP on the same port (e.g. "0.0.0.0:5060"); absent: no SRS.
+    pub listen: Option<SocketAddr>,
+    /// SIP over TLS (TCP) on this address, with `[siprec.tls]`.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls: Option<TlsConfig>,
+    /// The address written in SDP answers (where the SRC sends RTP); absent: the address the
+    /// INVITE arrived on.
+    pub media_address: Option<std::net::IpAddr>,
+    /// RTP ports, inclusive; each stream takes an even port and the odd one above (RTCP).
+    pub rtp_ports: [u16; 2],
+    /// A stream with no RTP for this long (not paused) ends the recording: BYE to the SRC.
+    pub rtp_timeout_ms: u32,
+    /// Recording sessions at once; more get 503.
+    pub max_sessions: usize,
+    /// Packets the jitter buffer holds back to reorder (20 ms each).
+    pub jitter_packets: usize,
+    /// Waits this long before answering an INVITE (the SRC may CANCEL meanwhile); 0: at once.
+    pub answer_delay_ms: u32,
+    /// How the caller's stream is picked from the recording metadata: the stream whose
+    /// `label` is this, or the one sent by the participant whose `aor` matches `caller_aor`
+    /// (a regex), or by the participant whose `aor` does not match `agent_aor`; none set: the
+    /// first participant listed (SRCs list the calling party first).
+    pub caller_label: Option<String>,
+    pub caller_aor: Option<String>,
+    pub agent_aor: Option<String>,
+    /// SRCs allowed to record, each with the tenant that owns its calls; any other peer
+    /// gets 403.
+    pub peers: Vec<SiprecPeerConfig>,
+}
+
+/// An SRC (an SBC or call manager) by address.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SiprecPeerConfig {
+    pub tenant: String,
+    /// IP addresses or CIDR networks, e.g. ["10.20.0.0/16", "192.0.2.7"].
+    pub addresses: Vec<String>,
+}
+
+impl Default for SiprecConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls_listen: None,
+            tls: None,
+            media_address: None,
+            rtp_ports: [40_000, 40_999],
+            rtp_timeout_ms: 10_000,
+            max_sessions: 500,
+            jitter_packets: 5,
+            answer_delay_ms: 0,
+            caller_label: None,
+            caller_aor: None,
+            agent_aor: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl SiprecConfig {
+    pub fn is_active(&self) -> bool {
+        self.listen.is_some() || self.tls_listen.is_some()
+    }
+
+    fn validate(&self, bad: &mut impl FnMut(&str, String)) {
+        if !self.is_active() {
+            return;
+        }
+        if self.peers.is_empty() {
+            bad(
+                "siprec.peers",
+                "is empty, so every SRC would be refused".into(),
+            );
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if !valid_name(&p.tenant) {
+                bad(
+                    &format!("siprec.peers[{i}].tenant"),
+                    format!("{:?} is not 1-64 letters, digits or -_.", p.tenant),
+                );
+            }
+            if p.addresses.is_empty() {
+                bad(&format!("siprec.peers[{i}].addresses"), "is empty".into());
+            }
+            for a in &p.addresses {
+                if a.parse::<ipnet::IpNet>().is_err() && a.parse::<std::net::IpAddr>().is_err() {
+                    bad(
+                        &format!("siprec.peers[{i}].addresses"),
+                        format!("{a:?} is not an IP address or CIDR network"),
+                    );
+                }
+            }
+        }
+        let [lo, hi] = self.rtp_ports;
+        if lo < 1024 || hi < lo || (hi - lo) < 3 {
+            bad(
+                "siprec.rtp_ports",
+                format!("[{lo}, {hi}] must be at least 4 ports from 1024 up"),
+            );
+        }
+        if self.tls_listen.is_some() != self.tls.is_some() {
+            bad(
+                "siprec.tls",
+                "and siprec.tls_listen must be set together".into(),
+            );
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("siprec.tls.cert", &tls.cert), ("siprec.tls.key", &tls.key)] {
+                if !path.is_file() {
+                    bad(key, format!("{} not found", path.display()));
+                }
+            }
+        }
+        let set = [&self.caller_label, &self.caller_aor, &self.agent_aor]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set > 1 {
+            bad(
+                "siprec.caller_label",
+                "set only one of caller_label, caller_aor and agent_aor".into(),
+            );
+        }
+        for (key, re) in [
+            ("siprec.caller_aor", &self.caller_aor),
+            ("siprec.agent_aor", &self.agent_aor),
+        ] {
+            if let Some(re) = re
+                && let Err(e) = regex::Regex::new(re)
+            {
+                bad(key, format!("is not a regex: {e}"));
+            }
+        }
+        for (key, v, lo, hi) in [
+            (
+                "siprec.rtp_timeout_ms",
+                self.rtp_timeout_ms as usize,
+                500,
+                3_600_000,
+            ),
+            ("siprec.max_sessions", self.max_sessions, 1, 100_000),
+            ("siprec.jitter_packets", self.jitter_packets, 1, 50),
+            (
+                "siprec.answer_delay_ms",
+                self.answer_delay_ms as usize,
+                0,
+                30_000,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                bad(key, format!("{v} is outside {lo}..={hi}"));
+            }
+        }
+    }
 }
 
 /// Reads a secret named by config: an environment variable's value, or a file's first line.

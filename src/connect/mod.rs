@@ -6,7 +6,8 @@
 //! ```text
 //! Twilio Media Streams (WebSocket) ─► ws.rs (axum task) ─► twilio.rs (sans-I/O session) ─┐
 //! Genesys AudioHook (WebSocket) ────► hook_ws.rs (axum task) ─► audiohook.rs (sans-I/O) ──┤
-//! Asterisk AudioSocket (TCP) ───────► tcp.rs (tokio task) ─► audiosocket.rs (sans-I/O) ──┴► StreamCall
+//! Asterisk AudioSocket (TCP) ───────► tcp.rs (tokio task) ─► audiosocket.rs (sans-I/O) ──┤
+//! SIPREC (SIP + RTP, from an SBC) ───► sip/ (SRS task) ─► rtp/ (media task per session) ──┴► StreamCall
 //! ```
 //!
 //! Each protocol session is a plain state machine (`&mut self`; messages, bytes and time in;
@@ -15,6 +16,8 @@
 pub mod audiohook;
 pub mod audiosocket;
 mod hook_ws;
+pub mod rtp;
+pub mod sip;
 mod tcp;
 mod tls;
 pub mod twilio;
@@ -29,7 +32,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::{ConnectorsConfig, TwilioTrack, read_secret};
+use crate::config::{ConnectorsConfig, SiprecConfig, TwilioTrack, read_secret};
 use crate::guard::{EndSignal, Guard, StreamCall};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +71,17 @@ pub struct Connectors {
     audiosocket: Vec<(TcpListener, String)>,
     twilio: HashMap<String, TwilioTenant>,
     audiohook: HashMap<String, AudioHookTenant>,
+    siprec: Option<sip::SiprecServer>,
     config: ConnectorsConfig,
 }
 
 impl Connectors {
     /// Reads the tenants' secrets and the TLS files and binds every configured listener, so
     /// a mistake stops the daemon at startup.
-    pub async fn bind(config: &ConnectorsConfig) -> Result<Self, ConnectError> {
+    pub async fn bind(
+        config: &ConnectorsConfig,
+        siprec: &SiprecConfig,
+    ) -> Result<Self, ConnectError> {
         let mut twilio = HashMap::new();
         for t in &config.twilio {
             let auth_token = read_secret(t.auth_token_env.as_deref(), t.auth_token_file.as_deref())
@@ -139,9 +146,15 @@ impl Connectors {
         for a in &config.audiosocket {
             audiosocket.push((bind(a.listen).await?, a.tenant.clone()));
         }
+        let siprec = if siprec.is_active() {
+            Some(sip::SiprecServer::bind(siprec).await?)
+        } else {
+            None
+        };
         Ok(Self {
             ws,
             audiosocket,
+            siprec,
             twilio,
             audiohook,
             config: config.clone(),
@@ -160,6 +173,11 @@ impl Connectors {
             .iter()
             .filter_map(|(l, t)| Some((l.local_addr().ok()?, t.clone())))
             .collect()
+    }
+
+    /// The SIPREC server's SIP addresses: (UDP and TCP, TLS).
+    pub fn siprec_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        self.siprec.as_ref().map_or((None, None), |s| s.addrs())
     }
 
     /// Serves every listener until `shutdown` resolves; then live calls are ended (sessions
@@ -197,6 +215,14 @@ impl Connectors {
             });
             let stop = stopped(stop_rx.clone());
             tasks.spawn(async move { tcp::serve(state, listener, stop).await });
+        }
+        if let Some(srs) = self.siprec {
+            let stop = stopped(stop_rx.clone());
+            let guard = guard.clone();
+            tasks.spawn(async move {
+                srs.serve(guard, stop).await;
+                Ok(())
+            });
         }
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -237,6 +237,7 @@ pub fn call_info(r: &CallRecord) -> pb::CallInfo {
             CallSource::Twilio => pb::CallSource::Twilio,
             CallSource::AudioSocket => pb::CallSource::Audiosocket,
             CallSource::AudioHook => pb::CallSource::Audiohook,
+            CallSource::Siprec => pb::CallSource::Siprec,
         }) as i32,
         p_spoof: r.p_spoof,
         p_spoof_peak: r.p_spoof_peak,

@@ -34,6 +34,8 @@ pub enum CallSource {
     /// A Genesys Cloud AudioHook session.
     #[serde(rename = "audiohook")]
     AudioHook,
+    /// A SIPREC recording session (`src/connect/sip/`).
+    Siprec,
 }
 
 /// Frames of a streamed call: received, rejected, and lost (sequence gaps or a full queue).
