@@ -26,7 +26,9 @@ pub use registry::{
     CallEntry, CallRecord, CallRegistry, CallSource, CallUpdate, EndSignal, EndedSummary,
     FrameCounters, RegisterError,
 };
-pub use stream::{AlertFeed, FeedError, FeedItem, FrameError, OpenError, OpenSpec, StreamCall};
+pub use stream::{
+    AlertFeed, FeedError, FeedItem, FrameError, OpenError, OpenSpec, StreamCall, valid_call_id,
+};
 
 use crate::alert::{AlertFilter, AlertHub, AlertLog, StoreError};
 use crate::config::Config;

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""G.711 RTP for the SIPREC tests, written from RFC 3550 / RFC 3551 (independent of the Rust code).
+
+    rtp_pcap.py make WAV... --out caller.pcap [--law mu|a] [--loss 0.02] [--reorder 0.02] [--seed 1]
+    rtp_pcap.py send PCAP --to HOST:PORT          # plays a pcap's RTP in real time (the agent leg)
+
+`make`: the WAVs (any rate, mono 16-bit) joined, resampled to 8 kHz, encoded mu-law or A-law, and
+cut into 20 ms RTP packets (160 bytes, sequence and timestamp running from random starts, one
+SSRC) written as a pcap of Ethernet/IPv4/UDP frames 20 ms apart, for sipp's `play_pcap_audio`
+(which rewrites the addresses). `--loss` drops that share of packets, `--reorder` swaps that share
+with their successor, as a lossy network would. Prints one JSON line: packets, dropped, swapped.
+"""
+
+import argparse
+import json
+import random
+import socket
+import struct
+import sys
+import time
+import wave
+
+import numpy as np
+
+PTIME = 0.02
+RATE = 8000
+
+
+def read_wav(path):
+    with wave.open(path, "rb") as w:
+        assert w.getsampwidth() == 2, f"{path}: 16-bit PCM only"
+        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
+        x = x.reshape(-1, w.getnchannels()).mean(axis=1)
+        rate = w.getframerate()
+    if rate != RATE:
+        n = int(round(len(x) * RATE / rate))
+        x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x)
+    return np.clip(x, -32768, 32767)
+
+
+def mulaw(x):
+    # G.711 mu-law (ITU-T G.711 table, as the segment/quantisation formula).
+    bias, clip = 0x84, 32635
+    s = np.clip(x.astype(np.int32), -clip, clip)
+    sign = np.where(s < 0, 0x80, 0)
+    s = np.abs(s) + bias
+    exp = np.clip(np.floor(np.log2(s)).astype(np.int32) - 7, 0, 7)
+    mant = (s >> (exp + 3)) & 0x0F
+    return (~(sign | (exp << 4) | mant) & 0xFF).astype(np.uint8)
+
+
+def alaw(x):
+    s = np.clip(x.astype(np.int32), -32768, 32767) >> 3
+    sign = np.where(s >= 0, 0x80, 0)
+    a = np.where(s >= 0, s, -s - 1)
+    a = np.minimum(a, 0xFFF)
+    exp = np.where(a < 32, 0, np.floor(np.log2(np.maximum(a, 1))).astype(np.int32) - 4)
+    mant = np.where(exp == 0, a >> 1, a >> exp) & 0x0F
+    return ((sign | (exp << 4) | mant) ^ 0x55).astype(np.uint8)
+
+
+def checksum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def frame(payload, src=("10.0.0.1", 20000), dst=("10.0.0.2", 40000)):
+    udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
+                     socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    eth = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
+    return eth + ip + udp
+
+
+def make(args):
+    rng = random.Random(args.seed)
+    x = np.concatenate([read_wav(p) for p in args.wavs])
+    coded = mulaw(x) if args.law == "mu" else alaw(x)
+    pt = 0 if args.law == "mu" else 8
+    seq, ts, ssrc = rng.randrange(65536), rng.randrange(1 << 32), rng.randrange(1 << 32)
+    packets = []
+    for i in range(0, len(coded) - 159, 160):
+        header = struct.pack("!BBHII", 0x80, pt | (0x80 if i == 0 else 0), (seq + i // 160) & 0xFFFF,
+                             (ts + i) & 0xFFFFFFFF, ssrc)
+        packets.append(header + coded[i:i + 160].tobytes())
+    dropped = swapped = 0
+    if args.loss:
+        kept = []
+        for p in packets:
+            if rng.random() < args.loss:
+                dropped += 1
+            else:
+                kept.append(p)
+        packets = kept
+    if args.reorder:
+        i = 0
+        while i + 1 < len(packets):
+            if rng.random() < args.reorder:
+                packets[i], packets[i + 1] = packets[i + 1], packets[i]
+                swapped += 1
+                i += 2
+            else:
+                i += 1
+    with open(args.out, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        t0 = 1_700_000_000.0
+        for k, p in enumerate(packets):
+            fr = frame(p)
+            t = t0 + k * PTIME
+            f.write(struct.pack("<IIII", int(t), int(round((t % 1) * 1e6)) % 1_000_000, len(fr), len(fr)))
+            f.write(fr)
+    print(json.dumps({"packets": len(packets), "dropped": dropped, "swapped": swapped,
+                      "seconds": round(len(coded) / RATE, 2)}))
+
+
+def send(args):
+    host, port = args.to.rsplit(":", 1)
+    with open(args.pcap, "rb") as f:
+        data = f.read()
+    off, packets = 24, []
+    while off + 16 <= len(data):
+        _, _, n, _ = struct.unpack("<IIII", data[off:off + 16])
+        fr = data[off + 16:off + 16 + n]
+        packets.append(fr[14 + 20 + 8:])
+        off += 16 + n
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    start = time.monotonic()
+    for k, p in enumerate(packets):
+        delay = start + k * PTIME - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        s.sendto(p, (host, int(port)))
+    print(json.dumps({"sent": len(packets)}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("wavs", nargs="+")
+    m.add_argument("--out", required=True)
+    m.add_argument("--law", choices=["mu", "a"], default="mu")
+    m.add_argument("--loss", type=float, default=0.0)
+    m.add_argument("--reorder", type=float, default=0.0)
+    m.add_argument("--seed", type=int, default=1)
+    s = sub.add_parser("send")
+    s.add_argument("pcap")
+    s.add_argument("--to", required=True)
+    args = ap.parse_args()
+    make(args) if args.cmd == "make" else send(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

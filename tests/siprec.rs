@@ -1,0 +1,399 @@
+//! SIPREC into the daemon binary, with sipp (Debian `sip-tester`) as the recording client (the
+//! SRC): scenarios in `tests/sipp/`, G.711 RTP from pcaps made by `tests/clients/rtp_pcap.py`
+//! (sipp's `play_pcap_audio` plays the caller's stream, the script the agent's). The clone
+//! alert arrives on StreamAlerts with the recording metadata, for the caller's stream only;
+//! pause/resume, late metadata, CANCEL, refused codecs and peers, packet loss and an RTP stream
+//! that stops without BYE each do what RFC 7866 and RFC 3261 say.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use callguard::grpc::proto as pb;
+use common::daemon::Daemon;
+use common::grpc::*;
+
+fn config(dir: &Path, peer: &str, extra: &str) -> PathBuf {
+    let path = dir.join("daemon.toml");
+    let text = format!(
+        r#"[speech]
+vad_model = "{vad}"
+[detector]
+model = "{model}"
+when_full = "block"
+[server]
+listen = "127.0.0.1:0"
+[[server.tenants]]
+name = "bank-a"
+token_sha256 = "{a}"
+[store]
+path = "alerts.db"
+[transcribe]
+enabled = false
+[siprec]
+listen = "127.0.0.1:0"
+rtp_ports = [42000, 44999]
+rtp_timeout_ms = 1500
+agent_aor = "@cc\\.bank\\.example$"
+{extra}
+[[siprec.peers]]
+tenant = "bank-a"
+addresses = ["{peer}"]
+"#,
+        vad = common::root().join(".deps/silero_vad.onnx").display(),
+        model = common::root().join("models/detector.onnx").display(),
+        a = callguard::grpc::token_sha256(TOKEN_A),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(dir: &Path, extra: &str) -> Daemon {
+    Daemon::start(&config(dir, "127.0.0.1", extra), &[], &["gRPC", "SIPREC"])
+}
+
+fn venv_python() -> PathBuf {
+    common::root().join(".deps/venv/bin/python")
+}
+
+/// Writes `name` in `dir`: the WAVs as 20 ms PCMU RTP packets, with loss and reordering.
+fn pcap(dir: &Path, name: &str, wavs: &[&str], loss: f32) -> serde_json::Value {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg(common::root().join("tests/clients/rtp_pcap.py"))
+        .arg("make")
+        .args(wavs.iter().map(|w| common::audio(w)))
+        .arg("--out")
+        .arg(dir.join(name));
+    if loss > 0.0 {
+        cmd.args(["--loss", &loss.to_string(), "--reorder", &loss.to_string()]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn free_port(even: bool) -> u16 {
+    loop {
+        let p = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if (!even || p % 2 == 0) && p < 65_000 {
+            return p;
+        }
+    }
+}
+
+/// Runs one sipp scenario against the daemon from `dir` (where its pcaps are); returns
+/// whether every call of it succeeded, and sipp's output.
+fn sipp(
+    srs: &str,
+    dir: &Path,
+    scenario: &str,
+    call_id: &str,
+    duration_ms: u32,
+    local_ip: &str,
+) -> (bool, String) {
+    let agent_cmd = format!(
+        "{} {} send {} --to",
+        venv_python().display(),
+        common::root().join("tests/clients/rtp_pcap.py").display(),
+        dir.join("agent.pcap").display(),
+    );
+    let out = Command::new("sipp")
+        .current_dir(dir)
+        .arg(srs)
+        .arg("-sf")
+        .arg(common::root().join("tests/sipp").join(scenario))
+        .args(["-m", "1", "-l", "1", "-t", "u1", "-i", local_ip, "-nostdin"])
+        .args([
+            "-p",
+            &free_port(false).to_string(),
+            "-mp",
+            &free_port(true).to_string(),
+        ])
+        .args(["-d", &duration_ms.to_string()])
+        .args(["-cid_str", &format!("{call_id}-%u")])
+        .args(["-key", "agent_cmd", &agent_cmd])
+        .args([
+            "-timeout",
+            "90s",
+            "-timeout_error",
+            "-trace_err",
+            "-error_file",
+        ])
+        .arg(dir.join(format!("{scenario}.errors")))
+        .output()
+        .expect("sipp is installed by scripts/setup.sh (Debian sip-tester)");
+    let errors =
+        std::fs::read_to_string(dir.join(format!("{scenario}.errors"))).unwrap_or_default();
+    let text = format!(
+        "{}\n{}\n{errors}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+async fn next_alert(alerts: &mut tonic::Streaming<pb::AlertEvent>) -> pb::Alert {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(120), alerts.message())
+            .await
+            .expect("no alert in 120 s")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::alert_event::Event::Alert(a)) = event.event {
+            return a;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_call_raises_the_clone_alert_for_the_caller_stream_with_its_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), "");
+    pcap(dir.path(), "caller.pcap", &["synthetic_espeak.wav"], 0.0);
+    pcap(dir.path(), "agent.pcap", &["genuine_1.wav"], 0.0);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let mut alerts = client
+        .stream_alerts(pb::AlertSubscription::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let srs = daemon.addr("SIPREC").to_owned();
+    let path = dir.path().to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        sipp(&srs, &path, "call.xml", "clone", 10_000, "127.0.0.1")
+    });
+    let (ok, log) = run.await.unwrap();
+    assert!(ok, "{log}");
+    let alert = next_alert(&mut alerts).await;
+    assert_eq!(alert.call_id, "sip-clone-1");
+    assert_eq!(alert.kind, pb::AlertKind::SuspectedClone as i32);
+    let meta = alert.metadata.unwrap();
+    assert_eq!(
+        meta.ani, "+15551230001",
+        "the caller comes from the metadata"
+    );
+    assert_eq!(meta.dnis, "agent-7");
+    assert_eq!(meta.labels["siprec_session_id"], "hVpd7YQgRW2nD22h7q60JQ==");
+    assert_eq!(
+        meta.labels["siprec_participant_id"],
+        "srfBElmCRp2QB23b7Mpk0w=="
+    );
+    assert_eq!(meta.labels["siprec_stream_label"], "1");
+    assert_eq!(meta.labels["sip_call_id"], "clone-1");
+    let info = ended_call(&mut client, "sip-clone-1").await;
+    assert_eq!(info.source, pb::CallSource::Siprec as i32);
+    let summary = info.summary.unwrap();
+    assert_eq!(summary.verdict, pb::CallState::Suspected as i32);
+    // 8.95 s of caller audio, every 20 ms packet of it pushed as one frame.
+    assert!(
+        (440..=450).contains(&summary.frames_received),
+        "{summary:?}"
+    );
+    assert_eq!(summary.frames_rejected, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_on_the_agent_stream_is_not_screened() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), "");
+    pcap(dir.path(), "caller.pcap", &["genuine_1.wav"], 0.0);
+    pcap(dir.path(), "agent.pcap", &["synthetic_espeak.wav"], 0.0);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let (ok, log) = sipp(
+        daemon.addr("SIPREC"),
+        dir.path(),
+        "call.xml",
+        "agent-clone",
+        10_500,
+        "127.0.0.1",
+    );
+    assert!(ok, "{log}");
+    let summary = ended_call(&mut client, "sip-agent-clone-1")
+        .await
+        .summary
+        .unwrap();
+    assert_eq!(
+        summary.verdict,
+        pb::CallState::Genuine as i32,
+        "{summary:?}"
+    );
+    assert_eq!(summary.alerts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_late_metadata_and_loss_keep_the_call_screened() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), "");
+    let made = pcap(dir.path(), "caller.pcap", &["synthetic_espeak.wav"], 0.02);
+    assert!(made["dropped"].as_u64().unwrap() > 0 && made["swapped"].as_u64().unwrap() > 0);
+    pcap(dir.path(), "agent.pcap", &["genuine_1.wav"], 0.0);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    for (scenario, id) in [("pause.xml", "paused"), ("late_metadata.xml", "late")] {
+        let (ok, log) = sipp(
+            daemon.addr("SIPREC"),
+            dir.path(),
+            scenario,
+            id,
+            10_000,
+            "127.0.0.1",
+        );
+        assert!(ok, "{scenario}: {log}");
+        let info = ended_call(&mut client, &format!("sip-{id}-1")).await;
+        assert_eq!(info.metadata.unwrap().ani, "+15551230001", "{scenario}");
+        let s = info.summary.unwrap();
+        assert_eq!(
+            s.verdict,
+            pb::CallState::Suspected as i32,
+            "{scenario}: {s:?}"
+        );
+        // Lost packets are filled with silence: call time stays that of the RTP timestamps
+        // (8.94 s of caller audio), within 1 %.
+        assert!(s.audio_ms.abs_diff(8_940) <= 90, "{scenario}: {s:?}");
+        assert!(
+            s.frames_lost > 0,
+            "{scenario}: the lost packets are counted: {s:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_that_stops_without_bye_ends_the_session_with_our_bye() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), "");
+    pcap(dir.path(), "caller.pcap", &["genuine_1.wav"], 0.0);
+    pcap(dir.path(), "agent.pcap", &["genuine_1.wav"], 0.0);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    // sipp passes only if the SRS sends BYE once the caller's RTP has stopped.
+    let (ok, log) = sipp(
+        daemon.addr("SIPREC"),
+        dir.path(),
+        "rtp_stops.xml",
+        "stops",
+        0,
+        "127.0.0.1",
+    );
+    assert!(ok, "{log}");
+    let info = ended_call(&mut client, "sip-stops-1").await;
+    assert!(info.summary.unwrap().frames_received >= 480);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sessions_get_the_right_final_response() {
+    let dir = tempfile::tempdir().unwrap();
+    // Answers wait a second, so a CANCEL can come first.
+    let daemon = Daemon::start(
+        &config(dir.path(), "127.0.0.1", "answer_delay_ms = 1000"),
+        &[],
+        &["gRPC", "SIPREC"],
+    );
+    pcap(dir.path(), "caller.pcap", &["genuine_1.wav"], 0.0);
+    pcap(dir.path(), "agent.pcap", &["genuine_1.wav"], 0.0);
+    for scenario in ["cancel.xml", "codec.xml"] {
+        let (ok, log) = sipp(
+            daemon.addr("SIPREC"),
+            dir.path(),
+            scenario,
+            "refused",
+            0,
+            "127.0.0.1",
+        );
+        assert!(ok, "{scenario}: {log}");
+    }
+    // An SRC whose address is not in siprec.peers.
+    let (ok, log) = sipp(
+        daemon.addr("SIPREC"),
+        dir.path(),
+        "forbidden.xml",
+        "stranger",
+        0,
+        "127.0.0.2",
+    );
+    assert!(ok, "{log}");
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let calls = client
+        .list_calls(pb::ListCallsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .calls;
+    assert!(
+        calls.is_empty(),
+        "no refused session became a call: {calls:?}"
+    );
+
+    // Malformed SIP (RFC 4475-style) gets a 400 with a reason, or nothing when it cannot be
+    // answered; OPTIONS keep-alives and unknown methods are answered; the server lives on.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let srs = daemon.addr("SIPREC");
+    let head = |method: &str, extra: &str| {
+        format!(
+            "{method} sip:srs@{srs} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{method}\r\n\
+             From: <sip:sbc@{me}>;tag=1\r\nTo: <sip:srs@{srs}>\r\nCall-ID: torture-{method}\r\n\
+             CSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+    };
+    let ask = |msg: &str| -> Option<String> {
+        sock.send_to(msg.as_bytes(), srs).unwrap();
+        let mut buf = [0u8; 4096];
+        sock.recv_from(&mut buf)
+            .ok()
+            .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let status = |r: Option<String>| r.and_then(|r| r.split_whitespace().nth(1).map(str::to_owned));
+    assert_eq!(status(ask(&head("OPTIONS", ""))).as_deref(), Some("200"));
+    assert_eq!(status(ask(&head("REGISTER", ""))).as_deref(), Some("405"));
+    assert_eq!(status(ask(&head("BYE", ""))).as_deref(), Some("481"));
+    // Not a recording session: the siprec extension is required.
+    assert_eq!(
+        status(ask(&head("INVITE", "Contact: <sip:ua@x>\r\n"))).as_deref(),
+        Some("421")
+    );
+    // A body that is not the Content-Type it claims.
+    let bad_sdp = head(
+        "INVITE",
+        "Require: siprec\r\nContent-Type: application/sdp\r\n",
+    )
+    .replace(
+        "Content-Length: 0\r\n\r\n",
+        "Content-Length: 5\r\n\r\nhello",
+    )
+    // Another transaction: the same Call-ID and branch would be the 421's retransmission.
+    .replace("torture-INVITE", "torture-INVITE-2")
+    .replace("z9hG4bK-INVITE", "z9hG4bK-INVITE-2");
+    let r = ask(&bad_sdp).unwrap();
+    assert!(r.starts_with("SIP/2.0 400 Bad Request (SDP"), "{r}");
+    // Missing Call-ID: answerable, 400 names it.
+    let r = ask(&head("OPTIONS", "").replace("Call-ID: torture-OPTIONS\r\n", "")).unwrap();
+    assert!(r.starts_with("SIP/2.0 400") && r.contains("Call-ID"), "{r}");
+    // A negative Content-Length and a broken start line: no crash.
+    for junk in [
+        head("OPTIONS", "").replace("Content-Length: 0", "Content-Length: -999"),
+        "INVITE sip:x SIP/7.0\r\n\r\n".to_owned(),
+        "\u{0}\u{1}\u{2}garbage".to_owned(),
+    ] {
+        let _ = ask(&junk);
+    }
+    assert_eq!(
+        status(ask(&head("OPTIONS", ""))).as_deref(),
+        Some("200"),
+        "the SRS still answers"
+    );
+}
