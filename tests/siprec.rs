@@ -86,7 +86,7 @@ fn free_port(even: bool) -> u16 {
             .local_addr()
             .unwrap()
             .port();
-        if (!even || p % 2 == 0) && p < 65_000 {
+        if (!even || p.is_multiple_of(2)) && p < 65_000 {
             return p;
         }
     }

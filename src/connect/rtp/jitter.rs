@@ -37,6 +37,17 @@ pub enum Out {
     },
 }
 
+/// One packet's header fields that matter here, and its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    pub ssrc: u32,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub payload_type: u8,
+    pub kind: Payload,
+    pub payload: &'a [u8],
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct JitterCounters {
     pub received: u64,
@@ -87,16 +98,15 @@ impl JitterBuffer {
     }
 
     /// Takes one packet; appends what is now due to `out`.
-    pub fn push(
-        &mut self,
-        ssrc: u32,
-        sequence: u16,
-        timestamp: u32,
-        payload_type: u8,
-        kind: Payload,
-        payload: &[u8],
-        out: &mut Vec<Out>,
-    ) {
+    pub fn push(&mut self, packet: Packet, out: &mut Vec<Out>) {
+        let Packet {
+            ssrc,
+            sequence,
+            timestamp,
+            payload_type,
+            kind,
+            payload,
+        } = packet;
         self.counters.received += 1;
         if self.ssrc.is_some_and(|s| s != ssrc) {
             // A new source (the SRC switched media): what is held plays out, then the new
@@ -203,16 +213,28 @@ impl JitterBuffer {
 mod tests {
     use super::*;
 
+    fn packet(
+        ssrc: u32,
+        sequence: u16,
+        timestamp: u32,
+        kind: Payload,
+        payload: &[u8],
+    ) -> Packet<'_> {
+        Packet {
+            ssrc,
+            sequence,
+            timestamp,
+            payload_type: if kind == Payload::Audio { 0 } else { 101 },
+            kind,
+            payload,
+        }
+    }
+
     fn feed(j: &mut JitterBuffer, packets: &[(u32, u16, u32)]) -> Vec<Out> {
         let mut out = Vec::new();
         for &(ssrc, seq, ts) in packets {
             j.push(
-                ssrc,
-                seq,
-                ts,
-                0,
-                Payload::Audio,
-                &[seq as u8; 160],
+                packet(ssrc, seq, ts, Payload::Audio, &[seq as u8; 160]),
                 &mut out,
             );
         }
@@ -298,10 +320,10 @@ mod tests {
     fn events_and_comfort_noise_are_skipped_and_their_time_filled() {
         let mut j = JitterBuffer::new(1);
         let mut out = Vec::new();
-        j.push(1, 1, 0, 0, Payload::Audio, &[1; 160], &mut out);
-        j.push(1, 2, 160, 101, Payload::Skip, &[0; 4], &mut out);
-        j.push(1, 3, 160, 101, Payload::Skip, &[0; 4], &mut out);
-        j.push(1, 4, 480, 0, Payload::Audio, &[4; 160], &mut out);
+        j.push(packet(1, 1, 0, Payload::Audio, &[1; 160]), &mut out);
+        j.push(packet(1, 2, 160, Payload::Skip, &[0; 4]), &mut out);
+        j.push(packet(1, 3, 160, Payload::Skip, &[0; 4]), &mut out);
+        j.push(packet(1, 4, 480, Payload::Audio, &[4; 160]), &mut out);
         j.flush(&mut out);
         assert_eq!(order(&out), ["a1", "s320", "a4"]);
         assert_eq!(j.counters().skipped, 2);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use self::jitter::{JitterBuffer, JitterCounters, Out};
+use self::jitter::{JitterBuffer, JitterCounters, Out, Packet as RtpPacket};
 use super::sip::sdp::Codec;
 use super::{CallLink, LinkEvent};
 use crate::audio::g711;
@@ -276,7 +276,15 @@ impl MediaTask {
                     timed_out = false;
                     flushed = false;
                     let seq: u16 = r.sequence_number().into();
-                    jitter.push(r.ssrc(), seq, r.timestamp(), pt, codec.payload(), r.payload(), &mut out);
+                    let packet = RtpPacket {
+                        ssrc: r.ssrc(),
+                        sequence: seq,
+                        timestamp: r.timestamp(),
+                        payload_type: pt,
+                        kind: codec.payload(),
+                        payload: r.payload(),
+                    };
+                    jitter.push(packet, &mut out);
                 }
                 event = link.next() => {
                     if let LinkEvent::Ended = event {

@@ -54,11 +54,9 @@ impl Recording {
         };
         for n in root.children().filter(ours) {
             match n.tag_name().name() {
-                "session" => {
-                    if r.session_id.is_empty() {
-                        r.session_id = n.attribute("session_id").unwrap_or_default().into();
-                        r.sip_session_id = text_of(n, "sipSessionID").unwrap_or_default();
-                    }
+                "session" if r.session_id.is_empty() => {
+                    r.session_id = n.attribute("session_id").unwrap_or_default().into();
+                    r.sip_session_id = text_of(n, "sipSessionID").unwrap_or_default();
                 }
                 "participant" => {
                     let id = n.attribute("participant_id").unwrap_or_default().to_owned();
