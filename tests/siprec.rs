@@ -101,6 +101,7 @@ fn sipp(
     call_id: &str,
     duration_ms: u32,
     local_ip: &str,
+    transport: &str,
 ) -> (bool, String) {
     let agent_cmd = format!(
         "{} {} send {} --to",
@@ -113,7 +114,8 @@ fn sipp(
         .arg(srs)
         .arg("-sf")
         .arg(common::root().join("tests/sipp").join(scenario))
-        .args(["-m", "1", "-l", "1", "-t", "u1", "-i", local_ip, "-nostdin"])
+        .args(["-m", "1", "-l", "1", "-i", local_ip, "-nostdin"])
+        .args(["-t", transport])
         .args([
             "-p",
             &free_port(false).to_string(),
@@ -176,7 +178,7 @@ async fn a_recorded_call_raises_the_clone_alert_for_the_caller_stream_with_its_m
     let srs = daemon.addr("SIPREC").to_owned();
     let path = dir.path().to_owned();
     let run = tokio::task::spawn_blocking(move || {
-        sipp(&srs, &path, "call.xml", "clone", 10_000, "127.0.0.1")
+        sipp(&srs, &path, "call.xml", "clone", 10_000, "127.0.0.1", "u1")
     });
     let (ok, log) = run.await.unwrap();
     assert!(ok, "{log}");
@@ -222,6 +224,7 @@ async fn a_clone_on_the_agent_stream_is_not_screened() {
         "agent-clone",
         10_500,
         "127.0.0.1",
+        "u1",
     );
     assert!(ok, "{log}");
     let summary = ended_call(&mut client, "sip-agent-clone-1")
@@ -252,6 +255,7 @@ async fn pause_resume_late_metadata_and_loss_keep_the_call_screened() {
             id,
             10_000,
             "127.0.0.1",
+            "u1",
         );
         assert!(ok, "{scenario}: {log}");
         let info = ended_call(&mut client, &format!("sip-{id}-1")).await;
@@ -273,24 +277,89 @@ async fn pause_resume_late_metadata_and_loss_keep_the_call_screened() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtp_that_stops_without_bye_ends_the_session_with_our_bye() {
+async fn rtp_that_stops_without_bye_ends_the_session_with_our_bye_over_udp_and_tcp() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = start(dir.path(), "");
     pcap(dir.path(), "caller.pcap", &["genuine_1.wav"], 0.0);
     pcap(dir.path(), "agent.pcap", &["genuine_1.wav"], 0.0);
     let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
-    // sipp passes only if the SRS sends BYE once the caller's RTP has stopped.
-    let (ok, log) = sipp(
-        daemon.addr("SIPREC"),
-        dir.path(),
-        "rtp_stops.xml",
-        "stops",
-        0,
-        "127.0.0.1",
+    // sipp passes only if the SRS sends BYE once the caller's RTP has stopped (over TCP: on
+    // the connection the INVITE came on).
+    for transport in ["u1", "t1"] {
+        let id = format!("stops-{transport}");
+        let (ok, log) = sipp(
+            daemon.addr("SIPREC"),
+            dir.path(),
+            "rtp_stops.xml",
+            &id,
+            0,
+            "127.0.0.1",
+            transport,
+        );
+        assert!(ok, "{transport}: {log}");
+        let info = ended_call(&mut client, &format!("sip-{id}-1")).await;
+        assert!(info.summary.unwrap().frames_received >= 480, "{transport}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_over_tls_is_answered() {
+    use rcgen::{CertificateParams, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let extra =
+        "tls_listen = \"127.0.0.1:0\"\n[siprec.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"";
+    let daemon = Daemon::start(
+        &config(dir.path(), "127.0.0.1", extra),
+        &[],
+        &["gRPC", "SIPREC-TLS"],
     );
-    assert!(ok, "{log}");
-    let info = ended_call(&mut client, "sip-stops-1").await;
-    assert!(info.summary.unwrap().frames_received >= 480);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(daemon.addr("SIPREC-TLS"))
+        .await
+        .unwrap();
+    let me = tcp.local_addr().unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let options = format!(
+        "OPTIONS sips:srs@localhost SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bK-tls1\r\n\
+         From: <sips:sbc@localhost>;tag=1\r\nTo: <sips:srs@localhost>\r\nCall-ID: tls-options\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    // A keep-alive CRLF first (RFC 5626), then the request split across two writes.
+    stream.write_all(b"\r\n\r\n").await.unwrap();
+    let (a, b) = options.as_bytes().split_at(40);
+    stream.write_all(a).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(b).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("SIP/2.0 200 OK\r\n"), "{reply}");
+    assert!(reply.contains("Supported: siprec"), "{reply}");
+    assert!(reply.contains("Via: SIP/2.0/TLS"), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,6 +381,7 @@ async fn refused_sessions_get_the_right_final_response() {
             "refused",
             0,
             "127.0.0.1",
+            "u1",
         );
         assert!(ok, "{scenario}: {log}");
     }
@@ -323,6 +393,7 @@ async fn refused_sessions_get_the_right_final_response() {
         "stranger",
         0,
         "127.0.0.2",
+        "u1",
     );
     assert!(ok, "{log}");
     let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
