@@ -126,6 +126,8 @@ pub struct MediaCounters {
     pub malformed: u64,
     pub unknown_payload: u64,
     pub queue_full: u64,
+    /// Frames the call did not take (the server overloaded or stopping).
+    pub frames_not_taken: u64,
 }
 
 struct Packet {
@@ -314,7 +316,7 @@ impl MediaTask {
                     .unwrap_or_default();
                 if let Some(call) = link.call() {
                     for o in out.drain(..) {
-                        push(call, &codecs, o, &mut sequence);
+                        counters.frames_not_taken += push(call, &codecs, o, &mut sequence);
                     }
                     let lost = jitter.counters().lost;
                     if lost > lost_reported {
@@ -333,7 +335,7 @@ impl MediaTask {
                 .map(|s| s.media.codecs.clone())
                 .unwrap_or_default();
             for o in out.drain(..) {
-                push(call, &codecs, o, &mut sequence);
+                counters.frames_not_taken += push(call, &codecs, o, &mut sequence);
             }
         }
         link.finish().await;
@@ -347,8 +349,9 @@ impl MediaTask {
     }
 }
 
-/// Decodes one jitter-buffer output to 16-bit PCM and pushes it in 20 ms frames.
-fn push(call: &mut StreamCall, codecs: &HashMap<u8, Codec>, out: Out, sequence: &mut u64) {
+/// Decodes one jitter-buffer output to 16-bit PCM and pushes it in 20 ms frames; returns the
+/// frames the call did not take.
+fn push(call: &mut StreamCall, codecs: &HashMap<u8, Codec>, out: Out, sequence: &mut u64) -> u64 {
     let pcm: Vec<i16> = match out {
         Out::Audio {
             payload_type,
@@ -356,17 +359,20 @@ fn push(call: &mut StreamCall, codecs: &HashMap<u8, Codec>, out: Out, sequence: 
         } => match codecs.get(&payload_type) {
             Some(Codec::Pcmu) => payload.iter().map(|&b| g711::mulaw_to_linear(b)).collect(),
             Some(Codec::Pcma) => payload.iter().map(|&b| g711::alaw_to_linear(b)).collect(),
-            _ => return,
+            _ => return 0,
         },
         Out::Silence { samples } => vec![0; samples as usize],
     };
+    let mut failed = 0;
     for chunk in pcm.chunks(FRAME_SAMPLES) {
         let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
         if let Err(e) = call.push(*sequence, &bytes) {
             tracing::debug!(call_id = call.call_id(), error = %e, "SIPREC frame not taken.");
+            failed += 1;
         }
         *sequence += 1;
     }
+    failed
 }
 
 #[cfg(test)]

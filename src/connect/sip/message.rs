@@ -73,18 +73,28 @@ impl Request {
     pub fn parse(bytes: &[u8]) -> Result<Self, SipError> {
         match SipMessage::try_from(bytes) {
             Ok(SipMessage::Request(r)) => {
-                let req = Self {
+                let mut req = Self {
                     method: r.method.to_string(),
                     uri: r.uri.to_string(),
                     fields: fields_of(&r.headers),
                     body: r.body,
                 };
-                match req.missing() {
-                    None => Ok(req),
-                    Some(what) => Err(SipError::Malformed {
+                if let Some(what) = req.missing() {
+                    return Err(SipError::Malformed {
                         reason: format!("no {what} header"),
                         reply: (what != "Via").then(|| Box::new(req)),
-                    }),
+                    });
+                }
+                let problem = req.inconsistency();
+                match problem {
+                    None => Ok(req),
+                    Some(reason) => {
+                        req.body.clear();
+                        Err(SipError::Malformed {
+                            reason,
+                            reply: Some(Box::new(req)),
+                        })
+                    }
                 }
             }
             Ok(SipMessage::Response(r)) => {
@@ -111,6 +121,35 @@ impl Request {
         ["Via", "From", "To", "Call-ID", "CSeq"]
             .into_iter()
             .find(|h| self.header(h).is_none_or(str::is_empty))
+    }
+
+    /// What RFC 3261 says makes a well-formed request bad: a CSeq that is not "number METHOD"
+    /// of this method (section 8.1.1.5), a Content-Length that is not the body's (18.3; a
+    /// datagram's extra bytes are cut off).
+    fn inconsistency(&mut self) -> Option<String> {
+        match self.cseq() {
+            Some((_, m)) if m == self.method => {}
+            Some((_, m)) => {
+                return Some(format!(
+                    "CSeq method {m} is not the request's {}",
+                    self.method
+                ));
+            }
+            None => return Some("CSeq is not a number and a method".into()),
+        }
+        if let Some(v) = self.header("content-length") {
+            let Ok(n) = v.trim().parse::<usize>() else {
+                return Some(format!("Content-Length {v:?} is not a number"));
+            };
+            if n > self.body.len() {
+                return Some(format!(
+                    "Content-Length {n} is more than the {} bytes of body",
+                    self.body.len()
+                ));
+            }
+            self.body.truncate(n);
+        }
+        None
     }
 
     /// The first value of a header (by its full name, any case).
@@ -391,6 +430,58 @@ Content-Length: 0\r\n\r\n";
         match Request::parse(b"\x00\x01hello") {
             Err(SipError::Malformed { reply, .. }) => assert!(reply.is_none()),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Messages in the spirit of RFC 4475 ("SIP Torture Test Messages"): each parses or is
+    /// refused without a panic, and what can be answered gets a well-formed 400.
+    #[test]
+    fn torture_messages_are_answered_or_dropped_never_a_panic() {
+        let base = "Via: SIP/2.0/UDP 192.0.2.15;branch=z9hG4bKkdjuw\r\nTo: sip:j.user@example.com\r\n\
+From: sip:caller@example.net;tag=134161461246\r\nMax-Forwards: 7\r\nCall-ID: torture.0ha0isndaksdj\r\n";
+        let cases: Vec<(String, Option<&str>)> = vec![
+            // 3.1.2.4 ncl: negative Content-Length.
+            (format!("INVITE sip:user@example.com SIP/2.0\r\n{base}CSeq: 8 INVITE\r\nContent-Length: -999\r\n\r\n"), Some("400")),
+            // 3.1.2.2 clerr: Content-Length larger than the body.
+            (format!("INVITE sip:user@example.com SIP/2.0\r\n{base}CSeq: 8 INVITE\r\nContent-Length: 9999\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n"), Some("400")),
+            // 3.1.2.11 mismatch01: CSeq method is not the request's.
+            (format!("OPTIONS sip:user@example.com SIP/2.0\r\n{base}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"), Some("400")),
+            // 3.1.2.12 mismatch02: an unknown method.
+            (format!("NEWMETHOD sip:user@example.com SIP/2.0\r\n{base}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"), None),
+            // 3.1.2.16 badvers: SIP/7.0.
+            (format!("OPTIONS sip:t.watson@example.org SIP/7.0\r\n{base}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"), None),
+            // 3.1.2.1 badinv01: empty Via parameters.
+            (format!("INVITE sip:user@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\nTo: sip:j.user@example.com\r\nFrom: sip:caller@example.net;tag=1\r\nCall-ID: badinv01\r\nCSeq: 8 INVITE\r\nContent-Length: 0\r\n\r\n"), None),
+            // 3.1.2.6 quotbal: an unterminated quoted string.
+            (format!("INVITE sip:user@example.com SIP/2.0\r\n{base}CSeq: 8 INVITE\r\nContact: \"Mr J. User <sip:j.user@192.0.2.5>\r\nContent-Length: 0\r\n\r\n"), None),
+            // A response with a huge status code (3.1.2.13 bigcode).
+            ("SIP/2.0 4294967301 better not break the receiver\r\nVia: SIP/2.0/UDP 192.0.2.105;branch=z9hG4bK2398ndaoe\r\nCall-ID: bigcode\r\nCSeq: 353494 INVITE\r\nContent-Length: 0\r\n\r\n".into(), None),
+            // Line folding and odd whitespace (3.1.1.1 wsinv, simplified).
+            ("OPTIONS sip:user@example.com SIP/2.0\r\nVia  :  SIP/2.0/UDP 192.0.2.2;branch=390skdjuw\r\nTO :\r\n sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n\r\nfrom   : sip:jdrosen@example.com;tag=98asjd8\r\nCall-ID: wsinv.ndaksdj@192.0.2.1\r\ncseq: 0009\r\n  OPTIONS\r\nContent-Length: 0\r\n\r\n".into(), None),
+            // Truncated in the middle of the headers, and binary garbage.
+            ("INVITE sip:user@example.com SIP/2.0\r\nVia: SIP/2.0/UDP".into(), None),
+            (String::from_utf8_lossy(&[0xff, 0xfe, 0x00, 0x41, 0x0d, 0x0a]).into_owned(), None),
+        ];
+        for (text, want) in cases {
+            match Request::parse(text.as_bytes()) {
+                Ok(r) => {
+                    // Parsed after all: it must still answer cleanly.
+                    let resp = String::from_utf8(r.response(200, None, None, &[], None)).unwrap();
+                    assert!(resp.starts_with("SIP/2.0 200"), "{text:?}");
+                }
+                Err(SipError::Malformed { reason, reply }) => {
+                    if let Some(code) = want {
+                        let r = reply
+                            .unwrap_or_else(|| panic!("{text:?}: {reason} should be answerable"));
+                        let resp =
+                            String::from_utf8(r.response(400, Some(&reason), None, &[], None))
+                                .unwrap();
+                        assert!(resp.starts_with(&format!("SIP/2.0 {code} ")), "{resp}");
+                        assert!(resp.ends_with("Content-Length: 0\r\n\r\n"), "{resp}");
+                    }
+                }
+                Err(SipError::Response { .. }) => assert!(text.starts_with("SIP/2.0")),
+            }
         }
     }
 

@@ -1126,6 +1126,7 @@ fn log_finished(id: &str, c: &super::rtp::MediaCounters) {
         malformed = c.malformed,
         unknown_payload = c.unknown_payload,
         queue_full = c.queue_full,
+        frames_not_taken = c.frames_not_taken,
         "SIPREC session finished."
     );
 }
