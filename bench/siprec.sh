@@ -19,6 +19,7 @@ CONCURRENT=${CONCURRENT:-20}
 RATE=${RATE:-2}
 LONG=${LONG:-0}
 PY=$ROOT/.deps/venv/bin/python
+source bench/lib.sh
 [ -x "$PY" ] || scripts/setup.sh >&2
 [ -f .deps/audio/genuine_3.wav ] || scripts/make-test-audio.sh >&2
 cargo build --release --quiet
@@ -27,9 +28,9 @@ daemon=
 trap 'kill $daemon 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 if [ "$LONG" = 1 ]; then
-  # 10.8 minutes of the Asterisk prompts on the caller stream.
+  # 10.8 minutes of the Asterisk prompts on the caller stream; sipp's BYE after 10.7.
   caller=(); for _ in 1 2 3 4 5 6; do caller+=(.deps/audio/prompts.wav); done
-  CALLS=1; CONCURRENT=1; call_ms=660000
+  CALLS=1; CONCURRENT=1; call_ms=640000
 else
   caller=(.deps/audio/genuine_3.wav .deps/audio/synthetic_espeak.wav)
   call_ms=33500
@@ -64,21 +65,9 @@ addresses = ["127.0.0.1"]
 EOF
 CALLGUARD_LOG=info target/release/callguard --config "$work/daemon.toml" run --json >"$work/events.jsonl" 2>"$work/daemon.log" &
 daemon=$!
-for _ in $(seq 100); do grep -q "SIPREC listening" "$work/daemon.log" && break; sleep 0.1; done
+wait_listening "$work/daemon.log" SIPREC
 
-# CPU by thread name, sampled each second: connect (SIP/RTP) and the rest (detection path).
-sample() {
-  local hz; hz=$(getconf CLK_TCK)
-  while kill -0 "$daemon" 2>/dev/null; do
-    awk -v hz="$hz" -v t="$(date +%s.%N)" -v rss="$(awk '/VmRSS/{print $2}' /proc/$daemon/status 2>/dev/null)" '
-      { n = $0; sub(/^[^(]*\(/, "", n); name = n; sub(/\).*/, "", name); sub(/^[^)]*\) /, "", n);
-        split(n, f, " "); cpu = (f[12] + f[13]) / hz;
-        if (name == "connect") c += cpu; else o += cpu }
-      END { printf "%s %.2f %.2f %s\n", t, c, o, rss }' /proc/$daemon/task/*/stat 2>/dev/null || true
-    sleep 1
-  done
-}
-sample >"$work/cpu.txt" &
+cpu_by_thread "$daemon" >"$work/cpu.txt" &
 sampler=$!
 
 start=$(date +%s.%N)
@@ -92,9 +81,9 @@ sleep 3
 kill -INT $daemon; wait $daemon 2>/dev/null || true
 kill $sampler 2>/dev/null || true
 
-"$PY" - "$work" "$CALLS" "$CONCURRENT" "$wall" "$sipp_ok" "$LONG" <<'PY'
+"$PY" - "$work" "$CALLS" "$CONCURRENT" "$wall" "$sipp_ok" "$LONG" "$call_ms" <<'PY'
 import json, re, sys
-work, calls, concurrent, wall, sipp_ok, long = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1", sys.argv[6] == "1"
+work, calls, concurrent, wall, sipp_ok, long, call_ms = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1", sys.argv[6] == "1", int(sys.argv[7])
 ended = [json.loads(l)["summary"] for l in open(f"{work}/events.jsonl") if '"event":"ended"' in l]
 audio_s = sum(s["audio_ms"] for s in ended) / 1000
 log = [re.sub(r"\x1b\[[0-9;]*m", "", l) for l in open(f"{work}/daemon.log")]
@@ -118,7 +107,8 @@ out = {
     "rss_kb_first_last_max": [rss[len(rss) // 10] if rss else None, rss[-1] if rss else None, max(rss) if rss else None],
 }
 if long:
-    out["call_time_vs_wall"] = round(audio_s / (660 - 0), 4)
+    # The session lasts call_ms from the answer to sipp's BYE, the caller talking throughout.
+    out["call_time_vs_session_time"] = round(audio_s / (call_ms / 1000), 4)
     out["rss_kb_by_minute"] = [int(r[3]) for r in rows[::60]]
 else:
     out["clones_alerted"] = len(delays)
