@@ -136,6 +136,18 @@ y = ort.InferenceSession(f"{d}/model/detector.onnx").run(None, {"waveform": np.z
 assert y.shape == (3,), y.shape
 print(f"cnn smoke: {len(r['folds'])} folds scored by the rule, candidate exported")
 PY
+# The sequential test vs the shipped alert rule, on the tiny CNN's window logits: every rule
+# replayed on calls built from them (the batched replay is checked against train/fusion.py's).
+.deps/venv/bin/python train/sequential.py --tiny --cache "$tiny/cnn" >/dev/null
+.deps/venv/bin/python - "$tiny/cnn/sequential/sequential.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+test = r["pooled"]["test"]["all"]
+assert r["shipped"] in test and any(n.startswith("cusum") for n in test), test.keys()
+assert test[r["shipped"]]["switches"] >= 1 and test[r["shipped"]]["genuine_hours"] > 0, test[r["shipped"]]
+assert r["pick"]["test"]["all"] in test, r["pick"]
+print(f"sequential smoke: {len(test)} rules on {test[r['shipped']]['switches']} switch calls, pick {r['pick']['test']['all']}")
+PY
 # Per-channel-class thresholds under the daemon's rule, written into a sidecar.
 .deps/venv/bin/python train/class_thresholds.py "$tiny" --tiny --write >/dev/null
 .deps/venv/bin/python - "$tiny/detector.json" <<'PY'

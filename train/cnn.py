@@ -396,9 +396,35 @@ def export(args):
 # ---------------------------------------------------------------------------------- report
 
 
-def report(args):
+def finished_runs(cache, files, tiny, extra=None):
+    """(fold name, seed as a string, families held out, logits file) of every finished run in the
+    cache, in file order; `all` (the candidate) holds nothing out. Unknown fold names are skipped."""
+    for run in sorted((cache / ("runs-" + extra if extra else "runs")).glob("*_s*.npy")):
+        name, seed = run.stem.rsplit("_s", 1)
+        held = () if name == "all" else folds(files, tiny).get(name)
+        if held is not None:
+            yield name, seed, held, run
+
+
+def window_logits(index, channels, logits):
+    """(file index, channel name) -> that file's window logits through that channel, in time order
+    (1 s windows, 0.5 s hop, at most EVAL_WINDOWS), from one run's logits and eval_index.npy."""
+    return {(int(k), channels[int(ch)]): logits[start:start + n] for k, ch, start, n in index}
+
+
+def platt(per, files, held):
+    """Platt scaling (a, b) of one run, calibrated logit = a * logit + b: a logistic regression on
+    the calibration split's windows (every channel) of every family but the held-out ones."""
     from sklearn.linear_model import LogisticRegression
 
+    cal = [(per[(k, ch)], files[k]["label"] == "spoof") for (k, ch) in per
+           if files[k]["split"] == "calib" and files[k]["family"] not in held]
+    fit = LogisticRegression(C=1e4).fit(np.concatenate([x for x, _ in cal])[:, None],
+                                        np.concatenate([np.full(len(x), s) for x, s in cal]))
+    return float(fit.coef_[0][0]), float(fit.intercept_[0])
+
+
+def report(args):
     sys.path.insert(0, str(Path(__file__).parent))
     import product_check
     import train as T
@@ -410,22 +436,10 @@ def report(args):
     files, channels = meta["files"], meta["channels"]
     index = np.load(args.cache / "eval_index.npy")
     smoothing, enter = product_check.verdict_rule()
-    runs = sorted((args.cache / ("runs-" + args.extra if args.extra else "runs")).glob("*_s*.npy"))
     result = {"channels": channels, "folds": {}, "rule": [smoothing, enter]}
-    for run in runs:
-        name, seed = run.stem.rsplit("_s", 1)
-        held = () if name == "all" else folds(files, args.tiny).get(name)
-        if held is None:
-            continue
-        logits = np.load(run)
-        per = {}  # (file, channel) -> window logits
-        for k, ch, start, n in index:
-            per[(int(k), channels[int(ch)])] = logits[start:start + n]
-        cal = [(per[(k, ch)], files[k]["label"] == "spoof") for (k, ch) in per
-               if files[k]["split"] == "calib" and files[k]["family"] not in held]
-        platt = LogisticRegression(C=1e4).fit(np.concatenate([x for x, _ in cal])[:, None],
-                                              np.concatenate([np.full(len(x), s) for x, s in cal]))
-        a, b = float(platt.coef_[0][0]), float(platt.intercept_[0])
+    for name, seed, held, run in finished_runs(args.cache, files, args.tiny, args.extra):
+        per = window_logits(index, channels, np.load(run))
+        a, b = platt(per, files, held)
         if name == "all":  # the candidate: its calibration, for export
             (run.parent / f"{run.stem}.platt.json").write_text(json.dumps({"a": a, "b": b}))
             continue
