@@ -148,6 +148,20 @@ assert test[r["shipped"]]["switches"] >= 1 and test[r["shipped"]]["genuine_hours
 assert r["pick"]["test"]["all"] in test, r["pick"]
 print(f"sequential smoke: {len(test)} rules on {test[r['shipped']]['switches']} switch calls, pick {r['pick']['test']['all']}")
 PY
+# The prepared GPU fine-tuning, on CPU: a tiny pack, scripts/gpu-cnn.sh on it, its checkpoints
+# scored back on the tiny cache and reported.
+.deps/venv/bin/python train/cnn.py pack --tiny --cache "$tiny/cnn" --pack-out "$tiny/cnn-pack" >/dev/null
+OUT="$tiny/gpu-out" PACK="$tiny/cnn-pack" PY=/usr/bin/python3 EPOCHS=1 scripts/gpu-cnn.sh --tiny >/dev/null
+mkdir -p "$tiny/cnn/runs-gpu"
+tar -C "$tiny/cnn/runs-gpu" -xf "$tiny/gpu-out/gpu-cnn-runs.tar" --wildcards '*.pt'
+/usr/bin/python3 train/cnn.py score --tiny --cache "$tiny/cnn" --runs "$tiny/cnn/runs-gpu" >/dev/null
+.deps/venv/bin/python train/cnn.py report --tiny --cache "$tiny/cnn" --runs "$tiny/cnn/runs-gpu" --out "$tiny/cnn-gpu" >/dev/null
+.deps/venv/bin/python - "$tiny/cnn-gpu/cnn.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert "tts-a" in r["folds"] and all(0 <= v["eer_rule"] <= 1 for s in r["folds"]["tts-a"].values() for v in s.values()), r
+print(f"gpu-cnn smoke: {sum(len(s) for s in r['folds'].values())} runs trained from the pack, scored and reported")
+PY
 # Per-channel-class thresholds under the daemon's rule, written into a sidecar.
 .deps/venv/bin/python train/class_thresholds.py "$tiny" --tiny --write >/dev/null
 .deps/venv/bin/python - "$tiny/detector.json" <<'PY'

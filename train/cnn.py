@@ -164,6 +164,75 @@ def prepare_extra(args):
     print(f"prepare-extra: {len(items)} Kokoro clips, {len(crops)} crops -> {args.cache / 'extra_kokoro.npy'}")
 
 
+# ------------------------------------------------------------------------------------ pack
+
+
+def pack(args):
+    """A compact copy of a cache for a machine without the data (scripts/gpu-cnn.sh), at most
+    `--mib` MiB: training crops drawn without replacement with `weights()`'s per-system/source
+    weighting (rare systems and sources keep all their crops, abundant ones are thinned), and the
+    evaluation windows of the zero-shot fold's report (calibration split, genuine test files, both
+    zero-shot families) through `--pack-channels`, at most `--pack-windows` per file: enough for a
+    quick look on that machine, not for the report, which scores the returned checkpoints on the
+    whole cache (`score`). Features are stored as uint8 with a per-band offset and step
+    (NAME.quant.npy, about 0.1 nat a step), half of float16's size; files.json keeps only the files
+    the rows come from, re-indexed."""
+    src, dst = args.cache, args.pack_out
+    meta = json.loads((src / "files.json").read_text())
+    files, channels = meta["files"], meta["channels"]
+    train_x = np.load(src / "train_x.npy", mmap_mode="r")
+    train_file = np.load(src / "train_file.npy")
+    eval_x = np.load(src / "eval_x.npy", mmap_mode="r")
+    eval_index = np.load(src / "eval_index.npy")
+    label = np.array([f["label"] == "spoof" for f in files])
+    rng = np.random.default_rng(SEED + 7)
+    keep_ch = set(channels) if args.tiny else set(args.pack_channels.split(","))
+    held = tuple({f["family"] for f in files if f["label"] == "spoof"}) if args.tiny else ZERO_SHOT
+    needed = needed_windows(files, eval_index, held, False, len(eval_x))
+    eval_rows, index_rows = [], []
+    for k, ch, start, n in eval_index:
+        if channels[ch] in keep_ch and needed[start]:
+            take = min(int(n), args.pack_windows)
+            index_rows.append((int(k), int(ch), len(eval_rows), take))
+            eval_rows += range(int(start), int(start) + take)
+    row = FRAMES * N_BANDS  # bytes of a uint8 row
+    room = int(args.mib * 2 ** 20) - len(eval_rows) * row - (1 << 20)  # 1 MiB for files.json and the rest
+    if room < 100 * row:
+        sys.exit(f"pack: {args.mib} MiB leaves no room for training crops beside {len(eval_rows)} evaluation windows")
+    n_train = min(len(train_file), room // row)
+    pick = np.sort(rng.choice(len(train_file), n_train, replace=False, p=weights(files, train_file, label)))
+    sample = np.asarray(train_x[np.sort(rng.choice(len(train_x), min(len(train_x), 4000), replace=False))], np.float32)
+    lo, hi = sample.min(axis=(0, 1)), sample.max(axis=(0, 1))
+    step = np.maximum(hi - lo, 1e-3) / 255
+
+    def quantise(x):
+        return np.clip(np.round((np.asarray(x, np.float32) - lo) / step), 0, 255).astype(np.uint8)
+
+    used = sorted(set(train_file[pick].tolist()) | {k for k, *_ in index_rows})
+    new = {k: i for i, k in enumerate(used)}
+    dst.mkdir(parents=True, exist_ok=True)
+    for old in dst.glob("*.npy"):
+        old.unlink()
+    xs = [quantise(train_x[pick[i:i + 2048]]) for i in range(0, len(pick), 2048)]
+    np.save(dst / "train_x.npy", np.concatenate(xs) if xs else np.zeros((0, FRAMES, N_BANDS), np.uint8))
+    np.save(dst / "train_file.npy", np.array([new[k] for k in train_file[pick]], train_file.dtype))
+    rows = np.array(eval_rows, int)
+    np.save(dst / "eval_x.npy", np.concatenate([quantise(eval_x[rows[i:i + 2048]]) for i in range(0, len(rows), 2048)])
+            if len(rows) else np.zeros((0, FRAMES, N_BANDS), np.uint8))
+    np.save(dst / "eval_index.npy", np.array([(new[k], ch, start, n) for k, ch, start, n in index_rows], eval_index.dtype))
+    for name in ("train_x", "eval_x"):
+        np.save(dst / f"{name}.quant.npy", np.stack([lo, step]).astype(np.float32))
+    (dst / "files.json").write_text(json.dumps({
+        "channels": channels, "files": [files[k] for k in used],
+        "pack": {"from": str(src), "train_rows": int(n_train), "of_train_rows": int(len(train_file)),
+                 "eval_windows": len(eval_rows), "eval_channels": sorted(keep_ch), "windows_per_file": args.pack_windows,
+                 "eval_fold": list(held), "features": "uint8, per-band offset and step in NAME.quant.npy"}}))
+    size = sum(f.stat().st_size for f in dst.iterdir())
+    print(f"pack: {dst}: {n_train} of {len(train_file)} training crops, {len(eval_rows)} evaluation windows "
+          f"({', '.join(sorted(keep_ch))}; {len(index_rows)} file-channels), {len(used)} files: "
+          f"{size / 2 ** 20:.1f} MiB")
+
+
 # ------------------------------------------------------------------------------------- fit
 
 
@@ -224,23 +293,106 @@ def build_model(torch, band_mean, band_std):
     return Frontend, Net
 
 
+class Features:
+    """A cache's feature rows ([N, FRAMES, N_BANDS]) read as float32: float16 as `prepare` stores
+    them, or uint8 with a per-band offset and step beside them (NAME.quant.npy, from `pack`)."""
+
+    def __init__(self, cache, name):
+        self.x = np.load(cache / f"{name}.npy", mmap_mode="r")
+        quant = cache / f"{name}.quant.npy"
+        self.q = np.load(quant).astype(np.float32) if quant.exists() else None  # [2, N_BANDS]
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, idx):
+        x = np.asarray(self.x[idx], np.float32)
+        return x if self.q is None else self.q[0] + x * self.q[1]
+
+
+def runs_dir(args):
+    """Where fit writes and report/score read runs: --runs, else CACHE/runs (runs-EXTRA)."""
+    return args.runs or args.cache / ("runs-" + args.extra if args.extra else "runs")
+
+
+def torch_device(torch, name):
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"cnn.py: --device {name} asked for, but this PyTorch ({torch.__version__}) sees no CUDA device")
+    return torch.device(name)
+
+
+def needed_windows(files, eval_index, held, everything, n_eval):
+    """The evaluation windows a fold's report reads (the calibration split, the genuine test files,
+    the held-out spoofs; every window for `--all`)."""
+    needed = np.zeros(n_eval, bool)
+    for k, _, start, n in eval_index:
+        f = files[k]
+        if everything or f["split"] == "calib" or (f["split"] == "test" and f["label"] == "bonafide") or (
+                f["label"] == "spoof" and f["family"] in held):
+            needed[start:start + n] = True
+    return needed
+
+
+def score_windows(torch, net, eval_x, needed, device):
+    """A trained net's logit per needed evaluation window; NaN elsewhere."""
+    rows_eval = np.flatnonzero(needed)
+    logits = np.full(len(eval_x), np.nan, np.float32)
+    net.eval()
+    with torch.no_grad():
+        for i in range(0, len(rows_eval), 512):
+            r = rows_eval[i:i + 512]
+            logits[r] = net(torch.tensor(eval_x[r]).to(device)).cpu().numpy()
+    return logits
+
+
+def score(args):
+    """Runs trained elsewhere (`fit --device cuda` on a `pack`, scripts/gpu-cnn.sh): each
+    RUNS/<fold>_s<seed>.pt (or all_s<seed>.final.pt) without its .npy is scored on this cache's
+    evaluation windows, so that `report` and train/sequential.py read it like a run of `fit`."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch_device(torch, args.device)
+    files = json.loads((args.cache / "files.json").read_text())["files"]
+    eval_x = Features(args.cache, "eval_x")
+    eval_index = np.load(args.cache / "eval_index.npy")
+    out = runs_dir(args)
+    _, Net = build_model(torch, np.zeros(N_BANDS), np.ones(N_BANDS))
+    todo = {"all": ()} if args.all else folds(files, args.tiny)
+    for name, held in todo.items():
+        for seed in [int(x) for x in args.seeds.split(",")]:
+            tag = f"{name}_s{seed}"
+            ckpt = out / (f"{tag}.final.pt" if name == "all" else f"{tag}.pt")
+            if (out / f"{tag}.npy").exists() or not ckpt.exists():
+                continue
+            net = Net().to(device)
+            net.load_state_dict(torch.load(ckpt, map_location=device)["net"])  # its band statistics too
+            t0 = time.time()
+            logits = score_windows(torch, net, eval_x, needed_windows(files, eval_index, held, name == "all",
+                                                                      len(eval_x)), device)
+            np.save(out / f"{tag}.npy", logits)
+            print(f"score: {tag} from {ckpt.name}: {int(np.sum(~np.isnan(logits)))} windows ({time.time() - t0:.0f} s)",
+                  flush=True)
+
+
 def fit(args):
     import torch
 
     torch.set_num_threads(args.threads)
+    device = torch_device(torch, args.device)
     meta = json.loads((args.cache / "files.json").read_text())
     files = meta["files"]
-    train_x = np.load(args.cache / "train_x.npy", mmap_mode="r")
+    train_x = Features(args.cache, "train_x")
     train_file = np.load(args.cache / "train_file.npy")
     n_base = len(train_x)
     extra = np.zeros((0, FRAMES, N_BANDS), np.float16)
     if args.extra:  # one more spoof system, training only: rows past n_base
         extra = np.load(args.cache / f"extra_{args.extra}.npy")
-        train_x = np.concatenate([np.asarray(train_x), extra])
-    eval_x = np.load(args.cache / "eval_x.npy", mmap_mode="r")
+        train_x = np.concatenate([train_x[np.arange(n_base)].astype(np.float16), extra])
+    eval_x = Features(args.cache, "eval_x")
     eval_index = np.load(args.cache / "eval_index.npy")
-    out = args.cache / ("runs-" + args.extra if args.extra else "runs")
-    out.mkdir(exist_ok=True)
+    out = runs_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
     sample = np.random.default_rng(0).choice(len(train_x), min(len(train_x), 4000), replace=False)
     sx = np.asarray(train_x[np.sort(sample)], np.float32)
     band_mean, band_std = sx.mean(axis=(0, 1)), sx.std(axis=(0, 1)) + 1e-3
@@ -268,7 +420,7 @@ def fit(args):
                 w /= w.sum()
             torch.manual_seed(SEED + seed)
             rng = np.random.default_rng(SEED + seed)
-            net = Net()
+            net = Net().to(device)
             opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-3)
             steps_per_epoch = max(1, len(rows) // args.batch)
             total = steps_per_epoch * args.epochs
@@ -276,14 +428,14 @@ def fit(args):
             ckpt = out / f"{tag}.pt"
             epoch0 = 0
             if ckpt.exists():
-                state = torch.load(ckpt)
+                state = torch.load(ckpt, map_location=device)
                 net.load_state_dict(state["net"])
                 opt.load_state_dict(state["opt"])
                 sched.load_state_dict(state["sched"])
                 epoch0 = state["epoch"]
                 rng = np.random.default_rng(SEED + seed + 1000 * epoch0)
                 print(f"fit: {tag} resumed after epoch {epoch0}", flush=True)
-            y_all = torch.tensor(np.concatenate([label[train_file], np.ones(len(extra), bool)]).astype(np.float32))
+            y_all = torch.tensor(np.concatenate([label[train_file], np.ones(len(extra), bool)]).astype(np.float32)).to(device)
             t0 = time.time()
             for epoch in range(epoch0, args.epochs):
                 net.train()
@@ -292,7 +444,7 @@ def fit(args):
                 for s in range(steps_per_epoch):
                     idx = np.sort(draw[s * args.batch:(s + 1) * args.batch])
                     xb = torch.tensor(np.asarray(train_x[idx], np.float32))
-                    xb = spec_augment(torch, xb, rng)
+                    xb = spec_augment(torch, xb, rng).to(device)
                     loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xb), y_all[idx])
                     opt.zero_grad()
                     loss.backward()
@@ -305,19 +457,8 @@ def fit(args):
                       f"({time.time() - t0:.0f} s)", flush=True)
             # Scored: what the report reads for this fold (the calibration split, the genuine test
             # files, the held-out spoofs); the other windows stay NaN.
-            needed = np.zeros(len(eval_x), bool)
-            for k, _, start, n in eval_index:
-                f = files[k]
-                if args.all or f["split"] == "calib" or (f["split"] == "test" and f["label"] == "bonafide") or (
-                        f["label"] == "spoof" and f["family"] in held):
-                    needed[start:start + n] = True
-            rows_eval = np.flatnonzero(needed)
-            logits = np.full(len(eval_x), np.nan, np.float32)
-            net.eval()
-            with torch.no_grad():
-                for i in range(0, len(rows_eval), 512):
-                    r = rows_eval[i:i + 512]
-                    logits[r] = net(torch.tensor(np.asarray(eval_x[r], np.float32))).numpy()
+            logits = score_windows(torch, net, eval_x, needed_windows(files, eval_index, held, args.all, len(eval_x)),
+                                   device)
             np.save(out / f"{tag}.npy", logits)
             if args.all:
                 torch.save({"net": net.state_dict()}, out / f"{tag}.final.pt")
@@ -361,9 +502,9 @@ def export(args):
     import torch
 
     seed = int(args.seeds.split(",")[0])
-    runs = args.cache / ("runs-" + args.extra if args.extra else "runs")
+    runs = runs_dir(args)
     platt = json.loads((runs / f"all_s{seed}.platt.json").read_text())
-    state = torch.load(runs / f"all_s{seed}.final.pt")["net"]
+    state = torch.load(runs / f"all_s{seed}.final.pt", map_location="cpu")["net"]
     Frontend, Net = build_model(torch, np.zeros(N_BANDS), np.ones(N_BANDS))
     net = Net()
     net.load_state_dict(state)
@@ -396,10 +537,11 @@ def export(args):
 # ---------------------------------------------------------------------------------- report
 
 
-def finished_runs(cache, files, tiny, extra=None):
+def finished_runs(cache, files, tiny, extra=None, runs=None):
     """(fold name, seed as a string, families held out, logits file) of every finished run in the
-    cache, in file order; `all` (the candidate) holds nothing out. Unknown fold names are skipped."""
-    for run in sorted((cache / ("runs-" + extra if extra else "runs")).glob("*_s*.npy")):
+    cache (or in `runs`), in file order; `all` (the candidate) holds nothing out. Unknown fold names
+    are skipped."""
+    for run in sorted((runs or cache / ("runs-" + extra if extra else "runs")).glob("*_s*.npy")):
         name, seed = run.stem.rsplit("_s", 1)
         held = () if name == "all" else folds(files, tiny).get(name)
         if held is not None:
@@ -437,7 +579,7 @@ def report(args):
     index = np.load(args.cache / "eval_index.npy")
     smoothing, enter = product_check.verdict_rule()
     result = {"channels": channels, "folds": {}, "rule": [smoothing, enter]}
-    for name, seed, held, run in finished_runs(args.cache, files, args.tiny, args.extra):
+    for name, seed, held, run in finished_runs(args.cache, files, args.tiny, args.extra, args.runs):
         per = window_logits(index, channels, np.load(run))
         a, b = platt(per, files, held)
         if name == "all":  # the candidate: its calibration, for export
@@ -525,7 +667,7 @@ def table(result, channels):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prepare", "prepare-extra", "fit", "report", "export"])
+    ap.add_argument("step", choices=["prepare", "prepare-extra", "pack", "fit", "score", "report", "export"])
     ap.add_argument("--extra", choices=["kokoro"], help="fit/report: with the Kokoro clips of prepare-extra")
     ap.add_argument("--kokoro", type=int, default=240, help="prepare-extra: Kokoro clips (train/kokoro.py)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -540,14 +682,22 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="fit/score: cpu or cuda")
+    ap.add_argument("--runs", type=Path, help="fit/score/report/export: the runs folder (default CACHE/runs)")
+    ap.add_argument("--pack-out", type=Path, help="pack: the compact copy (default .deps/cnn-pack, or cnn-tiny-pack)")
+    ap.add_argument("--mib", type=float, default=44.0, help="pack: size limit (the working tree travels beside it)")
+    ap.add_argument("--pack-channels", default="g711_mu", help="pack: evaluation channels kept (all with --tiny)")
+    ap.add_argument("--pack-windows", type=int, default=1, help="pack: evaluation windows kept per file and channel")
     args = ap.parse_args()
     args.t0 = time.time()
     args.cache = args.cache or ROOT / ".deps" / ("cnn-tiny" if args.tiny else "cnn")
     args.cache_train = ROOT / ".deps" / "train-cache"
     args.out = args.out or args.cache
+    args.pack_out = args.pack_out or ROOT / ".deps" / ("cnn-tiny-pack" if args.tiny else "cnn-pack")
     if args.tiny:
         args.crops, args.epochs = 2, 1
-    {"prepare": prepare, "prepare-extra": prepare_extra, "fit": fit, "report": report, "export": export}[args.step](args)
+    {"prepare": prepare, "prepare-extra": prepare_extra, "pack": pack, "fit": fit, "score": score, "report": report,
+     "export": export}[args.step](args)
 
 
 if __name__ == "__main__":

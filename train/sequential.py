@@ -251,6 +251,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, help="train/cnn.py's cache (default .deps/cnn, or .deps/cnn-tiny)")
     ap.add_argument("--out", type=Path, help="report folder (default .deps/sequential, or the cache)")
+    ap.add_argument("--runs", type=Path, help="the runs folder (default CACHE/runs; e.g. CACHE/runs-gpu, from `cnn.py score`)")
     ap.add_argument("--seed", default="0", help="the CNN runs' seed")
     ap.add_argument("--tiny", action="store_true", help="the tiny cache of `cnn.py prepare --tiny` (CI)")
     args = ap.parse_args()
@@ -269,9 +270,9 @@ def main():
     class_of = {ch: cls for cls, chs in CLASSES.items() for ch in chs if ch in channels}
     SHIPPED = "shipped " + rule_name(shipped)
 
-    runs = [r for r in cnn.finished_runs(args.cache, files, args.tiny) if r[0] != "all" and r[1] == args.seed]
+    runs = [r for r in cnn.finished_runs(args.cache, files, args.tiny, runs=args.runs) if r[0] != "all" and r[1] == args.seed]
     if not runs:
-        sys.exit(f"sequential: no finished fold of seed {args.seed} in {args.cache / 'runs'}")
+        sys.exit(f"sequential: no finished fold of seed {args.seed} in {args.runs or args.cache / 'runs'}")
     results = {}  # fold -> split -> channel -> rule name -> outcome row
     thresholds = {}  # fold -> class -> rule name -> threshold
     parity_checked = 0

@@ -2,6 +2,7 @@
 //! any sample rate, decoded packet by packet so a 3-hour file needs no more memory than a short one.
 
 use std::fs::File;
+use std::io::{Read as _, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use symphonia::core::audio::SampleBuffer;
@@ -33,7 +34,7 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn open(path: &Path) -> Result<Self, AudioError> {
-        let file = File::open(path).map_err(|source| AudioError::Open {
+        let mut file = File::open(path).map_err(|source| AudioError::Open {
             path: path.to_owned(),
             source,
         })?;
@@ -41,6 +42,7 @@ impl FileSource {
             path: path.to_owned(),
             message,
         };
+        check_flac_metadata(&mut file).map_err(format_err)?;
         let stream = MediaSourceStream::new(Box::new(file), Default::default());
         let mut hint = Hint::new();
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
@@ -99,6 +101,96 @@ impl FileSource {
     pub fn is_g711(&self) -> bool {
         self.g711
     }
+}
+
+/// How far symphonia's probe looks for a format's marker (`Probe::PROBE_SEARCH_LIMIT`).
+const PROBE_SEARCH_LIMIT: u64 = 1 << 20;
+const FLAC_PICTURE: u8 = 6;
+const FLAC_VORBIS_COMMENT: u8 = 4;
+
+/// symphonia 0.5's FLAC demuxer allocates the lengths a PICTURE or VORBIS_COMMENT metadata block
+/// declares before it reads them: a crafted file of a few hundred bytes makes it ask for 4 GiB
+/// (found by `fuzz/audio_file`). Its probe takes a `fLaC` marker anywhere in the first MiB, even
+/// in a `.wav`, so the metadata blocks after every such marker are checked here first: each
+/// length inside a block must fit in the block. Written by hand because the check has to run
+/// before the only FLAC parser we have.
+fn check_flac_metadata(file: &mut File) -> Result<(), String> {
+    let mut head = Vec::new();
+    (&mut *file)
+        .take(PROBE_SEARCH_LIMIT + 4)
+        .read_to_end(&mut head)
+        .map_err(|e| e.to_string())?;
+    let markers = head.windows(4).enumerate().filter(|(_, w)| *w == b"fLaC");
+    for (at, _) in markers {
+        let mut pos = at as u64 + 4;
+        for _ in 0..256 {
+            let mut header = [0u8; 4];
+            file.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
+            if file.read_exact(&mut header).is_err() {
+                break; // the file ends: symphonia reports that itself
+            }
+            let (last, kind) = (header[0] & 0x80 != 0, header[0] & 0x7f);
+            let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
+            if kind == FLAC_PICTURE || kind == FLAC_VORBIS_COMMENT {
+                let mut block = Vec::with_capacity(len);
+                (&mut *file)
+                    .take(len as u64)
+                    .read_to_end(&mut block)
+                    .map_err(|e| e.to_string())?;
+                if let Err(what) = block_lengths_fit(kind, &block) {
+                    return Err(format!(
+                        "FLAC metadata at byte {pos}: {what} (a {len}-byte block)"
+                    ));
+                }
+            }
+            if last {
+                break;
+            }
+            pos += 4 + len as u64;
+        }
+    }
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Walks the length fields of a PICTURE (big-endian) or VORBIS_COMMENT (little-endian) block.
+fn block_lengths_fit(kind: u8, block: &[u8]) -> Result<(), String> {
+    let mut rest = block;
+    let mut take = |n: usize, what: &str| -> Result<&[u8], String> {
+        if n > rest.len() {
+            return Err(format!("{what} of {n} bytes does not fit"));
+        }
+        let (a, b) = rest.split_at(n);
+        rest = b;
+        Ok(a)
+    };
+    let u32_at = |b: &[u8], big: bool| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if big {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        }
+    };
+    if kind == FLAC_PICTURE {
+        take(4, "picture type")?;
+        for what in ["picture media type", "picture description"] {
+            let n = u32_at(take(4, what)?, true) as usize;
+            take(n, what)?;
+        }
+        take(16, "picture dimensions")?;
+        let n = u32_at(take(4, "picture data")?, true) as usize;
+        take(n, "picture data")?;
+    } else {
+        let n = u32_at(take(4, "vendor string")?, false) as usize;
+        take(n, "vendor string")?;
+        let comments = u32_at(take(4, "comment count")?, false);
+        for _ in 0..comments {
+            let n = u32_at(take(4, "comment")?, false) as usize;
+            take(n, "comment")?;
+        }
+    }
+    Ok(())
 }
 
 impl AudioSource for FileSource {
@@ -171,5 +263,51 @@ impl AudioSource for FileSource {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fuzz/audio_file's first find: a WAV whose bytes hold a `fLaC` marker and a PICTURE block
+    /// declaring a 3 GiB media type. It must be a clear error, not a 3 GiB allocation.
+    #[test]
+    fn a_flac_block_declaring_more_than_it_holds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crafted.wav");
+        std::fs::write(
+            &path,
+            include_bytes!("../../fuzz/corpus/audio_file/regress-flac-picture-4gib"),
+        )
+        .unwrap();
+        match FileSource::open(&path) {
+            Err(AudioError::Format { message, .. }) => {
+                assert!(message.contains("does not fit"), "{message}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+
+    #[test]
+    fn well_formed_block_lengths_fit() {
+        let mut pic = vec![0, 0, 0, 3];
+        pic.extend(9u32.to_be_bytes());
+        pic.extend(b"image/png");
+        pic.extend(0u32.to_be_bytes());
+        pic.extend([0; 16]);
+        pic.extend(2u32.to_be_bytes());
+        pic.extend([1, 2]);
+        assert!(block_lengths_fit(FLAC_PICTURE, &pic).is_ok());
+        assert!(block_lengths_fit(FLAC_PICTURE, &pic[..pic.len() - 1]).is_err());
+        let mut vc = 3u32.to_le_bytes().to_vec();
+        vc.extend(b"abc");
+        vc.extend(1u32.to_le_bytes());
+        vc.extend(5u32.to_le_bytes());
+        vc.extend(b"A=bcd");
+        assert!(block_lengths_fit(FLAC_VORBIS_COMMENT, &vc).is_ok());
+        vc[7] = 0xff; // a comment count far beyond the block
+        assert!(block_lengths_fit(FLAC_VORBIS_COMMENT, &vc).is_err());
     }
 }
