@@ -11,6 +11,10 @@ project's venv (codecs, onnxruntime, sklearn) has numpy 2:
 
     ... prepare --tiny / fit --tiny / report --tiny        # seconds, generated clips (CI smoke)
 
+    .deps/venv/bin/python train/cnn.py pack                # .deps/cnn-pack: 44 MiB for a GPU machine
+    scripts/gpu-cnn.sh                                     # there: fit --device cuda on the pack
+    /usr/bin/python3      train/cnn.py score --runs DIR    # here: the returned checkpoints, every window
+
 prepare: every file of the four sets (and the espeak-ng/flite voices of train.py) is loaded at
 16 kHz. Train-split files give `--crops` random voiced 1 s crops, each through the "phone"
 augmentation (room, noise, one channel drawn per crop; a source recorded at 8 kHz draws only among
