@@ -120,6 +120,7 @@ fn check_flac_metadata(file: &mut File) -> Result<(), String> {
         .take(PROBE_SEARCH_LIMIT + 4)
         .read_to_end(&mut head)
         .map_err(|e| e.to_string())?;
+    check_wave_format(&head)?;
     let markers = head.windows(4).enumerate().filter(|(_, w)| *w == b"fLaC");
     for (at, _) in markers {
         let mut pos = at as u64 + 4;
@@ -150,6 +151,41 @@ fn check_flac_metadata(file: &mut File) -> Result<(), String> {
         }
     }
     file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// symphonia 0.5's WAV reader panics on a `fmt ` chunk with a sample rate of 0 (`TimeBase::new`,
+/// found by `fuzz/audio_file`); every RIFF/WAVE header its probe could take is checked first.
+fn check_wave_format(head: &[u8]) -> Result<(), String> {
+    let markers = head.windows(4).enumerate().filter(|(_, w)| *w == b"RIFF");
+    for (at, _) in markers {
+        let Some(riff) = head.get(at..) else { continue };
+        if riff.get(8..12) != Some(b"WAVE") {
+            continue;
+        }
+        let mut pos = 12;
+        while let Some(chunk) = riff.get(pos..pos + 8) {
+            let len = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]) as usize;
+            if &chunk[..4] == b"fmt " {
+                let Some(fmt) = riff
+                    .get(pos + 8..pos + 8 + len.min(16))
+                    .filter(|f| f.len() == 16)
+                else {
+                    break;
+                };
+                let channels = u16::from_le_bytes([fmt[2], fmt[3]]);
+                let rate = u32::from_le_bytes([fmt[4], fmt[5], fmt[6], fmt[7]]);
+                if channels == 0 || rate == 0 {
+                    return Err(format!(
+                        "WAV format chunk at byte {} says {channels} channels at {rate} Hz",
+                        at + pos
+                    ));
+                }
+                break;
+            }
+            pos += 8 + len + len % 2;
+        }
+    }
     Ok(())
 }
 
@@ -284,6 +320,25 @@ mod tests {
         match FileSource::open(&path) {
             Err(AudioError::Format { message, .. }) => {
                 assert!(message.contains("does not fit"), "{message}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+
+    /// Its second: a WAV whose format chunk says 0 Hz (symphonia panics on it).
+    #[test]
+    fn a_wav_at_zero_hertz_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zero.wav");
+        std::fs::write(
+            &path,
+            include_bytes!("../../fuzz/corpus/audio_file/regress-wav-zero-rate"),
+        )
+        .unwrap();
+        match FileSource::open(&path) {
+            Err(AudioError::Format { message, .. }) => {
+                assert!(message.contains("0 Hz"), "{message}")
             }
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("opened"),
