@@ -171,3 +171,6 @@ assert set(t) <= {"wideband", "narrowband_g711", "narrowband_lossy"} and t and a
 print(f"class thresholds smoke: {t}")
 PY
 rm -rf "$tiny"
+# Every parser of outside input, fuzzed for a fixed 30,000 inputs each from its seeds (the same
+# inputs on every machine; scripts/fuzz.sh 3600 runs them for hours).
+scripts/fuzz.sh --ci
