@@ -451,7 +451,7 @@ From: sip:caller@example.net;tag=134161461246\r\nMax-Forwards: 7\r\nCall-ID: tor
             // 3.1.2.16 badvers: SIP/7.0.
             (format!("OPTIONS sip:t.watson@example.org SIP/7.0\r\n{base}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"), None),
             // 3.1.2.1 badinv01: empty Via parameters.
-            (format!("INVITE sip:user@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\nTo: sip:j.user@example.com\r\nFrom: sip:caller@example.net;tag=1\r\nCall-ID: badinv01\r\nCSeq: 8 INVITE\r\nContent-Length: 0\r\n\r\n"), None),
+            ("INVITE sip:user@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\nTo: sip:j.user@example.com\r\nFrom: sip:caller@example.net;tag=1\r\nCall-ID: badinv01\r\nCSeq: 8 INVITE\r\nContent-Length: 0\r\n\r\n".into(), None),
             // 3.1.2.6 quotbal: an unterminated quoted string.
             (format!("INVITE sip:user@example.com SIP/2.0\r\n{base}CSeq: 8 INVITE\r\nContact: \"Mr J. User <sip:j.user@192.0.2.5>\r\nContent-Length: 0\r\n\r\n"), None),
             // A response with a huge status code (3.1.2.13 bigcode).
