@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --quiet
+echo "demo: building callguard (release; the first build takes several minutes)" >&2
+cargo build --release
 exec target/release/callguard scan .deps/audio/genuine_1.wav .deps/audio/synthetic_espeak_ulaw.wav "$@"

@@ -61,9 +61,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # grpcio and grpcio-tools: the independent gRPC client (clients/python) and its stubs.
 # pyworld-prebuilt: the WORLD vocoder (train/copysynth.py), prebuilt wheels of pyworld (MIT).
+# prometheus-client: the Prometheus project's own parser checks /metrics (tests/clients/scrape.py).
 want=(numpy scipy "soundfile>=0.12" onnx "onnxruntime==$ORT_VERSION" scikit-learn grpcio grpcio-tools
-  "pyworld-prebuilt==0.3.6.post1" websockets)
-if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools, pyworld, websockets" 2>/dev/null; then
+  "pyworld-prebuilt==0.3.6.post1" websockets "prometheus-client==0.21.1")
+if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools, pyworld, websockets, prometheus_client" 2>/dev/null; then
   log "installing Python packages: ${want[*]}"
   "$VENV/bin/pip" install -q "${want[@]}"
 fi

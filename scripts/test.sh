@@ -171,6 +171,9 @@ assert set(t) <= {"wideband", "narrowband_g711", "narrowband_lossy"} and t and a
 print(f"class thresholds smoke: {t}")
 PY
 rm -rf "$tiny"
+# The deployment files: the image built (or its Dockerfile linted), the unit verified, the
+# manifest and dashboard checked, the packaged config validated.
+deploy/check.sh
 # Every parser of outside input, fuzzed for a fixed 30,000 inputs each from its seeds (the same
 # inputs on every machine; scripts/fuzz.sh 3600 runs them for hours).
 scripts/fuzz.sh --ci

@@ -38,17 +38,32 @@ pub struct Args {
 }
 
 #[derive(Subcommand, Debug)]
+enum SinksCommand {
+    /// Print each sink's delivery state from the alert log (the daemon may be running).
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
-    /// Screen live input devices until SIGINT/SIGTERM.
+    /// Run the daemon until SIGINT/SIGTERM: serve gRPC (`[server] listen`), the connectors
+    /// (`[connectors]`), SIPREC (`[siprec]`) and the operations HTTP listener (`[http]`), and
+    /// screen the configured sound devices (the default input device when nothing else is
+    /// configured).
     Run {
-        /// Print every event (window, alert, call end) as a JSON line.
+        /// Print every event (window, alert, call end) to stdout as a JSON line.
         #[arg(long)]
         json: bool,
     },
     /// Score recorded calls as if they were live; print verdicts and score timelines.
     Scan {
+        /// Audio files (WAV, FLAC, raw .ulaw/.alaw), each scored as one call.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Print each file's result as a JSON line instead of a table.
         #[arg(long)]
         json: bool,
         /// Channel that carries the caller (0-based); default: mix all channels.
@@ -57,7 +72,10 @@ enum Command {
     },
     /// Detection quality on a labelled manifest (CSV: path,label[,system]).
     Eval {
+        /// CSV with a header row `path,label[,system]`; label is bonafide or spoof; paths are
+        /// relative to the manifest's folder.
         manifest: PathBuf,
+        /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Write per-file scores as CSV.
@@ -84,6 +102,7 @@ enum Command {
         /// Where to write the thresholds.
         #[arg(long, default_value = "calibration.toml")]
         out: PathBuf,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Draw false alerts per call-hour against the threshold, per class, as PNG.
@@ -98,15 +117,52 @@ enum Command {
     },
     /// List capture hosts, input devices and their configurations.
     Devices {
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Where each alert sink ([[sinks.webhook]], [[sinks.syslog]]) stands: delivered, pending,
+    /// failures, the last error.
+    Sinks {
+        #[command(subcommand)]
+        what: SinksCommand,
+    },
+    /// Check a config without starting anything: every problem at once (keys, values, model,
+    /// VAD and TLS files), exit status 0 when it is usable, 1 when not.
+    CheckConfig,
     /// Make a new bearer token for a gRPC tenant and print it with its config entry (only the
     /// token's SHA-256 goes in the config).
     Token {
         /// The tenant's name.
         tenant: String,
     },
+}
+
+impl Args {
+    /// What is logged when `CALLGUARD_LOG` is not set: the daemon says what an operator needs
+    /// (calls, refusals, status) at INFO; `-v` adds callguard's own DEBUG detail. The
+    /// dependencies' internals (h2 frames, hyper, ONNX Runtime) stay at WARN either way.
+    pub fn default_log_filter(&self) -> &'static str {
+        match (&self.command, self.verbose) {
+            (_, true) => "callguard=debug,warn,symphonia=off",
+            (Command::Run { .. }, false) => "callguard=info,warn,symphonia=off",
+            // symphonia logs its own ERROR for a file callguard then reports, once, itself.
+            (_, false) => "warn,symphonia=off",
+        }
+    }
+
+    /// `[log] format` of the config the command will use; text if it cannot be read (the
+    /// command itself then reports why).
+    pub fn log_format(&self) -> callguard::config::LogFormat {
+        let path = self
+            .config
+            .clone()
+            .or_else(|| callguard::assets::locate(Path::new("config.toml"), None));
+        path.and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| Config::from_toml(&text).ok())
+            .map(|c| c.log.format)
+            .unwrap_or_default()
+    }
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
@@ -135,10 +191,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match &args.command {
         Command::Devices { json } => return devices(*json),
         Command::Token { tenant } => return new_token(tenant),
+        Command::CheckConfig => {
+            return match load_config(args.config.as_deref()) {
+                Ok(config) => check_config(&config),
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    Ok(ExitCode::from(1))
+                }
+            };
+        }
         _ => {}
     }
     let config = load_config(args.config.as_deref())?;
     match args.command {
+        Command::CheckConfig => unreachable!("handled before loading"),
+        Command::Sinks {
+            what: SinksCommand::Status { json },
+        } => sinks_status(&config, json),
         Command::Run { json } => run_daemon(&config, json),
         Command::Scan {
             files,
@@ -240,19 +309,20 @@ fn scan(config: &Config, files: &[PathBuf], as_json: bool, pick: ChannelPick) ->
             "files": files,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        // The JSON has each problem; a person watching stderr sees them too.
+        for o in &outcomes {
+            if let Err(e) = &o.result {
+                eprintln!("error: {}", with_path(&o.path, e));
+            }
+        }
     } else {
+        // Results on stdout, problems on stderr: each once.
         for o in &outcomes {
             match &o.result {
                 Ok(s) => write_summary(&mut out, s)?,
-                Err(e) => writeln!(out, "{}: error: {e}", o.path.display())?,
+                Err(e) => eprintln!("error: {}", with_path(&o.path, e)),
             }
         }
-    }
-    for o in outcomes
-        .iter()
-        .filter_map(|o| o.result.as_ref().err().map(|e| (&o.path, e)))
-    {
-        eprintln!("error: {}: {}", o.0.display(), o.1);
     }
     log_transcribe_stats(&engine);
     engine.shutdown();
@@ -521,7 +591,7 @@ fn evaluate(
     }
     for o in &outcomes {
         if let Err(e) = &o.result {
-            eprintln!("error: {}: {e}", o.path.display());
+            eprintln!("error: {}", with_path(&o.path, e));
         }
     }
     engine.shutdown();
@@ -570,7 +640,7 @@ fn new_token(tenant: &str) -> Result<ExitCode> {
     let token = format!("cg_{token}");
     let mut out = std::io::stdout().lock();
     writeln!(out, "token (give to the client; it is not stored): {token}")?;
-    writeln!(out, "config.toml entry:")?;
+    writeln!(out, "config entry (append it to the end of config.toml):")?;
     writeln!(out, "[[server.tenants]]")?;
     writeln!(out, "name = {tenant:?}")?;
     writeln!(
@@ -603,6 +673,94 @@ fn watch_signals(stop: &'static AtomicBool) -> Result<()> {
             stop.store(true, Ordering::SeqCst);
         })?;
     Ok(())
+}
+
+fn sinks_status(config: &Config, as_json: bool) -> Result<ExitCode> {
+    let log = callguard::alert::AlertLog::open(&config.store.path)?;
+    let sinks = callguard::sinks::status(&config.sinks, &log)?;
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string(&sinks)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if sinks.is_empty() {
+        writeln!(
+            out,
+            "no sinks configured ([[sinks.webhook]], [[sinks.syslog]])"
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<16} {:<8} {:>9} {:>8} {:>9} {:>9}  last error",
+        "sink", "kind", "delivered", "pending", "failures", "after seq"
+    )?;
+    for s in &sinks {
+        writeln!(
+            out,
+            "{:<16} {:<8} {:>9} {:>8} {:>9} {:>9}  {}",
+            s.state.name,
+            s.kind,
+            s.state.delivered,
+            s.pending,
+            s.state.failures,
+            s.state.sequence,
+            s.state.last_error.as_deref().unwrap_or("-")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `error` with the file's path in front, unless it already names it.
+fn with_path(path: &Path, error: &impl std::fmt::Display) -> String {
+    let message = error.to_string();
+    let shown = path.display().to_string();
+    if message.contains(&shown) {
+        message
+    } else {
+        format!("{shown}: {message}")
+    }
+}
+
+/// What `Config::load` cannot see: the files the config names must exist and be readable.
+fn check_config(config: &Config) -> Result<ExitCode> {
+    let mut problems = Vec::new();
+    let mut file = |key: &str, path: &Path| {
+        if let Err(e) = std::fs::File::open(path) {
+            problems.push(format!("{key}: {}: {e}", path.display()));
+        }
+    };
+    file("detector.model", &config.detector.model);
+    file("speech.vad_model", &config.speech.vad_model);
+    if config.transcribe.enabled {
+        file("transcribe.model", &config.transcribe.model);
+    }
+    for (key, tls) in [
+        ("server.tls", config.server.tls.as_ref()),
+        ("connectors.tls", config.connectors.tls.as_ref()),
+        ("siprec.tls", config.siprec.tls.as_ref()),
+    ] {
+        if let Some(tls) = tls {
+            file(&format!("{key}.cert"), &tls.cert);
+            file(&format!("{key}.key"), &tls.key);
+            if let Some(ca) = &tls.client_ca {
+                file(&format!("{key}.client_ca"), ca);
+            }
+        }
+    }
+    if let Err(e) = callguard::assets::onnx_runtime() {
+        problems.push(format!("ONNX Runtime: {e}"));
+    }
+    if problems.is_empty() {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "config OK")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("config has {} problem(s):", problems.len());
+    for p in &problems {
+        eprintln!("  {p}");
+    }
+    Ok(ExitCode::from(1))
 }
 
 fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
@@ -649,6 +807,21 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
     } else {
         None
     };
+    let ops = match config.http.listen {
+        Some(addr) => Some(start_ops(guard.clone(), addr, &STOP)?),
+        None => None,
+    };
+    let mut sinks = if config.sinks.webhook.is_empty() && config.sinks.syslog.is_empty() {
+        None
+    } else {
+        let log = Arc::new(callguard::alert::AlertLog::open(&config.store.path)?);
+        Some(callguard::sinks::Sinks::start(
+            &config.sinks,
+            log,
+            guard.metrics().clone(),
+        )?)
+    };
+    guard.readiness().set_listeners_bound(true);
     eprintln!(
         "callguard: screening {} device(s) with {}; Ctrl-C to stop",
         devices.len(),
@@ -676,7 +849,17 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
             Err(e) => tracing::error!(error = %e, "Connectors task failed."),
         }
     }
+    if let Some((runtime, task)) = ops {
+        match runtime.block_on(task) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Operations listener failed."),
+            Err(e) => tracing::error!(error = %e, "Operations listener task failed."),
+        }
+    }
     guard.shutdown();
+    if let Some(s) = &mut sinks {
+        s.shutdown();
+    }
     log_stats(&guard, "Detector totals.");
     Ok(ExitCode::SUCCESS)
 }
@@ -709,6 +892,36 @@ fn start_server(
     };
     eprintln!("callguard: gRPC listening on {local} ({tls})");
     let task = runtime.spawn(callguard::grpc::serve(guard, listener, async move {
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }));
+    Ok((runtime, task))
+}
+
+type OpsTask = tokio::task::JoinHandle<Result<(), callguard::ops::HttpError>>;
+
+/// Binds the `[http]` operations listener (`/metrics`, `/healthz`, `/readyz`) and serves it on
+/// a one-thread runtime of its own until `stop`.
+fn start_ops(
+    guard: Arc<Guard>,
+    addr: std::net::SocketAddr,
+    stop: &'static AtomicBool,
+) -> Result<(tokio::runtime::Runtime, OpsTask)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ops")
+        .enable_all()
+        .build()
+        .context("cannot start the operations runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot listen on {addr} ([http] listen)"))?;
+    eprintln!(
+        "callguard: operations HTTP listening on {} (/metrics, /healthz, /readyz)",
+        listener.local_addr()?
+    );
+    let task = runtime.spawn(callguard::ops::serve(guard, listener, async move {
         while !stop.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,4 +1,4 @@
-//! Daemon configuration: serde structs with documented defaults, unknown keys rejected,
+//! Daemon configuration: serde structs with documented defaults, unknown keys reported,
 //! and a `validate()` that reports every problem at once.
 
 use std::fmt;
@@ -12,7 +12,7 @@ use crate::verdict::{ChannelClass, ClassThresholds};
 
 /// Everything `callguard` can be told; see the shipped `config.toml` for each key's meaning.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     pub capture: CaptureConfig,
     pub speech: SpeechConfig,
@@ -24,11 +24,204 @@ pub struct Config {
     pub transcribe: TranscribeConfig,
     pub connectors: ConnectorsConfig,
     pub siprec: SiprecConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub sinks: SinksConfig,
+}
+
+/// Alert delivery to a SOC (`src/sinks/`): every alert the log commits goes to each sink in
+/// order, from a cursor kept in the alert log, retried with backoff until it is taken, so a
+/// receiver that is down, or a restart of callguard, loses nothing.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SinksConfig {
+    pub webhook: Vec<WebhookSinkConfig>,
+    pub syslog: Vec<SyslogSinkConfig>,
+}
+
+/// Each alert POSTed as JSON, signed with HMAC-SHA256.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct WebhookSinkConfig {
+    /// Names the sink's cursor in the alert log, its metrics and `callguard sinks status`.
+    pub name: String,
+    /// `https://...` (or `http://` on a private network).
+    pub url: String,
+    /// The HMAC key: an environment variable's value, or a file's first line.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// PEM roots that the receiver's certificate must chain to; absent: the Mozilla roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Tenants whose alerts go here; empty: every tenant's.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// One attempt's time limit.
+    #[serde(default = "default_sink_timeout_ms")]
+    pub timeout_ms: u64,
+    /// First wait after a failed attempt; doubles up to `retry_max_ms`.
+    #[serde(default = "default_sink_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    #[serde(default = "default_sink_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+/// Each alert as an RFC 5424 syslog message carrying CEF, over TCP or TLS (octet-counted frames,
+/// RFC 6587 / RFC 5425), for SIEMs that take only syslog.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct SyslogSinkConfig {
+    pub name: String,
+    /// `host:port` of the collector (rsyslog, syslog-ng, a SIEM's listener).
+    pub address: String,
+    /// TLS (RFC 5425); the collector's certificate is checked against `ca`, or the Mozilla
+    /// roots.
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Syslog facility, 0-23 (default 13, log audit).
+    #[serde(default = "default_syslog_facility")]
+    pub facility: u8,
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    #[serde(default = "default_sink_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_sink_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    #[serde(default = "default_sink_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+pub const DEFAULT_SINK_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_SINK_RETRY_INITIAL_MS: u64 = 1_000;
+pub const DEFAULT_SINK_RETRY_MAX_MS: u64 = 60_000;
+const fn default_sink_timeout_ms() -> u64 {
+    DEFAULT_SINK_TIMEOUT_MS
+}
+const fn default_sink_retry_initial_ms() -> u64 {
+    DEFAULT_SINK_RETRY_INITIAL_MS
+}
+const fn default_sink_retry_max_ms() -> u64 {
+    DEFAULT_SINK_RETRY_MAX_MS
+}
+const fn default_syslog_facility() -> u8 {
+    13
+}
+
+impl SinksConfig {
+    fn resolve_paths(&mut self, base: Option<&Path>) {
+        let Some(base) = base else { return };
+        let beside = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for w in &mut self.webhook {
+            for f in [&mut w.secret_file, &mut w.ca].into_iter().flatten() {
+                beside(f);
+            }
+        }
+        for s in &mut self.syslog {
+            if let Some(f) = &mut s.ca {
+                beside(f);
+            }
+        }
+    }
+
+    fn validate(&self, bad: &mut impl FnMut(&str, String)) {
+        let mut names = std::collections::HashSet::new();
+        let mut name_ok = |key: &str, name: &str, bad: &mut dyn FnMut(&str, String)| {
+            if !valid_name(name) || !names.insert(name.to_owned()) {
+                bad(
+                    &format!("{key}.name"),
+                    format!("{name:?} is not 1-64 letters, digits or -_., or names two sinks"),
+                );
+            }
+        };
+        let retry =
+            |key: &str, initial: u64, max: u64, timeout: u64, bad: &mut dyn FnMut(&str, String)| {
+                if initial == 0 || initial > max {
+                    bad(
+                        &format!("{key}.retry_initial_ms"),
+                        format!("{initial} must be positive and at most retry_max_ms ({max})"),
+                    );
+                }
+                if !(100..=600_000).contains(&timeout) {
+                    bad(
+                        &format!("{key}.timeout_ms"),
+                        format!("{timeout} is outside 100..=600000"),
+                    );
+                }
+            };
+        for (i, w) in self.webhook.iter().enumerate() {
+            let key = format!("sinks.webhook[{i}]");
+            name_ok(&key, &w.name, bad);
+            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) || w.url.len() < 10
+            {
+                bad(
+                    &format!("{key}.url"),
+                    format!("{:?} is not an http(s):// URL", w.url),
+                );
+            }
+            if let Err(m) = read_secret(w.secret_env.as_deref(), w.secret_file.as_deref()) {
+                bad(&format!("{key}.secret_env"), m);
+            }
+            retry(&key, w.retry_initial_ms, w.retry_max_ms, w.timeout_ms, bad);
+        }
+        for (i, s) in self.syslog.iter().enumerate() {
+            let key = format!("sinks.syslog[{i}]");
+            name_ok(&key, &s.name, bad);
+            if s.address
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                bad(
+                    &format!("{key}.address"),
+                    format!("{:?} is not host:port", s.address),
+                );
+            }
+            if s.facility > 23 {
+                bad(
+                    &format!("{key}.facility"),
+                    format!("{} is outside 0..=23", s.facility),
+                );
+            }
+            retry(&key, s.retry_initial_ms, s.retry_max_ms, s.timeout_ms, bad);
+        }
+    }
+}
+
+/// The operations HTTP listener (`src/ops/`): `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Address to listen on, e.g. "127.0.0.1:9464"; absent: no operations listener. It needs
+    /// no token (it shows counts, never audio, transcripts or call ids): bind it to a
+    /// management network.
+    pub listen: Option<SocketAddr>,
+}
+
+/// How the daemon logs (to stderr).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LogConfig {
+    /// "text" (human-readable, colour on a terminal) or "json" (one JSON object per line,
+    /// with the event's fields such as `call_id` and `tenant`, for a log shipper).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Live capture from sound devices (`callguard run`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct CaptureConfig {
     /// Input devices to screen, one call each. Empty: the host's default input device.
     pub devices: Vec<CaptureDevice>,
@@ -41,7 +234,6 @@ pub struct CaptureConfig {
 
 /// One capture device and which of its channels carries the caller.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct CaptureDevice {
     /// Device name as `callguard devices` prints it; "default" for the host default.
     pub name: String,
@@ -58,7 +250,7 @@ pub struct CaptureDevice {
 
 /// The gRPC server (`callguard run`): call audio in, verdicts and alerts out.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ServerConfig {
     /// Address to listen on, e.g. "127.0.0.1:50051"; absent: no gRPC server.
     pub listen: Option<SocketAddr>,
@@ -90,7 +282,6 @@ pub struct ServerConfig {
 
 /// One tenant and the SHA-256 of its bearer token (`callguard token` makes both).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
     /// Lowercase hex SHA-256 of the token; the token itself is never stored.
@@ -99,7 +290,6 @@ pub struct TenantConfig {
 
 /// Server certificate, and a client CA for mutual TLS.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain and private key.
     pub cert: PathBuf,
@@ -111,7 +301,7 @@ pub struct TlsConfig {
 
 /// The durable log of alerts and call summaries (SQLite, WAL). Call audio is never stored.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct StoreConfig {
     /// Database file; relative paths are beside the config file.
     pub path: PathBuf,
@@ -121,7 +311,7 @@ pub struct StoreConfig {
 
 /// Speech gating (Silero VAD) so silence, tones and hold music are not scored.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct SpeechConfig {
     /// Silero VAD ONNX model; relative paths are looked up beside the project.
     pub vad_model: PathBuf,
@@ -138,7 +328,7 @@ pub struct SpeechConfig {
 
 /// Sliding windows over gated speech.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct WindowConfig {
     /// New speech between two windows of one call.
     pub hop_ms: u32,
@@ -159,7 +349,7 @@ pub enum WhenFull {
 
 /// The ONNX detector and its worker pool.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct DetectorConfig {
     /// The model; its sidecar is the same path with `.json`.
     pub model: PathBuf,
@@ -177,7 +367,7 @@ pub struct DetectorConfig {
 
 /// Evidence fusion, hysteresis and debounce.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct VerdictConfig {
     /// Spoof probability at which a call becomes suspected, for every channel class that has
     /// no threshold of its own; absent: the model's calibrated threshold (per class).
@@ -316,7 +506,7 @@ pub enum OnMissing {
 
 /// Transcription of the caller (whisper.cpp), cues and redaction.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct TranscribeConfig {
     pub enabled: bool,
     /// ggml Whisper model (scripts/setup.sh converts tiny.en from PyPI).
@@ -474,17 +664,38 @@ impl TranscribeConfig {
 /// What `verdict.thresholds_file` may hold: a config fragment with only
 /// `[verdict.enter_thresholds]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ThresholdsFile {
     #[serde(default)]
     verdict: ThresholdsFileVerdict,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ThresholdsFileVerdict {
     #[serde(default)]
     enter_thresholds: ClassThresholds,
+}
+
+const UNKNOWN_KEY: &str = "unknown key (not a callguard setting; config.toml lists them all)";
+
+/// Parses TOML into `T`, collecting the keys `T` does not know (`detector.workerz`,
+/// `transcribe.cues.0.nmae`) instead of stopping at the first: serde's `deny_unknown_fields`
+/// would stop there, and the README promises every problem at once.
+fn parse_collecting<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<(T, Vec<String>), String> {
+    let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+    let mut unknown = Vec::new();
+    let value = serde_ignored::deserialize(de, |path| {
+        // serde_ignored writes an optional table's level as `?` (`server.tls.?.cert`).
+        unknown.push(
+            path.to_string()
+                .replace(".?.", ".")
+                .replace("?.", ".")
+                .replace('?', ""),
+        )
+    })
+    .map_err(|e| e.to_string())?;
+    Ok((value, unknown))
 }
 
 /// One thing wrong with a configuration, named by its key.
@@ -524,12 +735,22 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
+        // A TOML syntax error or a value of the wrong type stops parsing; unknown keys do not,
+        // and are reported with every other problem.
+        let (mut config, unknown) =
+            parse_collecting::<Self>(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?;
         config.resolve_paths(path.parent());
-        let mut problems = config.read_thresholds_file();
+        let mut problems: Vec<ConfigProblem> = unknown
+            .into_iter()
+            .map(|key| ConfigProblem {
+                key,
+                message: UNKNOWN_KEY.into(),
+            })
+            .collect();
+        problems.extend(config.read_thresholds_file());
         problems.extend(config.validate().err().unwrap_or_default());
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -557,12 +778,17 @@ impl Config {
             Ok(t) => t,
             Err(e) => return vec![problem(format!("cannot read it: {e}"))],
         };
-        let file: ThresholdsFile = match toml::from_str(&text) {
-            Ok(f) => f,
-            Err(e) => {
+        let file: ThresholdsFile = match parse_collecting(&text) {
+            Ok((f, unknown)) if unknown.is_empty() => f,
+            Ok((_, unknown)) => {
                 return vec![problem(format!(
                     "not a thresholds file (only [verdict.enter_thresholds] may be set): {}",
-                    e.message()
+                    unknown.join(", ")
+                ))];
+            }
+            Err(e) => {
+                return vec![problem(format!(
+                    "not a thresholds file (only [verdict.enter_thresholds] may be set): {e}"
                 ))];
             }
         };
@@ -585,9 +811,18 @@ impl Config {
         problems
     }
 
-    /// Parses TOML without validating (unknown keys are still rejected).
+    /// Parses TOML without validating; unknown keys are an error that names them all.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let (config, unknown) = parse_collecting::<Self>(text)?;
+        if unknown.is_empty() {
+            Ok(config)
+        } else {
+            Err(unknown
+                .iter()
+                .map(|k| format!("{k}: {UNKNOWN_KEY}"))
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
     }
 
     /// Makes relative model paths absolute where the file can be found, and the store and TLS
@@ -620,6 +855,7 @@ impl Config {
             }
         }
         self.connectors.resolve_paths(Some(base));
+        self.sinks.resolve_paths(Some(base));
         if let Some(tls) = &mut self.siprec.tls {
             beside(&mut tls.cert);
             beside(&mut tls.key);
@@ -820,6 +1056,7 @@ impl Config {
         self.transcribe.validate(&mut bad);
         self.connectors.validate(&mut bad);
         self.siprec.validate(&mut bad);
+        self.sinks.validate(&mut bad);
         for (key, n) in [
             ("verdict.smoothing_windows", v.smoothing_windows),
             ("verdict.enter_windows", v.enter_windows),
@@ -950,7 +1187,7 @@ impl Config {
 /// as `StreamAudio` would open it, under the `[server]` limits (calls per tenant, frame size,
 /// speed). Absent: no connector runs.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ConnectorsConfig {
     /// HTTP/WebSocket address (Twilio at `/twilio/TENANT`, AudioHook at `/audiohook/TENANT`);
     /// absent: no WebSocket listener.
@@ -1007,7 +1244,6 @@ pub enum TwilioTrack {
 
 /// A tenant's Twilio account as the connector knows it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TwilioTenantConfig {
     /// The tenant that owns the calls (its gRPC token sees them); the URL path is `/twilio/TENANT`.
     pub tenant: String,
@@ -1027,7 +1263,6 @@ pub struct TwilioTenantConfig {
 
 /// A tenant's AudioHook Monitor integration (`wss://HOST/audiohook/TENANT`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct AudioHookTenantConfig {
     pub tenant: String,
     /// The integration's API key (`X-API-KEY`): from this environment variable or file.
@@ -1053,7 +1288,6 @@ pub struct AudioHookTenantConfig {
 
 /// One AudioSocket listener: every connection on it is a call of `tenant`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct AudioSocketConfig {
     /// TCP address Asterisk connects to, e.g. "0.0.0.0:9092" (AudioSocket has no TLS or
     /// credentials: keep it on the telephony network).
@@ -1065,7 +1299,7 @@ pub struct AudioSocketConfig {
 /// A SIPREC Session Recording Server (`src/connect/sip/`): an SBC forks each call's media to
 /// it (RFC 7866), and the caller's stream becomes a call of the peer's tenant.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct SiprecConfig {
     /// SIP address, UDP and TCP on the same port (e.g. "0.0.0.0:5060"); absent: no SRS.
     pub listen: Option<SocketAddr>,
@@ -1099,7 +1333,6 @@ pub struct SiprecConfig {
 
 /// An SRC (an SBC or call manager) by address.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct SiprecPeerConfig {
     pub tenant: String,
     /// IP addresses or CIDR networks, e.g. ["10.20.0.0/16", "192.0.2.7"].

@@ -7,7 +7,9 @@
 //! - [`verdict`]: evidence fusion, hysteresis and debounce into alerts;
 //! - [`connect`]: cloud contact-center connectors (Twilio Media Streams, Genesys
 //!   AudioHook, Asterisk AudioSocket);
-//! - [`eval`]: detection quality on labelled sets (EER, minDCF, DET curves).
+//! - [`eval`]: detection quality on labelled sets (EER, minDCF, DET curves);
+//! - [`sinks`]: where alerts leave for a SOC (webhooks, syslog with CEF);
+//! - [`ops`]: the operations face (Prometheus metrics, health and readiness).
 
 pub mod alert;
 pub mod assets;
@@ -18,6 +20,8 @@ pub mod detect;
 pub mod eval;
 pub mod grpc;
 pub mod guard;
+pub mod ops;
 pub mod pipeline;
+pub mod sinks;
 pub mod transcribe;
 pub mod verdict;

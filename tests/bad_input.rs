@@ -249,4 +249,34 @@ fn cli_exits_nonzero_naming_the_bad_file_and_still_reports_the_good_one() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(doc["files"][0]["error"].is_string());
     assert!(doc["files"][1]["verdict"].is_string());
+
+    // As a person reads it: one line per problem on stderr, the path once, no colour codes in
+    // a file; the table on stdout; a folder said to be one.
+    let folder = dir.path().join("calls");
+    std::fs::create_dir(&folder).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .arg("scan")
+        .args([&bad, &folder])
+        .arg(common::audio("genuine_2.wav"))
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !stdout.contains("bad.wav") && !stdout.contains("error"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("genuine_2.wav"), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per problem: {stderr}");
+    assert_eq!(lines[0].matches("bad.wav").count(), 1, "{stderr}");
+    assert!(
+        lines[1].contains("calls") && lines[1].contains("folder"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "no ANSI codes: {stderr:?}");
 }

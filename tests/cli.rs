@@ -311,10 +311,19 @@ fn token_prints_a_fresh_token_and_the_entry_that_accepts_it() {
     assert_ne!(token, token_of(&second), "tokens must not repeat");
     assert!(token.len() >= 40);
     // The printed entry is valid config and accepts exactly that token.
-    let entry = first.split_once("config.toml entry:\n").unwrap().1;
+    let entry = first
+        .split_once("config entry (append it to the end of config.toml):\n")
+        .unwrap()
+        .1;
     let config =
         callguard::config::Config::from_toml(entry).unwrap_or_else(|e| panic!("{e}: {entry}"));
     assert_eq!(config.server.tenants.len(), 1);
+    // Pasted as printed at the end of the shipped config, it is that config plus the tenant.
+    let shipped = std::fs::read_to_string(common::root().join("config.toml")).unwrap();
+    let pasted = callguard::config::Config::from_toml(&format!("{shipped}\n{entry}"))
+        .unwrap_or_else(|e| panic!("the shipped config with the entry pasted: {e}"));
+    assert_eq!(pasted.server.tenants, config.server.tenants);
+    pasted.validate().unwrap();
     let auth = callguard::grpc::Authenticator::new(&config.server.tenants);
     assert_eq!(auth.tenant(&token).as_deref(), Some("bank-a"));
     let bad = Command::new(env!("CARGO_BIN_EXE_callguard"))
@@ -322,4 +331,45 @@ fn token_prints_a_fresh_token_and_the_entry_that_accepts_it() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+}
+
+#[test]
+fn check_config_reports_every_problem_and_starts_nothing() {
+    let ok = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["check-config"])
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "config OK\n");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[detector]\nmodel = \"missing.onnx\"\nworkerz = 2\n[server.tls]\ncert = \"no.pem\"\nkey = \"no.key\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["--config", bad.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "detector.model",
+        "detector.workerz",
+        "server.tls.cert",
+        "server.tls.key",
+    ] {
+        assert!(err.contains(key), "{key} not in: {err}");
+    }
+    assert_eq!(
+        err.matches("detector.workerz").count(),
+        1,
+        "each problem once: {err}"
+    );
 }

@@ -46,7 +46,24 @@ fn a_bad_file_reports_every_problem_with_its_key() {
 fn unknown_keys_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("typo.toml");
-    std::fs::write(&path, "[detector]\nworkerz = 3\n").unwrap();
+    std::fs::write(
+        &path,
+        "[detector]\nworkerz = 3\nmax_batch = 0\n[server.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\ncertt = \"b\"\n\
+         [[transcribe.cues]]\nname = \"x\"\nweight = 0.5\nphrases = [\"wire\"]\nnmae = \"y\"\n[verdict.enter_thresholds]\nnarrowband = 0.6\n[nope]\n",
+    )
+    .unwrap();
     let err = Config::load(&path).unwrap_err().to_string();
-    assert!(err.contains("workerz"), "{err}");
+    // Every unknown key, with its path, and the other problems beside them.
+    for key in [
+        "detector.workerz",
+        "server.tls.certt",
+        "transcribe.cues.0.nmae",
+        "verdict.enter_thresholds.narrowband",
+        "nope",
+        "detector.max_batch",
+    ] {
+        assert!(err.contains(key), "{key} not in: {err}");
+    }
+    // Six, and the two TLS files that do not exist.
+    assert!(err.contains("8 problem(s)"), "{err}");
 }

@@ -750,14 +750,37 @@ async fn health_and_reflection_answer_without_a_token() {
         .connect()
         .await
         .unwrap();
-    let status = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest {
-            service: "callguard.v1.CallGuard".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
+    let check = |channel: tonic::transport::Channel| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "callguard.v1.CallGuard".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+    assert_eq!(check(channel.clone()).await, ServingStatus::Serving as i32);
+    // The health service follows readiness: an alert log that refuses writes is not ready.
+    server.guard.readiness().set_store_writable(false);
+    let mut status = check(channel.clone()).await;
+    for _ in 0..100 {
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = check(channel.clone()).await;
+    }
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    server.guard.readiness().set_store_writable(true);
+    let mut status = check(channel.clone()).await;
+    for _ in 0..100 {
+        if status == ServingStatus::Serving as i32 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = check(channel.clone()).await;
+    }
     assert_eq!(status, ServingStatus::Serving as i32);
     let request = ServerReflectionRequest {
         host: String::new(),

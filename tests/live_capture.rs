@@ -88,8 +88,22 @@ fn terminate(daemon: &std::process::Child) {
 fn played_audio_is_captured_and_scored_in_real_time() {
     let _turn = SOUND_CARD.lock().unwrap_or_else(|e| e.into_inner());
     virtual_sound_card();
+    // The shipped config as a user runs it, but its alert log in a throw-away folder, not in
+    // the repository's state/.
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(common::root().join("config.toml")).unwrap();
+    let store = dir.path().join("callguard.db");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        shipped.replace(
+            "path = \"state/callguard.db\"",
+            &format!("path = {:?}", store.display().to_string()),
+        ),
+    )
+    .unwrap();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_callguard"))
-        .args(["run", "--json"])
+        .args(["--config", config.to_str().unwrap(), "run", "--json"])
         .current_dir(common::root())
         .env("XDG_RUNTIME_DIR", runtime_dir())
         .stdout(Stdio::piped())

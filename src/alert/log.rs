@@ -84,7 +84,31 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_by_id ON calls (tenant, call_id, ended_wall_time_ms);
 CREATE INDEX IF NOT EXISTS calls_by_time ON calls (ended_wall_time_ms);
+CREATE TABLE IF NOT EXISTS sinks (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    last_attempt_ms INTEGER,
+    last_delivered_ms INTEGER
+);
 ";
+
+/// Where a delivery sink stands: the last alert it delivered (or passed over), and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SinkState {
+    pub name: String,
+    /// Every alert up to this sequence is done with.
+    pub sequence: u64,
+    pub delivered: u64,
+    /// Failed attempts since the sink was created.
+    pub failures: u64,
+    /// The last failure's reason, cleared by the next delivery.
+    pub last_error: Option<String>,
+    pub last_attempt_ms: Option<i64>,
+    pub last_delivered_ms: Option<i64>,
+}
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let open = |source| StoreError::Open {
@@ -227,6 +251,108 @@ impl AlertLog {
             )
             .optional()?;
         Ok(seq.unwrap_or(0) as u64)
+    }
+
+    /// Up to `limit` alerts of every tenant with a sequence above `after`, oldest first.
+    pub fn all_after(&self, after: u64, limit: usize) -> Result<Vec<LoggedAlert>, StoreError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn
+            .prepare_cached("SELECT seq, body FROM alerts WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, body) = row?;
+            let mut alert: LoggedAlert = serde_json::from_str(&body)?;
+            alert.sequence = seq as u64;
+            out.push(alert);
+        }
+        Ok(out)
+    }
+
+    /// How many alerts above `after` belong to `tenants` (every tenant when empty).
+    pub fn count_after(&self, after: u64, tenants: &[String]) -> Result<u64, StoreError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached("SELECT tenant FROM alerts WHERE seq > ?1")?;
+        let rows = stmt.query_map(params![after as i64], |row| row.get::<_, String>(0))?;
+        let mut n = 0;
+        for tenant in rows {
+            let tenant = tenant?;
+            if tenants.is_empty() || tenants.contains(&tenant) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// A sink's state; a sink seen for the first time starts after the newest alert (it is
+    /// sent what is raised from now on, not the log's history).
+    pub fn sink_start(&self, name: &str) -> Result<SinkState, StoreError> {
+        let last = self.last_sequence()?;
+        {
+            let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute(
+                "INSERT OR IGNORE INTO sinks (name, seq) VALUES (?1, ?2)",
+                params![name, last as i64],
+            )?;
+        }
+        Ok(self
+            .sink_state(name)?
+            .expect("the sink's row was just written"))
+    }
+
+    pub fn sink_state(&self, name: &str) -> Result<Option<SinkState>, StoreError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(conn
+            .query_row(
+                "SELECT seq, delivered, failures, last_error, last_attempt_ms, last_delivered_ms
+                 FROM sinks WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok(SinkState {
+                        name: name.to_owned(),
+                        sequence: r.get::<_, i64>(0)? as u64,
+                        delivered: r.get::<_, i64>(1)? as u64,
+                        failures: r.get::<_, i64>(2)? as u64,
+                        last_error: r.get(3)?,
+                        last_attempt_ms: r.get(4)?,
+                        last_delivered_ms: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The sink is done with every alert up to `sequence`; `delivered` of them went out.
+    pub fn sink_advance(
+        &self,
+        name: &str,
+        sequence: u64,
+        delivered: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "UPDATE sinks SET seq = MAX(seq, ?2), delivered = delivered + ?3,
+                 last_error = CASE WHEN ?3 > 0 THEN NULL ELSE last_error END,
+                 last_delivered_ms = CASE WHEN ?3 > 0 THEN ?4 ELSE last_delivered_ms END,
+                 last_attempt_ms = CASE WHEN ?3 > 0 THEN ?4 ELSE last_attempt_ms END
+             WHERE name = ?1",
+            params![name, sequence as i64, delivered as i64, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// A delivery attempt failed; the sink stays where it was.
+    pub fn sink_failed(&self, name: &str, error: &str, now_ms: i64) -> Result<(), StoreError> {
+        let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "UPDATE sinks SET failures = failures + 1, last_error = ?2, last_attempt_ms = ?3
+             WHERE name = ?1",
+            params![name, error, now_ms],
+        )?;
+        Ok(())
     }
 
     /// Records an ended call.

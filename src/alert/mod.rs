@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use hub::{AlertHub, HubError, Subscription};
-pub use log::{AlertLog, NewAlert, StoreError};
+pub use log::{AlertLog, NewAlert, SinkState, StoreError};
 
 use crate::transcribe::{Cue, Redacted};
 use crate::verdict::{AlertKind, WindowScore};
@@ -50,6 +50,14 @@ impl Severity {
             AlertKind::Escalated => Self::Critical,
             AlertKind::SuspectedClone if risk >= critical => Self::Critical,
             AlertKind::SuspectedClone => Self::Warning,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
         }
     }
 

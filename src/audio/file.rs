@@ -38,6 +38,12 @@ impl FileSource {
             path: path.to_owned(),
             source,
         })?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(AudioError::Open {
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::IsADirectory, "it is a folder"),
+            });
+        }
         let format_err = |message: String| AudioError::Format {
             path: path.to_owned(),
             message,

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::audiohook::{self, AudioHookSession, Output, SessionConfig};
-use super::ws::{CLOSE_GRACE, WS_READ_LIMIT, WsState, close_frame, reject, write_all};
+use super::ws::{CLOSE_GRACE, WS_READ_LIMIT, WsState, close_frame, write_all};
 use super::{CallLink, LinkEvent, SessionCount};
 use crate::guard::{CallSource, CallUpdate, OpenSpec};
 
@@ -33,7 +33,8 @@ pub(super) async fn upgrade(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let Some(account) = state.audiohook.get(&tenant) else {
-        return reject(
+        return state.reject(
+            "audiohook",
             StatusCode::NOT_FOUND,
             format!("no AudioHook tenant {tenant:?} here"),
         );
@@ -49,7 +50,11 @@ pub(super) async fn upgrade(
     };
     for name in [ORGANIZATION, CORRELATION, SESSION, API_KEY] {
         if header(name).is_none_or(|v| v.is_empty()) {
-            return reject(StatusCode::BAD_REQUEST, format!("missing header {name}"));
+            return state.reject(
+                "audiohook",
+                StatusCode::BAD_REQUEST,
+                format!("missing header {name}"),
+            );
         }
     }
     let (organization, correlation, session_id, api_key) = (
@@ -59,7 +64,8 @@ pub(super) async fn upgrade(
         header(API_KEY).unwrap_or_default(),
     );
     if !crate::grpc::auth::same(api_key.as_bytes(), account.api_key.as_bytes()) {
-        return reject(
+        return state.reject(
+            "audiohook",
             StatusCode::UNAUTHORIZED,
             "X-API-KEY is not this tenant's AudioHook API key".into(),
         );
@@ -67,7 +73,8 @@ pub(super) async fn upgrade(
     if let Some(org) = &account.organization_id
         && !org.eq_ignore_ascii_case(&organization)
     {
-        return reject(
+        return state.reject(
+            "audiohook",
             StatusCode::FORBIDDEN,
             format!("organization {organization} is not the tenant's"),
         );
@@ -75,7 +82,8 @@ pub(super) async fn upgrade(
     if let Some(secret) = &account.client_secret {
         let (Some(input), Some(signature)) = (header("signature-input"), header("signature"))
         else {
-            return reject(
+            return state.reject(
+                "audiohook",
                 StatusCode::UNAUTHORIZED,
                 "Signature and Signature-Input are required (the tenant has a client secret)"
                     .into(),
@@ -96,7 +104,8 @@ pub(super) async fn upgrade(
         if let Err(why) =
             audiohook::verify_signature(&req, &input, &signature, &api_key, secret, now)
         {
-            return reject(
+            return state.reject(
+                "audiohook",
                 StatusCode::UNAUTHORIZED,
                 format!("the request signature does not verify: {why}"),
             );
@@ -104,7 +113,13 @@ pub(super) async fn upgrade(
     }
     let ws = match ws {
         Ok(ws) => ws,
-        Err(e) => return reject(e.status(), format!("not a WebSocket upgrade: {e}")),
+        Err(e) => {
+            return state.reject(
+                "audiohook",
+                e.status(),
+                format!("not a WebSocket upgrade: {e}"),
+            );
+        }
     };
     let tenant: Arc<str> = tenant.into();
     ws.max_message_size(WS_READ_LIMIT)
@@ -211,6 +226,12 @@ async fn session(
                     session.handle_call_finished();
                 }
                 Output::Close { code, reason } => {
+                    if code != 1000 {
+                        state
+                            .guard
+                            .metrics()
+                            .connector_error("audiohook", "protocol");
+                    }
                     closing = Some((code, reason));
                     break 'session;
                 }

@@ -99,6 +99,10 @@ async fn session(state: Arc<AudioSocketState>, mut socket: TcpStream) {
                     break 'session;
                 }
                 Output::Fail { code, reason } => {
+                    state
+                        .guard
+                        .metrics()
+                        .connector_error("audiosocket", "protocol");
                     tracing::info!(
                         tenant = &*state.tenant,
                         call_id = link.call_id(),

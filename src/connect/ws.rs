@@ -106,9 +106,23 @@ pub(super) async fn serve(
     }
 }
 
-pub(super) fn reject(status: StatusCode, reason: String) -> Response {
-    tracing::info!(%status, reason, "Connector request rejected.");
-    (status, reason).into_response()
+impl WsState {
+    /// Refuses an upgrade request with a reason the platform's logs will show, and counts it.
+    pub(super) fn reject(
+        &self,
+        connector: &'static str,
+        status: StatusCode,
+        reason: String,
+    ) -> Response {
+        let kind = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "unauthorized",
+            StatusCode::NOT_FOUND => "unknown_tenant",
+            _ => "bad_request",
+        };
+        self.guard.metrics().connector_error(connector, kind);
+        tracing::info!(connector, %status, reason, "Connector request rejected.");
+        (status, reason).into_response()
+    }
 }
 
 async fn twilio_upgrade(
@@ -119,7 +133,8 @@ async fn twilio_upgrade(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let Some(account) = state.twilio.get(&tenant) else {
-        return reject(
+        return state.reject(
+            "twilio",
             StatusCode::NOT_FOUND,
             format!("no Twilio tenant {tenant:?} here"),
         );
@@ -128,14 +143,16 @@ async fn twilio_upgrade(
         .get("x-twilio-signature")
         .and_then(|s| s.to_str().ok())
     else {
-        return reject(
+        return state.reject(
+            "twilio",
             StatusCode::FORBIDDEN,
             "missing X-Twilio-Signature: only Twilio may open a stream".into(),
         );
     };
     let url = state.signed_url(&headers, &uri);
     if !twilio::signature_valid(&account.auth_token, &url, signature) {
-        return reject(
+        return state.reject(
+            "twilio",
             StatusCode::FORBIDDEN,
             format!(
                 "X-Twilio-Signature is not the tenant's auth token's signature of {url} \
@@ -145,7 +162,13 @@ async fn twilio_upgrade(
     }
     let ws = match ws {
         Ok(ws) => ws,
-        Err(e) => return reject(e.status(), format!("not a WebSocket upgrade: {e}")),
+        Err(e) => {
+            return state.reject(
+                "twilio",
+                e.status(),
+                format!("not a WebSocket upgrade: {e}"),
+            );
+        }
     };
     let tenant: Arc<str> = tenant.into();
     ws.max_message_size(WS_READ_LIMIT)
@@ -249,6 +272,9 @@ async fn twilio_session(state: Arc<WsState>, tenant: Arc<str>, socket: WebSocket
                     break 'session;
                 }
                 Output::Close { code, reason } => {
+                    if code != close::NORMAL {
+                        state.guard.metrics().connector_error("twilio", "protocol");
+                    }
                     tracing::info!(
                         tenant = &*tenant,
                         call_id = link.call_id(),

@@ -68,7 +68,23 @@ impl ModelCard {
             message,
         };
         let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        let mut card: Self = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        // Other keys are the training report's (validation, provenance); a misspelt channel
+        // class would silently drop its threshold, so those are refused.
+        let mut bad_class = Vec::new();
+        let mut card: Self =
+            serde_ignored::deserialize(&mut serde_json::Deserializer::from_str(&text), |path| {
+                let path = path.to_string();
+                if path.starts_with("threshold.by_class.") {
+                    bad_class.push(path);
+                }
+            })
+            .map_err(|e| err(e.to_string()))?;
+        if !bad_class.is_empty() {
+            return Err(err(format!(
+                "unknown channel class {} (wideband, narrowband_g711, narrowband_lossy)",
+                bad_class.join(", ")
+            )));
+        }
         if card.input.window_samples == 0 || card.input.window_samples > 10 * 48_000 {
             return Err(err(format!(
                 "input.window_samples {} is not a plausible window",

@@ -46,6 +46,8 @@ pub struct PoolStats {
     pub windows_dropped_full: AtomicU64,
     pub batches: AtomicU64,
     pub inference_ns: AtomicU64,
+    /// Inference time per window (a batch's time shared by its windows).
+    pub window_time: crate::ops::SecondsHistogram,
 }
 
 pub struct DetectorPool {
@@ -182,9 +184,14 @@ fn worker<M: From<ScoredWindow>>(
         }
         let started = Instant::now();
         let outcome = detector.score(batch.iter().map(|j| j.samples.as_slice()), &mut scores);
+        let took = started.elapsed();
         stats
             .inference_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        let per_window = took / batch.len() as u32;
+        for _ in 0..batch.len() {
+            stats.window_time.observe(per_window);
+        }
         stats.batches.fetch_add(1, Ordering::Relaxed);
         let counter = if outcome.is_ok() {
             &stats.windows_scored

@@ -79,9 +79,10 @@ impl Authenticator {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        let tenant = self
-            .tenant(token.trim())
-            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+        let tenant = self.tenant(token.trim()).ok_or_else(|| {
+            tracing::info!("gRPC request with an unknown token refused.");
+            Status::unauthenticated("unknown token")
+        })?;
         req.extensions_mut().insert(Tenant(tenant));
         Ok(req)
     }

@@ -49,6 +49,20 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
     })
 }
 
+/// The service name health checks ask for.
+const SERVICE_NAME: &str =
+    <proto::call_guard_server::CallGuardServer<CallGuardService> as tonic::server::NamedService>::NAME;
+
+async fn report_health(health: &tonic_health::server::HealthReporter, ready: bool) {
+    let status = if ready {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
 /// Serves `callguard.v1.CallGuard`, `grpc.health.v1.Health` and reflection on `listener` until
 /// `shutdown` resolves; then live calls are ended (their streams close with a summary) and
 /// alert streams close, and the server returns once its RPCs are done. Health and reflection
@@ -59,6 +73,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let cfg = guard.config().server.clone();
+    let guard_ready = guard.clone();
     let stopping = guard.clone();
     let shutdown = async move {
         shutdown.await;
@@ -70,9 +85,17 @@ pub async fn serve(
         .max_encoding_message_size(cfg.max_message_bytes.max(4 << 20));
     let service = InterceptedService::new(service, move |req| auth.intercept(req));
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<proto::call_guard_server::CallGuardServer<CallGuardService>>()
-        .await;
+    // The health service reports what `/readyz` does: SERVING only when ready; set before the
+    // first request can come, then kept up to date.
+    let mut ready = guard_ready.readiness().subscribe();
+    let ok = ready.borrow_and_update().check().is_ok();
+    report_health(&health, ok).await;
+    tokio::spawn(async move {
+        while ready.changed().await.is_ok() {
+            let ok = ready.borrow_and_update().check().is_ok();
+            report_health(&health, ok).await;
+        }
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -89,6 +89,13 @@ fn handle(shared: &Shared, event: &EngineEvent, pending: &mut VecDeque<NewAlert>
                 e.alerts += 1;
                 if alert.kind == AlertKind::SuspectedClone && e.first_alert_ms.is_none() {
                     e.first_alert_ms = Some(alert.audio_ms);
+                    if let Some(speech) = e.first_speech_ms {
+                        let delay = alert.audio_ms.saturating_sub(speech);
+                        shared
+                            .metrics
+                            .first_alert_after_speech
+                            .observe_secs(delay as f64 / 1000.0);
+                    }
                 }
                 e.tell(CallUpdate::Verdict {
                     state,
@@ -133,10 +140,16 @@ fn handle(shared: &Shared, event: &EngineEvent, pending: &mut VecDeque<NewAlert>
 
 /// Commits waiting alerts in order, publishing each; stops at the first failure.
 fn retry(shared: &Shared, pending: &mut VecDeque<NewAlert>) {
+    let metrics = &shared.metrics;
     while let Some(new) = pending.front() {
-        match shared.log.append(new.clone()) {
+        let started = Instant::now();
+        let outcome = shared.log.append(new.clone());
+        metrics.alert_commit.observe(started.elapsed());
+        shared.readiness.set_store_writable(outcome.is_ok());
+        match outcome {
             Ok(logged) => {
                 pending.pop_front();
+                metrics.alert_logged(logged.kind.as_str(), logged.severity.as_str());
                 let logged = Arc::new(logged);
                 shared.hub.publish(logged.clone());
                 shared
@@ -146,20 +159,33 @@ fn retry(shared: &Shared, pending: &mut VecDeque<NewAlert>) {
                     });
             }
             Err(e) => {
+                metrics.alert_commit_failures.inc();
                 tracing::error!(error = %e, waiting = pending.len(), "Alert not yet logged; will retry.");
                 while pending.len() > MAX_PENDING {
                     if let Some(lost) = pending.pop_front() {
                         tracing::error!(call_id = %lost.call_id, tenant = %lost.tenant, "Alert dropped: the log has refused alerts for too long.");
                     }
                 }
-                return;
+                break;
             }
         }
     }
+    metrics
+        .alerts_pending
+        .store(pending.len() as u64, Ordering::Relaxed);
 }
 
 fn ended(shared: &Shared, s: &CallSummary) {
-    let Some(mut entry) = shared.registry.remove(s.key) else {
+    let ended_call = |entry: &super::CallEntry| {
+        let frames = &entry.frames;
+        shared.metrics.call_ended(crate::ops::EndedCall {
+            audio_ms: entry.audio_ms.max(s.audio_ms),
+            frames_received: frames.received.load(Ordering::Relaxed),
+            frames_rejected: frames.rejected.load(Ordering::Relaxed),
+            frames_lost: frames.lost.load(Ordering::Relaxed),
+        })
+    };
+    let Some(mut entry) = shared.registry.remove_and(s.key, ended_call) else {
         return;
     };
     let ended_ms = now_ms();
@@ -190,6 +216,16 @@ fn ended(shared: &Shared, s: &CallSummary) {
     });
     record.transcript = s.transcript.clone();
     record.audio_ms = record.audio_ms.max(s.audio_ms);
+    tracing::info!(
+        tenant = %record.tenant,
+        call_id = %record.call_id,
+        verdict = s.verdict.as_str(),
+        p_spoof_peak = s.p_spoof_peak,
+        audio_s = s.audio_ms as f64 / 1000.0,
+        alerts = s.alerts.len(),
+        frames_lost = frames.lost.load(Ordering::Relaxed),
+        "Call ended."
+    );
     if let Err(e) = shared
         .log
         .put_call(&record.tenant, &record.call_id, ended_ms, &record)

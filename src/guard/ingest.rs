@@ -39,6 +39,8 @@ pub struct IngestStats {
     pub chunks_lost: AtomicU64,
     /// Chunks that the pipeline could not process (logged).
     pub chunks_failed: AtomicU64,
+    /// One speech-detection run over a batch of calls' frames.
+    pub vad_run: crate::ops::SecondsHistogram,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -186,7 +188,10 @@ fn gate(calls: &mut HashMap<u64, Call>, vad: &mut SileroVad, stats: &IngestStats
         if staged.is_empty() {
             return;
         }
-        if let Err(e) = vad.run(&mut staged) {
+        let started = Instant::now();
+        let outcome = vad.run(&mut staged);
+        stats.vad_run.observe(started.elapsed());
+        if let Err(e) = outcome {
             // Those frames count as silence; the calls go on.
             stats.chunks_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(frames = staged.len(), error = %e, "Speech detection failed.");

@@ -23,7 +23,7 @@ pub use device::{BindError, DeviceSpec};
 pub use dispatch::Observer;
 pub use ingest::{IngestError, IngestPool, IngestStats};
 pub use registry::{
-    CallEntry, CallRecord, CallRegistry, CallSource, CallUpdate, EndSignal, EndedSummary,
+    CallEntry, CallRecord, CallRegistry, CallSource, CallUpdate, Census, EndSignal, EndedSummary,
     FrameCounters, RegisterError,
 };
 pub use stream::{
@@ -32,6 +32,7 @@ pub use stream::{
 
 use crate::alert::{AlertFilter, AlertHub, AlertLog, StoreError};
 use crate::config::Config;
+use crate::ops::{Metrics, Readiness};
 use crate::pipeline::{Engine, EngineError};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     model: String,
     window_ms: u32,
     stopping: AtomicBool,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
 }
 
 impl Shared {
@@ -101,7 +104,11 @@ impl Guard {
                 config.server.subscriber_queue,
             ),
             stopping: AtomicBool::new(false),
+            metrics: Arc::default(),
+            readiness: Readiness::default(),
         });
+        shared.readiness.set_model_loaded(true);
+        shared.readiness.set_store_writable(true);
         let dispatcher = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -141,6 +148,16 @@ impl Guard {
 
     pub fn hub(&self) -> &AlertHub {
         &self.shared.hub
+    }
+
+    /// What the stages do not count themselves (latencies, alerts by kind, connector errors).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Whether the daemon should be sent calls (`/readyz`, the gRPC health service).
+    pub fn readiness(&self) -> &Readiness {
+        &self.shared.readiness
     }
 
     /// Runs `f` on the engine (detector statistics); `None` once stopped.
@@ -210,6 +227,7 @@ impl Guard {
     pub fn begin_shutdown(&self) {
         let shared = &self.shared;
         shared.stopping.store(true, Ordering::SeqCst);
+        shared.readiness.set_stopping();
         shared.registry.end_all();
         shared.hub.close();
     }

@@ -164,6 +164,8 @@ pub struct CallEntry {
     pub p_spoof: Option<f32>,
     pub p_spoof_peak: Option<f32>,
     pub first_alert_ms: Option<u64>,
+    /// Call time where the first scored speech window began.
+    pub first_speech_ms: Option<u64>,
     pub audio_ms: u64,
     pub windows_scored: u64,
     pub alerts: u32,
@@ -200,6 +202,7 @@ impl CallEntry {
             p_spoof: None,
             p_spoof_peak: None,
             first_alert_ms: None,
+            first_speech_ms: None,
             audio_ms: 0,
             windows_scored: 0,
             alerts: 0,
@@ -246,6 +249,7 @@ impl CallEntry {
                 .map_or(score.fused, |p| p.max(score.fused)),
         );
         self.audio_ms = self.audio_ms.max(score.end_ms);
+        self.first_speech_ms.get_or_insert(score.start_ms);
         self.windows_scored += 1;
         if self.recent.len() == RECENT_WINDOWS {
             self.recent.pop_front();
@@ -274,6 +278,17 @@ pub enum RegisterError {
 struct Inner {
     by_key: HashMap<u64, CallEntry>,
     by_id: HashMap<(Arc<str>, Arc<str>), u64>,
+}
+
+/// One live call as metrics see it.
+#[derive(Debug, Clone)]
+pub struct Census {
+    pub source: CallSource,
+    pub tenant: Arc<str>,
+    pub audio_ms: u64,
+    pub frames_received: u64,
+    pub frames_rejected: u64,
+    pub frames_lost: u64,
 }
 
 /// Live calls by engine key and by (tenant, call id).
@@ -332,8 +347,15 @@ impl CallRegistry {
     }
 
     pub fn remove(&self, key: u64) -> Option<CallEntry> {
+        self.remove_and(key, |_| {})
+    }
+
+    /// Removes the call and runs `f` on it under the same lock (so a [`Self::census`] sees a
+    /// call either live or in `f`'s totals, never both or neither).
+    pub fn remove_and(&self, key: u64, f: impl FnOnce(&CallEntry)) -> Option<CallEntry> {
         let mut inner = self.lock();
         let entry = inner.by_key.remove(&key)?;
+        f(&entry);
         inner
             .by_id
             .remove(&(entry.tenant.clone(), entry.call_id.clone()));
@@ -356,6 +378,25 @@ impl CallRegistry {
 
     pub fn len(&self) -> usize {
         self.lock().by_key.len()
+    }
+
+    /// Every live call's source, tenant and counters, for metrics, and what `also` reads under
+    /// the same lock.
+    pub fn census<R>(&self, also: impl FnOnce() -> R) -> (Vec<Census>, R) {
+        let inner = self.lock();
+        let live = inner
+            .by_key
+            .values()
+            .map(|e| Census {
+                source: e.source,
+                tenant: e.tenant.clone(),
+                audio_ms: e.audio_ms,
+                frames_received: e.frames.received.load(Ordering::Relaxed),
+                frames_rejected: e.frames.rejected.load(Ordering::Relaxed),
+                frames_lost: e.frames.lost.load(Ordering::Relaxed),
+            })
+            .collect();
+        (live, also())
     }
 
     pub fn is_empty(&self) -> bool {

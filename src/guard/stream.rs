@@ -212,6 +212,14 @@ pub(super) fn open(
         Ok(Err(None)) | Err(_) => return Err(OpenError::Stopped),
     }
     let (channel_class, enter_threshold) = screened_as.get();
+    tracing::info!(
+        tenant,
+        call_id = %spec.call_id,
+        source = ?spec.source,
+        channel_class = channel_class.as_str(),
+        sample_rate = spec.sample_rate,
+        "Call opened."
+    );
     Ok(StreamCall {
         shared: shared.clone(),
         key,

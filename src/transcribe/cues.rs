@@ -14,7 +14,6 @@ use super::Redacted;
 
 /// One rule from config (`[[transcribe.cues]]`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct CueRule {
     pub name: String,
     pub weight: f32,

@@ -75,7 +75,6 @@ impl FromStr for ChannelClass {
 /// An optional enter threshold (spoof probability) per channel class: the sidecar's
 /// `threshold.by_class`, the config's `[verdict.enter_thresholds]`, a calibration file's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClassThresholds {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wideband: Option<f32>,

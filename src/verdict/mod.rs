@@ -60,6 +60,16 @@ pub enum AlertKind {
     Escalated,
 }
 
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SuspectedClone => "suspected_clone",
+            Self::Cleared => "cleared",
+            Self::Escalated => "escalated",
+        }
+    }
+}
+
 /// A call's risk from its clone score and what the caller asks for:
 /// `risk = 1 - (1 - p_spoof) * (1 - intent * p_spoof)`, where `intent` (0..1) comes from the
 /// social-engineering cues in the transcript (`crate::transcribe::cues::intent`). With no cues

@@ -11,6 +11,8 @@ pub struct Daemon {
     /// Listening addresses by what the daemon said it serves: "gRPC", "connectors",
     /// "AudioSocket".
     pub addrs: HashMap<String, String>,
+    /// Every line it has written to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -28,11 +30,13 @@ impl Daemon {
         let mut child = cmd.spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let mut addrs = HashMap::new();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         while !expect.iter().all(|e| addrs.contains_key(*e)) {
             let line = lines
                 .next()
                 .expect("the daemon exited before listening")
                 .unwrap();
+            log.lock().unwrap().push(line.clone());
             for what in expect {
                 if let Some(rest) = line.split(&format!("{what} listening on ")).nth(1) {
                     let addr = rest.split_whitespace().next().unwrap().to_owned();
@@ -43,18 +47,34 @@ impl Daemon {
         // Keep draining the log so the daemon never blocks on a full pipe; CALLGUARD_TEST_LOG=1
         // shows it.
         let show = std::env::var_os("CALLGUARD_TEST_LOG").is_some();
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 if show {
                     eprintln!("daemon: {line}");
                 }
+                kept.lock().unwrap().push(line);
             }
         });
-        Self { child, addrs }
+        Self { child, addrs, log }
     }
 
     pub fn addr(&self, what: &str) -> &str {
         &self.addrs[what]
+    }
+
+    /// SIGTERM, as systemd stops it, then waits for it to exit; returns whether it exited 0.
+    pub fn stop(mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..600 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
     }
 
     pub fn grpc_url(&self) -> String {

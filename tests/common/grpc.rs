@@ -63,6 +63,7 @@ impl TestServer {
         let guard = Arc::new(guard);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        guard.readiness().set_listeners_bound(true);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(callguard::grpc::serve(guard.clone(), listener, async {
             let _ = stopped.await;

@@ -523,6 +523,7 @@ impl Srs {
             }
             Err(SipError::Malformed { reason, reply }) => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                self.guard.metrics().connector_error("siprec", "malformed");
                 tracing::info!(peer = %msg.via.peer(), reason, "Malformed SIP message.");
                 if let Some(req) = reply
                     && req.method != "ACK"
@@ -540,6 +541,9 @@ impl Srs {
         };
         let Some(tenant) = self.tenant_of(msg.via.peer().ip()) else {
             let n = self.counters.unknown_peer.fetch_add(1, Ordering::Relaxed);
+            self.guard
+                .metrics()
+                .connector_error("siprec", "unauthorized");
             if n.is_power_of_two() || n == 0 {
                 tracing::warn!(peer = %msg.via.peer(), method = req.method, refused = n + 1, "SIP request from a peer not in siprec.peers: 403.");
             }
@@ -601,6 +605,13 @@ impl Srs {
 
     async fn refuse(&mut self, req: &Request, via: &Via, r: Refusal) {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let kind = match r.0 {
+            488 => "no_codec",
+            503 => "over_limit",
+            400 => "bad_request",
+            _ => "refused",
+        };
+        self.guard.metrics().connector_error("siprec", kind);
         tracing::info!(peer = %via.peer(), sip_call_id = req.call_id(), status = r.0, reason = r.1, "SIPREC INVITE refused.");
         let tag = self.tag();
         let bytes = req.response(r.0, Some(&r.1), Some(&tag), &r.2, None);

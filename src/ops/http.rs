@@ -1,0 +1,76 @@
+//! The operations HTTP listener (`[http] listen`): `/metrics` for Prometheus, `/healthz` (the
+//! process answers) and `/readyz` (model loaded, alert log writable, listeners bound) for
+//! Kubernetes probes and load balancers. Plain HTTP/1.1 via axum, as the connectors use.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use super::metrics::{CONTENT_TYPE, Exposition};
+use crate::guard::Guard;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("the operations HTTP listener failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+struct Ops {
+    guard: Arc<Guard>,
+    exposition: Exposition,
+}
+
+/// The routes, for a listener or an in-process test.
+pub fn router(guard: Arc<Guard>) -> Router {
+    let ops = Arc::new(Ops {
+        exposition: Exposition::new(guard.clone()),
+        guard,
+    });
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(ops)
+}
+
+/// Serves the operations routes on `listener` until `shutdown` resolves.
+pub async fn serve(
+    guard: Arc<Guard>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    axum::serve(listener, router(guard))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    // Reading the counters takes short locks (the call registry), never the audio path's.
+    let ops2 = ops.clone();
+    match tokio::task::spawn_blocking(move || ops2.exposition.render()).await {
+        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    match ops.guard.readiness().state().check() {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
