@@ -801,3 +801,65 @@ async fn health_and_reflection_answer_without_a_token() {
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_is_kept_with_the_alert_and_only_its_tenant_may_give_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(server_config(dir.path(), common::shipped_config())).await;
+    let mut a = server.client(TOKEN_A).await;
+    let (clone, rate) = decode("synthetic_espeak_ulaw.wav");
+    let updates = stream_call(
+        &mut a,
+        open_frame("ack-1", pb::Codec::G711Mulaw, rate, 1),
+        numbered(g711_frames(&clone, rate, Law::MuLaw)),
+    )
+    .await
+    .unwrap();
+    let alert = alerts_of(&updates).remove(0);
+    assert!(alert.acknowledgement.is_none());
+    let ack = |by: &str, note: &str| pb::AcknowledgeAlertRequest {
+        alert_id: alert.id.clone(),
+        by: by.into(),
+        note: note.into(),
+    };
+    let mut b = server.client(TOKEN_B).await;
+    let err = b.acknowledge_alert(ack("eve", "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "another tenant's alert");
+    let err = a.acknowledge_alert(ack("  ", "x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let given = a
+        .acknowledge_alert(ack("supervisor-3", "called back, card 4111 1111 1111 1111"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(given.by, "supervisor-3");
+    assert!(
+        !given.note.contains("4111"),
+        "notes are redacted: {}",
+        given.note
+    );
+    // Every client replaying the log sees it with the alert.
+    let mut replay = server
+        .client(TOKEN_A)
+        .await
+        .stream_alerts(pb::AlertSubscription {
+            after_sequence: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = match timeout(Duration::from_secs(10), replay.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .event
+    {
+        Some(pb::alert_event::Event::Alert(x)) => x,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first.id, alert.id);
+    assert_eq!(first.acknowledgement, Some(given));
+    server.stop().await;
+}

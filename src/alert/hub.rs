@@ -181,6 +181,7 @@ mod tests {
             risk: 0.8,
             cues: Vec::new(),
             metadata: CallMeta::default(),
+            acknowledged: None,
         })
     }
 

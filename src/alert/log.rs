@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use super::{AlertFilter, CallMeta, LoggedAlert, Severity};
+use super::{Acknowledgement, AlertFilter, CallMeta, LoggedAlert, Severity};
 use crate::transcribe::{Cue, Redacted};
 use crate::verdict::{AlertKind, WindowScore};
 
@@ -84,6 +84,11 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_by_id ON calls (tenant, call_id, ended_wall_time_ms);
 CREATE INDEX IF NOT EXISTS calls_by_time ON calls (ended_wall_time_ms);
+CREATE TABLE IF NOT EXISTS acks (
+    alert_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sinks (
     name TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -94,6 +99,19 @@ CREATE TABLE IF NOT EXISTS sinks (
     last_delivered_ms INTEGER
 );
 ";
+
+type AlertRow = (i64, String, Option<String>);
+
+fn row_parts(row: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+fn read_alert((seq, body, ack): AlertRow) -> Result<LoggedAlert, StoreError> {
+    let mut alert: LoggedAlert = serde_json::from_str(&body)?;
+    alert.sequence = seq as u64;
+    alert.acknowledged = ack.map(|a| serde_json::from_str(&a)).transpose()?;
+    Ok(alert)
+}
 
 /// Where a delivery sink stands: the last alert it delivered (or passed over), and how it went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -187,6 +205,7 @@ impl AlertLog {
             risk: new.risk,
             cues: new.cues,
             metadata: new.metadata,
+            acknowledged: None,
         };
         let body = serde_json::to_string(&alert)?;
         let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,9 +235,10 @@ impl AlertLog {
     ) -> Result<Vec<LoggedAlert>, StoreError> {
         let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, body FROM alerts
-             WHERE tenant = ?1 AND seq > ?2 AND (?3 IS NULL OR call_id = ?3) AND severity >= ?4
-             ORDER BY seq LIMIT ?5",
+            "SELECT a.seq, a.body, k.body FROM alerts a LEFT JOIN acks k ON k.alert_id = a.id
+             WHERE a.tenant = ?1 AND a.seq > ?2 AND (?3 IS NULL OR a.call_id = ?3)
+               AND a.severity >= ?4
+             ORDER BY a.seq LIMIT ?5",
         )?;
         let rows = stmt.query_map(
             params![
@@ -228,16 +248,9 @@ impl AlertLog {
                 filter.min_severity.map_or(0, |s| s as i64),
                 limit as i64
             ],
-            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+            row_parts,
         )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, body) = row?;
-            let mut alert: LoggedAlert = serde_json::from_str(&body)?;
-            alert.sequence = seq as u64;
-            out.push(alert);
-        }
-        Ok(out)
+        rows.map(|r| read_alert(r?)).collect()
     }
 
     /// The highest sequence ever given (0 for an empty log).
@@ -256,17 +269,83 @@ impl AlertLog {
     /// Up to `limit` alerts of every tenant with a sequence above `after`, oldest first.
     pub fn all_after(&self, after: u64, limit: usize) -> Result<Vec<LoggedAlert>, StoreError> {
         let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stmt = conn
-            .prepare_cached("SELECT seq, body FROM alerts WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        let mut stmt = conn.prepare_cached(
+            "SELECT a.seq, a.body, k.body FROM alerts a LEFT JOIN acks k ON k.alert_id = a.id
+             WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], row_parts)?;
+        rows.map(|r| read_alert(r?)).collect()
+    }
+
+    /// The tenant's newest `limit` alerts, newest first (the supervisor's alert feed).
+    pub fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<LoggedAlert>, StoreError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT a.seq, a.body, k.body FROM alerts a LEFT JOIN acks k ON k.alert_id = a.id
+             WHERE a.tenant = ?1 ORDER BY a.seq DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![tenant, limit as i64], row_parts)?;
+        rows.map(|r| read_alert(r?)).collect()
+    }
+
+    /// Records who acknowledged the tenant's alert `alert_id` (a later one replaces it);
+    /// `None` when the tenant has no such alert.
+    pub fn acknowledge(
+        &self,
+        tenant: &str,
+        alert_id: &str,
+        by: &str,
+        note: &str,
+        at_ms: i64,
+    ) -> Result<Option<Acknowledgement>, StoreError> {
+        let ack = Acknowledgement {
+            alert_id: alert_id.to_owned(),
+            by: by.chars().take(100).collect(),
+            note: crate::transcribe::redact(&note.chars().take(1000).collect::<String>()).0,
+            at_ms,
+        };
+        let body = serde_json::to_string(&ack)?;
+        let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let known: Option<i64> = conn
+            .query_row(
+                "SELECT seq FROM alerts WHERE id = ?1 AND tenant = ?2",
+                params![alert_id, tenant],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        conn.execute(
+            "INSERT INTO acks (alert_id, tenant, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT (alert_id) DO UPDATE SET body = excluded.body",
+            params![alert_id, tenant, body],
+        )?;
+        Ok(Some(ack))
+    }
+
+    /// The tenant's calls that ended after `since_ms`, newest first, whose call id or ANI
+    /// contains `search` (all when empty).
+    pub fn ended_calls<T: DeserializeOwned>(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        search: &str,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT body FROM calls WHERE tenant = ?1 AND ended_wall_time_ms >= ?2
+               AND (?3 = '' OR instr(call_id, ?3) > 0
+                    OR instr(json_extract(body, '$.metadata.ani'), ?3) > 0)
+             ORDER BY ended_wall_time_ms DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![tenant, since_ms, search, limit as i64], |r| {
+            r.get::<_, String>(0)
         })?;
         let mut out = Vec::new();
-        for row in rows {
-            let (seq, body) = row?;
-            let mut alert: LoggedAlert = serde_json::from_str(&body)?;
-            alert.sequence = seq as u64;
-            out.push(alert);
+        for body in rows {
+            out.push(serde_json::from_str(&body?)?);
         }
         Ok(out)
     }
@@ -400,6 +479,10 @@ impl AlertLog {
         let calls = conn.execute(
             "DELETE FROM calls WHERE ended_wall_time_ms < ?1",
             params![cutoff_ms],
+        )?;
+        conn.execute(
+            "DELETE FROM acks WHERE alert_id NOT IN (SELECT id FROM alerts)",
+            [],
         )?;
         Ok((alerts, calls))
     }

@@ -100,6 +100,21 @@ pub struct LoggedAlert {
     #[serde(default)]
     pub cues: Vec<Cue>,
     pub metadata: CallMeta,
+    /// Who acknowledged it, when, and why; kept beside the alert in the log (the alert itself
+    /// is never rewritten) and filled in when it is read back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<Acknowledgement>,
+}
+
+/// A person's acknowledgement of an alert (a supervisor who looked at the call).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acknowledgement {
+    pub alert_id: String,
+    /// As the person gave it (a name or staff id), at most 100 characters.
+    pub by: String,
+    /// At most 1,000 characters, redacted like transcripts.
+    pub note: Redacted,
+    pub at_ms: i64,
 }
 
 /// Which alerts a subscriber wants (besides its tenant).

@@ -170,6 +170,16 @@ pub fn alert(a: &LoggedAlert) -> pb::Alert {
         metadata: Some(meta(&a.metadata)),
         risk: a.risk,
         cues: a.cues.iter().map(cue).collect(),
+        acknowledgement: a.acknowledged.as_ref().map(acknowledgement),
+    }
+}
+
+pub fn acknowledgement(a: &crate::alert::Acknowledgement) -> pb::Acknowledgement {
+    pb::Acknowledgement {
+        alert_id: a.alert_id.clone(),
+        by: a.by.clone(),
+        note: a.note.to_string(),
+        at_ms: a.at_ms,
     }
 }
 

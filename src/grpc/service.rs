@@ -250,6 +250,31 @@ impl pb::call_guard_server::CallGuard for CallGuardService {
         }
     }
 
+    async fn acknowledge_alert(
+        &self,
+        req: Request<pb::AcknowledgeAlertRequest>,
+    ) -> Result<Response<pb::Acknowledgement>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        if r.by.trim().is_empty() {
+            return Err(Status::invalid_argument("say who acknowledges (by)"));
+        }
+        let guard = self.guard.clone();
+        let id = r.alert_id.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            guard
+                .log()
+                .acknowledge(&tenant, &id, r.by.trim(), &r.note, crate::alert::now_ms())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        match done {
+            Some(ack) => Ok(Response::new(convert::acknowledgement(&ack))),
+            None => Err(Status::not_found(format!("no alert {:?}", r.alert_id))),
+        }
+    }
+
     async fn end_call(
         &self,
         req: Request<pb::EndCallRequest>,

@@ -161,6 +161,7 @@ mod tests {
                 agent: "agent-7".into(),
                 labels: Default::default(),
             },
+            acknowledged: None,
         }
     }
 
