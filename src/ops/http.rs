@@ -36,7 +36,8 @@ pub fn router(guard: Arc<Guard>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(ops)
+        .with_state(ops.clone())
+        .merge(super::supervisor::router(ops.guard.clone()))
 }
 
 /// Serves the operations routes on `listener` until `shutdown` resolves.

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod supervisor;
 
 pub use http::{HttpError, router, serve};
 pub use metrics::{EndedCall, Metrics, SecondsHistogram};
