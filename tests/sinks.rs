@@ -243,6 +243,28 @@ timeout_ms = 5000
     assert_eq!(status["pending"], 0, "{status}");
     assert_eq!(status["delivered"], total, "{status}");
     assert!(status["last_error"].is_null(), "{status}");
+
+    // A supervisor acknowledges the first alert: the acknowledgement follows.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = common::grpc::client(&daemon.grpc_url(), TOKEN_A).await;
+        client
+            .acknowledge_alert(pb::AcknowledgeAlertRequest {
+                alert_id: logged[0].id.clone(),
+                by: "supervisor-2".into(),
+                note: "customer confirmed by call-back".into(),
+            })
+            .await
+            .unwrap();
+    });
+    let ack = receiver
+        .lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the acknowledgement is delivered");
+    assert_eq!(ack["type"], "acknowledgement", "{ack}");
+    assert_eq!(ack["alert_id"], logged[0].id.as_str());
+    assert_eq!(ack["by"], "supervisor-2");
+    assert_eq!(ack["tenant"], "bank-a");
     assert!(daemon.stop());
     // A restart after everything went out sends nothing again.
     let daemon = Daemon::start(&config, &env, &["gRPC"]);

@@ -89,6 +89,15 @@ CREATE TABLE IF NOT EXISTS acks (
     tenant TEXT NOT NULL,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ack_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sink_acks (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sinks (
     name TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -321,7 +330,73 @@ impl AlertLog {
              ON CONFLICT (alert_id) DO UPDATE SET body = excluded.body",
             params![alert_id, tenant, body],
         )?;
+        // And in the outbox the sinks deliver from, in the order they were given.
+        conn.execute(
+            "INSERT INTO ack_events (tenant, body) VALUES (?1, ?2)",
+            params![tenant, body],
+        )?;
         Ok(Some(ack))
+    }
+
+    /// The log position of the alert with this id, if it is still kept.
+    pub fn alert_sequence(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(conn
+            .query_row("SELECT seq FROM alerts WHERE id = ?1", params![id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|s| s as u64))
+    }
+
+    /// Up to `limit` acknowledgements given after outbox position `after`: (position,
+    /// tenant, acknowledgement), oldest first.
+    pub fn acks_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, Acknowledgement)>, StoreError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, tenant, body FROM ack_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, tenant, body) = row?;
+            out.push((seq as u64, tenant, serde_json::from_str(&body)?));
+        }
+        Ok(out)
+    }
+
+    /// Where a sink stands in the acknowledgement outbox; a new sink starts after the newest.
+    pub fn sink_ack_start(&self, name: &str) -> Result<u64, StoreError> {
+        let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "INSERT OR IGNORE INTO sink_acks (name, seq)
+             VALUES (?1, COALESCE((SELECT MAX(seq) FROM ack_events), 0))",
+            params![name],
+        )?;
+        Ok(conn.query_row(
+            "SELECT seq FROM sink_acks WHERE name = ?1",
+            params![name],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    pub fn sink_ack_advance(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "UPDATE sink_acks SET seq = MAX(seq, ?2) WHERE name = ?1",
+            params![name, seq as i64],
+        )?;
+        Ok(())
     }
 
     /// The tenant's calls that ended after `since_ms`, newest first, whose call id or ANI

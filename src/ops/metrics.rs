@@ -382,29 +382,30 @@ impl Collector for GuardCollector {
                     &p.window_time,
                 )?;
             }
-            if let Some(t) = engine.transcribe_stats() {
-                counter(
-                    &mut e,
-                    "transcribe_segments",
-                    "Speech segments transcribed.",
-                    None,
-                    relaxed(&t.segments_transcribed),
-                )?;
-                counter(
-                    &mut e,
-                    "transcribe_segments_skipped",
-                    "Speech segments not transcribed because transcription was behind.",
-                    None,
-                    t.skipped(),
-                )?;
-                counter(
-                    &mut e,
-                    "transcribe_segments_failed",
-                    "Speech segments transcription failed on.",
-                    None,
-                    relaxed(&t.segments_failed),
-                )?;
-            }
+            // Exported at zero when transcription is off, so dashboards always find them.
+            let t = engine.transcribe_stats();
+            let read = |f: fn(&crate::transcribe::TranscribeStats) -> u64| t.map_or(0, f);
+            counter(
+                &mut e,
+                "transcribe_segments",
+                "Speech segments transcribed.",
+                None,
+                read(|t| t.segments_transcribed.load(Ordering::Relaxed)),
+            )?;
+            counter(
+                &mut e,
+                "transcribe_segments_skipped",
+                "Speech segments not transcribed because transcription was behind.",
+                None,
+                read(|t| t.skipped()),
+            )?;
+            counter(
+                &mut e,
+                "transcribe_segments_failed",
+                "Speech segments transcription failed on.",
+                None,
+                read(|t| t.segments_failed.load(Ordering::Relaxed)),
+            )?;
             Ok(())
         })
         .transpose()?;

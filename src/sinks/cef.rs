@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::alert::{LoggedAlert, Severity};
+use crate::alert::{Acknowledgement, LoggedAlert, Severity};
 use crate::verdict::AlertKind;
 
 /// RFC 5424 severity of an alert: critical 2, warning 4, info 6.
@@ -113,19 +113,44 @@ pub fn record(a: &LoggedAlert) -> String {
     out
 }
 
-/// The RFC 5424 message carrying the CEF record.
-pub fn syslog_message(a: &LoggedAlert, facility: u8, hostname: &str) -> String {
-    let pri = u16::from(facility) * 8 + u16::from(syslog_severity(a.severity));
+/// The RFC 5424 message of a person's acknowledgement of an alert (CEF severity 1, syslog
+/// notice).
+pub fn ack_message(tenant: &str, ack: &Acknowledgement, facility: u8, hostname: &str) -> String {
+    let mut cef = String::from("CEF:0|callguard|callguard|");
+    header_field(&mut cef, env!("CARGO_PKG_VERSION"));
+    cef.push_str("|acknowledged|Alert acknowledged|1|rt=");
+    cef.push_str(&ack.at_ms.to_string());
+    ext(&mut cef, "externalId", &ack.alert_id);
+    ext(&mut cef, "cs1Label", "tenant");
+    ext(&mut cef, "cs1", tenant);
+    ext(&mut cef, "cs5Label", "acknowledgedBy");
+    ext(&mut cef, "cs5", &ack.by);
+    ext(&mut cef, "msg", ack.note.as_str());
+    format!(
+        "<{}>1 {} {} callguard - acknowledgement - {cef}",
+        u16::from(facility) * 8 + 5,
+        rfc3339(ack.at_ms),
+        host_field(hostname)
+    )
+}
+
+fn host_field(hostname: &str) -> String {
     // HOSTNAME is printable US-ASCII without spaces (RFC 5424 6.2.4), at most 255 characters.
     let host: String = hostname
         .chars()
         .filter(|c| c.is_ascii_graphic())
         .take(255)
         .collect();
-    let host = if host.is_empty() { "-".into() } else { host };
+    if host.is_empty() { "-".into() } else { host }
+}
+
+/// The RFC 5424 message carrying the CEF record.
+pub fn syslog_message(a: &LoggedAlert, facility: u8, hostname: &str) -> String {
+    let pri = u16::from(facility) * 8 + u16::from(syslog_severity(a.severity));
     format!(
-        "<{pri}>1 {} {host} callguard - alert - {}",
+        "<{pri}>1 {} {} callguard - alert - {}",
         rfc3339(a.wall_time_ms),
+        host_field(hostname),
         record(a)
     )
 }

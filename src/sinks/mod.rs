@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::alert::{AlertLog, LoggedAlert, StoreError, now_ms};
+use crate::alert::{Acknowledgement, AlertLog, LoggedAlert, StoreError, now_ms};
 use crate::config::SinksConfig;
 use crate::ops::Metrics;
 
@@ -44,6 +44,9 @@ pub enum SinkError {
 pub trait Deliver: Send {
     /// Sends one alert; `Err` is a reason to retry (receiver down, refused, timed out).
     fn deliver(&mut self, alert: &LoggedAlert) -> Result<(), String>;
+
+    /// Sends a person's acknowledgement of one of `tenant`'s alerts; retried the same way.
+    fn deliver_ack(&mut self, tenant: &str, ack: &Acknowledgement) -> Result<(), String>;
 }
 
 /// When a sink retries.
@@ -122,11 +125,12 @@ impl Sinks {
         let mut threads = Vec::new();
         for sink in sinks {
             let state = log.sink_start(&sink.name)?;
+            let acks = log.sink_ack_start(&sink.name)?;
             let (log, metrics, stop) = (log.clone(), metrics.clone(), stop.clone());
             let name = sink.name.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sink-{name}"))
-                .spawn(move || deliver_all(sink, state.sequence, &log, &metrics, &stop))
+                .spawn(move || deliver_all(sink, (state.sequence, acks), &log, &metrics, &stop))
                 .map_err(|e| SinkError::Thread(name, e))?;
             threads.push(thread);
         }
@@ -163,9 +167,86 @@ fn pause(d: Duration, stop: &AtomicBool) -> bool {
     !stop.load(Ordering::SeqCst)
 }
 
+/// Delivers `one` until it is taken, waiting with backoff between attempts; false when asked to
+/// stop first.
+fn until_taken(
+    sink: &mut Sink,
+    log: &AlertLog,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+    what: &str,
+    mut one: impl FnMut(&mut dyn Deliver) -> Result<(), String>,
+) -> bool {
+    let name = sink.name.clone();
+    let mut wait = sink.backoff.initial;
+    loop {
+        match one(sink.out.as_mut()) {
+            Ok(()) => {
+                metrics.sink_delivered(&name);
+                return true;
+            }
+            Err(e) => {
+                metrics.sink_failed(&name);
+                tracing::warn!(sink = %name, what, error = %e, retry_in_ms = wait.as_millis() as u64, "Not delivered; will retry.");
+                if let Err(e) = log.sink_failed(&name, &e, now_ms()) {
+                    tracing::warn!(sink = %name, error = %e, "Cannot record a failed delivery.");
+                }
+                if !pause(wait, stop) {
+                    return false;
+                }
+                wait = (wait * 2).min(sink.backoff.max);
+            }
+        }
+    }
+}
+
+/// Delivers the acknowledgements given since `cursor`; returns the new cursor, or `None` when
+/// asked to stop.
+fn deliver_acks(
+    sink: &mut Sink,
+    (mut cursor, alerts_done): (u64, u64),
+    log: &AlertLog,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+) -> Option<u64> {
+    let acks = match log.acks_after(cursor, BATCH) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(sink = %sink.name, error = %e, "Cannot read acknowledgements; will retry.");
+            return Some(cursor);
+        }
+    };
+    for (seq, tenant, ack) in acks {
+        if !acked_alert_delivered(log, alerts_done, &ack) {
+            break;
+        }
+        if sink.tenants.is_empty() || sink.tenants.contains(&tenant) {
+            let what = format!("acknowledgement of {}", ack.alert_id);
+            if !until_taken(sink, log, metrics, stop, &what, |out| {
+                out.deliver_ack(&tenant, &ack)
+            }) {
+                return None;
+            }
+        }
+        cursor = seq;
+        if let Err(e) = log.sink_ack_advance(&sink.name, cursor) {
+            tracing::warn!(sink = %sink.name, error = %e, "Cannot record a delivery.");
+        }
+    }
+    Some(cursor)
+}
+
+/// Whether the alert `ack` acknowledges is at or before the sink's alert cursor (or gone).
+fn acked_alert_delivered(log: &AlertLog, cursor: u64, ack: &Acknowledgement) -> bool {
+    log.alert_sequence(&ack.alert_id)
+        .ok()
+        .flatten()
+        .is_none_or(|seq| seq <= cursor)
+}
+
 fn deliver_all(
     mut sink: Sink,
-    mut cursor: u64,
+    (mut cursor, mut ack_cursor): (u64, u64),
     log: &AlertLog,
     metrics: &Metrics,
     stop: &AtomicBool,
@@ -173,6 +254,12 @@ fn deliver_all(
     let name = sink.name.clone();
     tracing::info!(sink = %name, after_sequence = cursor, "Alert delivery started.");
     while !stop.load(Ordering::SeqCst) {
+        // Acknowledgements of alerts already delivered (one of an alert not yet delivered waits
+        // until its alert has gone).
+        match deliver_acks(&mut sink, (ack_cursor, cursor), log, metrics, stop) {
+            Some(c) => ack_cursor = c,
+            None => return,
+        }
         let batch = match log.all_after(cursor, BATCH) {
             Ok(b) => b,
             Err(e) => {
@@ -195,27 +282,13 @@ fn deliver_all(
                 cursor = alert.sequence;
                 continue;
             }
-            let mut wait = sink.backoff.initial;
-            loop {
-                match sink.out.deliver(alert) {
-                    Ok(()) => {
-                        metrics.sink_delivered(&name);
-                        break;
-                    }
-                    Err(e) => {
-                        metrics.sink_failed(&name);
-                        tracing::warn!(sink = %name, sequence = alert.sequence, error = %e, retry_in_ms = wait.as_millis() as u64, "Alert not delivered; will retry.");
-                        if let Err(e) = log.sink_failed(&name, &e, now_ms()) {
-                            tracing::warn!(sink = %name, error = %e, "Cannot record a failed delivery.");
-                        }
-                        if !pause(wait, stop) {
-                            // Not delivered: the cursor stays before it.
-                            let _ = log.sink_advance(&name, cursor, 0, now_ms());
-                            return;
-                        }
-                        wait = (wait * 2).min(sink.backoff.max);
-                    }
-                }
+            let what = format!("alert {}", alert.sequence);
+            if !until_taken(&mut sink, log, metrics, stop, &what, |out| {
+                out.deliver(alert)
+            }) {
+                // Not delivered: the cursor stays before it.
+                let _ = log.sink_advance(&name, cursor, 0, now_ms());
+                return;
             }
             cursor = alert.sequence;
             // Committed after each delivery, so a restart resends at most the one in flight.
@@ -323,6 +396,12 @@ mod tests {
             self.took.lock().unwrap().push(a.sequence);
             Ok(())
         }
+
+        fn deliver_ack(&mut self, _tenant: &str, a: &Acknowledgement) -> Result<(), String> {
+            // Recorded as the negated time, to tell it from an alert's sequence.
+            self.took.lock().unwrap().push(u64::MAX - a.at_ms as u64);
+            Ok(())
+        }
     }
 
     fn wait_for(took: &Mutex<Vec<u64>>, n: usize) {
@@ -383,6 +462,19 @@ mod tests {
         );
         let mut sinks = Sinks::run(vec![sink(0)], log.clone(), metrics).unwrap();
         wait_for(&took, 7);
+        // An acknowledgement goes out after its alert; another tenant's does not.
+        let first = log.all_after(0, 100).unwrap()[1].clone();
+        assert_eq!(first.tenant, "bank-a");
+        log.acknowledge("bank-a", &first.id, "sup", "checked", 1_234)
+            .unwrap()
+            .unwrap();
+        let other = log.all_after(0, 100).unwrap()[2].clone();
+        log.acknowledge("bank-b", &other.id, "sup", "", 99)
+            .unwrap()
+            .unwrap();
+        want.push(u64::MAX - 1_234);
+        wait_for(&took, 8);
+        std::thread::sleep(Duration::from_millis(300));
         sinks.shutdown();
         assert_eq!(*took.lock().unwrap(), want);
     }

@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls;
 
 use super::Deliver;
-use crate::alert::LoggedAlert;
+use crate::alert::{Acknowledgement, LoggedAlert};
 use crate::config::SyslogSinkConfig;
 
 enum Conn {
@@ -131,9 +131,8 @@ impl SyslogSink {
     }
 }
 
-impl Deliver for SyslogSink {
-    fn deliver(&mut self, alert: &LoggedAlert) -> Result<(), String> {
-        let message = super::cef::syslog_message(alert, self.facility, &self.hostname);
+impl SyslogSink {
+    fn send(&mut self, message: String) -> Result<(), String> {
         let frame = format!("{} {message}", message.len());
         if self.conn.is_none() {
             self.conn = Some(self.connect()?);
@@ -144,5 +143,17 @@ impl Deliver for SyslogSink {
             return Err(format!("writing to {}: {e}", self.address));
         }
         Ok(())
+    }
+}
+
+impl Deliver for SyslogSink {
+    fn deliver(&mut self, alert: &LoggedAlert) -> Result<(), String> {
+        let message = super::cef::syslog_message(alert, self.facility, &self.hostname);
+        self.send(message)
+    }
+
+    fn deliver_ack(&mut self, tenant: &str, ack: &Acknowledgement) -> Result<(), String> {
+        let message = super::cef::ack_message(tenant, ack, self.facility, &self.hostname);
+        self.send(message)
     }
 }

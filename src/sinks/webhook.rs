@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::Deliver;
-use crate::alert::LoggedAlert;
+use crate::alert::{Acknowledgement, LoggedAlert};
 use crate::config::{WebhookSinkConfig, read_secret};
 
 pub struct WebhookSink {
@@ -74,22 +74,21 @@ impl WebhookSink {
     }
 }
 
-impl Deliver for WebhookSink {
-    fn deliver(&mut self, alert: &LoggedAlert) -> Result<(), String> {
-        let body = serde_json::json!({ "type": "alert", "alert": alert }).to_string();
+impl WebhookSink {
+    fn post(&mut self, event: &str, delivery: &str, body: &str) -> Result<(), String> {
         let timestamp = crate::alert::now_ms() / 1000;
         let response = self
             .agent
             .post(&self.url)
             .header("Content-Type", "application/json")
-            .header("X-Callguard-Event", "alert")
-            .header("X-Callguard-Delivery", &alert.id)
+            .header("X-Callguard-Event", event)
+            .header("X-Callguard-Delivery", delivery)
             .header("X-Callguard-Timestamp", timestamp.to_string())
             .header(
                 "X-Callguard-Signature",
-                signature(&self.secret, timestamp, &body),
+                signature(&self.secret, timestamp, body),
             )
-            .send(&body)
+            .send(body)
             .map_err(|e| e.to_string())?;
         let status = response.status();
         if status.is_success() {
@@ -97,6 +96,24 @@ impl Deliver for WebhookSink {
         } else {
             Err(format!("the receiver answered {status}"))
         }
+    }
+}
+
+impl Deliver for WebhookSink {
+    fn deliver(&mut self, alert: &LoggedAlert) -> Result<(), String> {
+        let body = serde_json::json!({ "type": "alert", "alert": alert }).to_string();
+        self.post("alert", &alert.id, &body)
+    }
+
+    fn deliver_ack(&mut self, tenant: &str, ack: &Acknowledgement) -> Result<(), String> {
+        let body = serde_json::json!({
+            "type": "acknowledgement",
+            "tenant": tenant,
+            "acknowledgement": ack,
+        })
+        .to_string();
+        let delivery = format!("ack_{}_{}", ack.alert_id, ack.at_ms);
+        self.post("acknowledgement", &delivery, &body)
     }
 }
 

@@ -1,7 +1,8 @@
 """A SOC's webhook receiver, written from callguard's documented contract (README "Alert
 delivery to a SOC"), not from its code:
 
-- POST, JSON body `{"type": "alert", "alert": {...}}`;
+- POST, JSON body `{"type": "alert", "alert": {...}}` or
+  `{"type": "acknowledgement", "tenant": ..., "acknowledgement": {"alert_id", "by", "note", "at_ms"}}`;
 - `X-Callguard-Timestamp` (Unix seconds) and `X-Callguard-Signature` = `v1=` + hex
   HMAC-SHA256(secret, TIMESTAMP + "." + BODY); a wrong signature or a timestamp more than
   300 s from now is refused with 401;
@@ -58,6 +59,13 @@ def main() -> None:
                 state["to_fail"] -= 1
                 return self.refuse(503, "starting up")
             doc = json.loads(body)
+            if doc["type"] == "acknowledgement":
+                k = doc["acknowledgement"]
+                emit({"accepted": True, "type": "acknowledgement", "alert_id": k["alert_id"], "by": k["by"],
+                      "note": k["note"], "tenant": doc["tenant"], "delivery": self.headers.get("X-Callguard-Delivery")})
+                self.send_response(204)
+                self.end_headers()
+                return
             a = doc["alert"]
             emit({"accepted": True, "type": doc["type"], "id": a["id"], "sequence": a["sequence"],
                   "call_id": a["call_id"], "kind": a["kind"], "tenant": a["tenant"],
