@@ -224,9 +224,13 @@ fn three_hour_file_streams_in_bounded_memory() {
         "the speech bursts are scored: {}",
         s.windows_scored
     );
+    // Streaming, not loading: the file is 172 MB and its decoded 16 kHz f32 audio would be
+    // 690 MB. Peak RSS also counts the allocator's per-thread arenas, whose growth varies with
+    // how the worker threads were scheduled (40-73 MB seen on a loaded 2-core machine), so the
+    // bound leaves room for that and still fails a decoder that buffers the file.
     let growth_mb = (peak_rss_kb() / 1000).saturating_sub(before_mb);
     assert!(
-        growth_mb < 64,
+        growth_mb < 110,
         "peak RSS grew {growth_mb} MB while streaming a {file_mb} MB file"
     );
 }
