@@ -9,7 +9,9 @@ update and alert as one JSON line.
 
 The gRPC stubs are generated from proto/callguard/v1/callguard.proto with grpc_tools.protoc
 into a temporary folder on each run, so the client always matches the proto it ships with.
-Exit status: 0 on success, 2 when the server refuses the call (the status is printed).
+Exit status: 0 on success, 1 when the file cannot be streamed (not a 16-bit PCM WAV, or not
+readable; checked before anything is sent), 2 when the server refuses the call (the status is
+printed).
 """
 
 import argparse
@@ -50,10 +52,30 @@ def emit(kind, message):
         print(line, flush=True)
 
 
+def check_wav(path):
+    """Exits with a clear message unless `path` is a 16-bit PCM WAV. Runs before the call is
+    opened: an exception inside the request generator would reach the user only as gRPC's
+    "Exception iterating requests!"."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            width = w.getsampwidth()
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot be read ({e.strerror or e})")
+    except EOFError:
+        raise SystemExit(f"{path}: not a WAV file (it ends inside its header)")
+    except wave.Error as e:
+        # wave reads only PCM; it names other encodings by their WAV format tag.
+        names = {"unknown format: 3": "float", "unknown format: 6": "A-law",
+                 "unknown format: 7": "mu-law"}
+        what = f"{names[str(e)]} samples" if str(e) in names else str(e)
+        raise SystemExit(f"{path}: only 16-bit PCM WAV is supported ({what})")
+    if width != 2:
+        raise SystemExit(f"{path}: only 16-bit PCM WAV is supported (this one has "
+                         f"{8 * width}-bit samples)")
+
+
 def frames(pb, path, call_id, realtime, caller_channel):
     with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise SystemExit(f"{path}: only 16-bit PCM WAV is supported")
         rate, channels = w.getframerate(), w.getnchannels()
         open_msg = pb.CallOpen(call_id=call_id, codec=pb.CODEC_PCM16LE, sample_rate=rate,
                                channels=channels,
@@ -85,6 +107,7 @@ def main():
     ap.add_argument("--wait-alerts", type=float, default=10.0,
                     help="seconds to wait for the call's alerts on StreamAlerts after it ends")
     args = ap.parse_args()
+    check_wav(args.wav)
 
     with tempfile.TemporaryDirectory() as stubs:
         pb, pb_grpc = load_stubs(stubs)
