@@ -75,4 +75,30 @@ fi
 make "$OUT/request.wav" espeak-ng -v en-us -s 140 -w "$OUT/request.wav" "Please wire the money today, and don't tell anyone."
 make "$OUT/card.wav" espeak-ng -v en-us -s 130 -w "$OUT/card.wav" \
   "My card number is four one one one, one one one one, one one one one, one one one one. Thank you."
+# Hostile input for transcription (whisper's repetition loops): letters spelled one by one,
+# long silence, DTMF digits and music on hold (a sox melody of sines with a little noise).
+make "$OUT/letters.wav" espeak-ng -v en-us -s 120 -w "$OUT/letters.wav" \
+  "My name is spelled S, M, I, T, H. My reference is A, A, A, B, B, B, Q, Q, X. Thank you."
+make "$OUT/silence.wav" sox -n -r 8000 -c 1 -b 16 "$OUT/silence.wav" trim 0 20
+dtmf_tone() { sox -n -r 8000 -c 1 -b 16 "$1" synth 0.2 sine "$2" sine "$3" remix - gain -6 pad 0 0.15; }
+dtmf() {
+  local parts=() i=0
+  for pair in 697:1209 697:1336 770:1209 852:1477 941:1336 697:1209 697:1209 697:1209 \
+              770:1336 770:1336 852:1209 941:1336 697:1336 697:1336 697:1336 697:1336; do
+    dtmf_tone "$TMP/dtmf$i.wav" "${pair%:*}" "${pair#*:}"; parts+=("$TMP/dtmf$i.wav"); i=$((i + 1))
+  done
+  sox "${parts[@]}" "$1"
+}
+make "$OUT/dtmf.wav" dtmf "$OUT/dtmf.wav"
+hold_music() {
+  local parts=() i=0
+  for f in 262 330 392 523 392 330 294 349 440 587 440 349 262 330 392 523 392 330 294 349; do
+    sox -n -r 8000 -c 1 -b 16 "$TMP/note$i.wav" synth 0.6 sine "$f" sine "$((f * 2))" sine "$((f * 3 / 2))" \
+      remix - fade 0.02 0.6 0.1 gain -12; parts+=("$TMP/note$i.wav"); i=$((i + 1))
+  done
+  sox "${parts[@]}" "$TMP/melody.wav"
+  sox -n -r 8000 -c 1 -b 16 "$TMP/hiss.wav" synth 12 whitenoise gain -45
+  sox -m "$TMP/melody.wav" "$TMP/hiss.wav" "$1" trim 0 12
+}
+make "$OUT/hold_music.wav" hold_music "$OUT/hold_music.wav"
 echo "$VERSION" > "$OUT/VERSION"

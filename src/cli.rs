@@ -402,11 +402,11 @@ fn write_summary(out: &mut impl Write, s: &CallSummary) -> Result<()> {
         write_segment(out, "  ", seg)?;
     }
     let c = &s.segment_counts;
-    if c.skipped + c.failed > 0 {
+    if c.skipped + c.failed + c.unintelligible > 0 {
         writeln!(
             out,
-            "  transcription: {} of {} segments skipped (over budget), {} failed",
-            c.skipped, s.segments, c.failed
+            "  transcription: {} of {} segments skipped (over budget), {} failed, {} unintelligible",
+            c.skipped, s.segments, c.failed, c.unintelligible
         )?;
     }
     Ok(())
@@ -864,6 +864,13 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Resolves once the signal watcher has set `stop` (the shutdown future of every listener).
+async fn stopped(stop: &'static AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Tenant of configured devices that name none.
 const LOCAL_TENANT: &str = "local";
 
@@ -891,11 +898,7 @@ fn start_server(
         "plaintext"
     };
     eprintln!("callguard: gRPC listening on {local} ({tls})");
-    let task = runtime.spawn(callguard::grpc::serve(guard, listener, async move {
-        while !stop.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }));
+    let task = runtime.spawn(callguard::grpc::serve(guard, listener, stopped(stop)));
     Ok((runtime, task))
 }
 
@@ -921,11 +924,7 @@ fn start_ops(
         "callguard: operations HTTP listening on {} (/metrics, /healthz, /readyz)",
         listener.local_addr()?
     );
-    let task = runtime.spawn(callguard::ops::serve(guard, listener, async move {
-        while !stop.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }));
+    let task = runtime.spawn(callguard::ops::serve(guard, listener, stopped(stop)));
     Ok((runtime, task))
 }
 
@@ -962,11 +961,7 @@ fn start_connectors(
     if let Some(addr) = sip_tls {
         eprintln!("callguard: SIPREC-TLS listening on {addr}");
     }
-    let task = runtime.spawn(connectors.serve(guard, async move {
-        while !stop.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }));
+    let task = runtime.spawn(connectors.serve(guard, stopped(stop)));
     Ok((runtime, task))
 }
 
@@ -1001,6 +996,7 @@ fn log_transcribe_stats(engine: &Engine) {
         skipped_queue_full = t.segments_skipped_full.load(Ordering::Relaxed),
         skipped_stale = t.segments_skipped_stale.load(Ordering::Relaxed),
         failed = t.segments_failed.load(Ordering::Relaxed),
+        unintelligible = t.segments_unintelligible.load(Ordering::Relaxed),
         masked = t.masked.load(Ordering::Relaxed),
         queued_ms = engine.transcribe_queued_ms(),
         audio_ms,

@@ -324,6 +324,39 @@ async fn a_slow_subscriber_is_told_it_lagged_and_is_caught_up_from_the_log() {
     server.stop().await;
 }
 
+/// A peer that keeps presenting unknown tokens is refused for a while without its token being
+/// read (a right one included), and both are counted for /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_keeps_failing_authentication_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(server_config(dir.path(), common::loudness_config())).await;
+    let mut good = server.client(TOKEN_A).await;
+    good.list_calls(pb::ListCallsRequest {}).await.unwrap();
+    let mut guesser = server.client("guess").await;
+    let burst = callguard::grpc::auth::FailedAuth::BURST as u64;
+    for _ in 0..burst {
+        let err = guesser
+            .list_calls(pb::ListCallsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    let err = guesser
+        .list_calls(pb::ListCallsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    let err = good.list_calls(pb::ListCallsRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "same address: {err}");
+    let auth = &server.guard.metrics().auth;
+    assert_eq!(
+        auth.failed.load(std::sync::atomic::Ordering::Relaxed),
+        burst
+    );
+    assert_eq!(auth.throttled.load(std::sync::atomic::Ordering::Relaxed), 2);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_checked_and_tenants_see_only_their_calls() {
     let dir = tempfile::tempdir().unwrap();
@@ -761,27 +794,32 @@ async fn health_and_reflection_answer_without_a_token() {
             .status
     };
     assert_eq!(check(channel.clone()).await, ServingStatus::Serving as i32);
-    // The health service follows readiness: an alert log that refuses writes is not ready.
+    // The health service follows readiness (asynchronously): an alert log that refuses writes
+    // is not ready, and ready again when it takes them.
+    let settles_at = |want: ServingStatus| {
+        let channel = channel.clone();
+        async move {
+            let mut status = check(channel.clone()).await;
+            for _ in 0..100 {
+                if status == want as i32 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                status = check(channel.clone()).await;
+            }
+            status
+        }
+    };
     server.guard.readiness().set_store_writable(false);
-    let mut status = check(channel.clone()).await;
-    for _ in 0..100 {
-        if status == ServingStatus::NotServing as i32 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        status = check(channel.clone()).await;
-    }
-    assert_eq!(status, ServingStatus::NotServing as i32);
+    assert_eq!(
+        settles_at(ServingStatus::NotServing).await,
+        ServingStatus::NotServing as i32
+    );
     server.guard.readiness().set_store_writable(true);
-    let mut status = check(channel.clone()).await;
-    for _ in 0..100 {
-        if status == ServingStatus::Serving as i32 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        status = check(channel.clone()).await;
-    }
-    assert_eq!(status, ServingStatus::Serving as i32);
+    assert_eq!(
+        settles_at(ServingStatus::Serving).await,
+        ServingStatus::Serving as i32
+    );
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

@@ -339,38 +339,12 @@ async fn metrics_count_a_screened_clone_call_and_readiness_follows_the_store() {
 #[test]
 fn the_daemon_serves_operations_http_and_logs_json_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let token_sha = callguard::grpc::token_sha256(TOKEN_A);
-    let config = dir.path().join("callguard.toml");
-    let root = common::root();
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[speech]
-vad_model = "{root}/.deps/silero_vad.onnx"
-[detector]
-model = "{root}/models/detector.onnx"
-[server]
-listen = "127.0.0.1:0"
-max_speed = 1000.0
-burst_ms = 3600000
-[[server.tenants]]
-name = "bank-a"
-token_sha256 = "{token_sha}"
-[store]
-path = "{dir}/alerts.db"
-[transcribe]
-enabled = false
-[http]
-listen = "127.0.0.1:0"
-[log]
-format = "json"
-"#,
-            root = root.display(),
-            dir = dir.path().display()
-        ),
-    )
-    .unwrap();
+    let config = common::daemon::write_config(
+        dir.path(),
+        1000.0,
+        false,
+        "[http]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"",
+    );
     let daemon = common::daemon::Daemon::start(&config, &[], &["gRPC", "operations HTTP"]);
     let ops = daemon.addr("operations HTTP").to_owned();
     let mut ready = get(&ops, "/readyz");

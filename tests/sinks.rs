@@ -21,36 +21,7 @@ use serde_json::Value;
 const SECRET: &str = "soc-webhook-secret";
 
 fn write_config(dir: &std::path::Path, sinks: &str) -> std::path::PathBuf {
-    let root = common::root();
-    let config = dir.join("callguard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[speech]
-vad_model = "{root}/.deps/silero_vad.onnx"
-[detector]
-model = "{root}/models/detector.onnx"
-[server]
-listen = "127.0.0.1:0"
-max_speed = 1000.0
-burst_ms = 3600000
-[store]
-path = "{dir}/alerts.db"
-[transcribe]
-enabled = false
-{sinks}
-[[server.tenants]]
-name = "bank-a"
-token_sha256 = "{token}"
-"#,
-            root = root.display(),
-            dir = dir.display(),
-            token = callguard::grpc::token_sha256(TOKEN_A),
-        ),
-    )
-    .unwrap();
-    config
+    common::daemon::write_config(dir, 1000.0, false, sinks)
 }
 
 /// Streams the espeak clone as a G.711 call; returns the alerts the call saw.

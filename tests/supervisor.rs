@@ -53,39 +53,15 @@ fn stream_switch_call(grpc_url: String) {
 fn a_supervisor_sees_a_clone_call_turn_red_opens_it_and_acknowledges_the_alert() {
     let dir = tempfile::tempdir().unwrap();
     let root = common::root();
-    let config = dir.path().join("callguard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[speech]
-vad_model = "{root}/.deps/silero_vad.onnx"
-[detector]
-model = "{root}/models/detector.onnx"
-[server]
-listen = "127.0.0.1:0"
-max_speed = 8.0
-[store]
-path = "{dir}/alerts.db"
-[transcribe]
-enabled = true
-model = "{root}/.deps/whisper/ggml-tiny.en.bin"
-[http]
-listen = "127.0.0.1:0"
-[[server.tenants]]
-name = "bank-a"
-token_sha256 = "{a}"
-[[server.tenants]]
-name = "bank-b"
-token_sha256 = "{b}"
-"#,
-            root = root.display(),
-            dir = dir.path().display(),
-            a = callguard::grpc::token_sha256(TOKEN_A),
-            b = callguard::grpc::token_sha256(TOKEN_B),
+    let config = common::daemon::write_config(
+        dir.path(),
+        8.0,
+        true,
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[[server.tenants]]\nname = \"bank-b\"\ntoken_sha256 = \"{}\"",
+            callguard::grpc::token_sha256(TOKEN_B)
         ),
-    )
-    .unwrap();
+    );
     let daemon = Daemon::start(&config, &[], &["gRPC", "operations HTTP"]);
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("supervisor-screenshots");
     let _ = std::fs::remove_dir_all(&shots);

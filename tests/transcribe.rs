@@ -13,6 +13,7 @@ use callguard::audio::g711::Law;
 use callguard::config::WhenFull;
 use callguard::grpc::proto as pb;
 use callguard::pipeline::{Engine, EngineEvent};
+use callguard::transcribe::whisper::is_loop;
 use callguard::transcribe::{SegmentResult, SpeechSegment, TranscriberPool, WhisperModel};
 use common::grpc::*;
 use serde_json::Value;
@@ -224,6 +225,73 @@ fn the_leak_check_catches_leaks() {
         assert!(caught, "{leak:?} not caught");
     }
     assert_no_card("p_spoof 0.74111 at 4111 ms, masked [card]", "probe");
+}
+
+/// What whisper is known to loop on (digits read one by one, letters spelled one by one) and sound
+/// that is not speech (20 s of silence, DTMF digits, music on hold), scanned as calls: no
+/// transcript segment shows a repetition loop (a looping segment is decoded again and, if it
+/// still loops, counted as unintelligible instead of shown), every speech segment is accounted
+/// for, and no card number leaks.
+#[test]
+fn hostile_audio_never_shows_a_repetition_loop() {
+    let names = [
+        "card.wav",
+        "letters.wav",
+        "silence.wav",
+        "dtmf.wav",
+        "hold_music.wav",
+    ];
+    let paths: Vec<_> = names.iter().map(|n| common::audio(n)).collect();
+    let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    let (out, logs) = scan(&["scan", "--json"], &refs);
+    let json: Value = serde_json::from_str(&out).unwrap();
+    let files = json["files"].as_array().unwrap();
+    assert_eq!(files.len(), names.len(), "{out}");
+    let file = |name: &str| {
+        files
+            .iter()
+            .find(|f| f["path"].as_str().is_some_and(|p| p.ends_with(name)))
+            .unwrap_or_else(|| panic!("{name} not scanned: {out}"))
+    };
+    for name in names {
+        let file = file(name);
+        let segments = file["transcript"].as_array().unwrap();
+        for segment in segments {
+            let text = segment["text"].as_str().unwrap();
+            assert!(
+                !is_loop(text),
+                "{name}: a repetition loop was shown: {text:?}"
+            );
+        }
+        let counts = &file["segment_counts"];
+        let accounted: u64 = [
+            "transcribed",
+            "no_speech",
+            "skipped",
+            "failed",
+            "unintelligible",
+        ]
+        .iter()
+        .map(|k| counts[k].as_u64().unwrap())
+        .sum();
+        assert_eq!(
+            accounted,
+            file["segments"].as_u64().unwrap(),
+            "{name}: {counts}"
+        );
+        assert_eq!(
+            counts["transcribed"].as_u64().unwrap(),
+            segments.len() as u64,
+            "{name}"
+        );
+        assert_eq!(counts["failed"].as_u64().unwrap(), 0, "{name}: {counts}");
+    }
+    // Silence has no speech to cut; around the spelled letters, the words are heard.
+    assert_eq!(file("silence.wav")["segments"].as_u64(), Some(0), "{out}");
+    let letters = transcript_text(file("letters.wav")).to_lowercase();
+    assert!(letters.contains("my reference is"), "{letters}");
+    assert_no_card(&out, "scan --json");
+    assert_no_card(&logs, "scan logs");
 }
 
 /// A caller reads a card number aloud. The transcript has the number masked (whisper heard

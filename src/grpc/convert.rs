@@ -227,6 +227,7 @@ pub fn summary(call_id: &str, s: &EndedSummary) -> pb::CallSummary {
         segments_no_speech: s.segment_counts.no_speech,
         segments_skipped: s.segment_counts.skipped,
         segments_failed: s.segment_counts.failed,
+        segments_unintelligible: s.segment_counts.unintelligible,
         channel_class: channel_class(s.channel_class),
         enter_threshold: s.enter_threshold,
     }

@@ -79,7 +79,7 @@ pub async fn serve(
         shutdown.await;
         stopping.begin_shutdown();
     };
-    let auth = Authenticator::new(&cfg.tenants);
+    let auth = Authenticator::new(&cfg.tenants).counting_in(guard.metrics().auth.clone());
     let service = proto::call_guard_server::CallGuardServer::new(CallGuardService::new(guard))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes.max(4 << 20));

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub alerts_pending: AtomicU64,
     alerts: Family<StaticLabels, Counter>,
     connector_errors: Family<StaticLabels, Counter>,
+    /// Failed and throttled authentications (gRPC and the supervisor's login share them).
+    pub auth: Arc<crate::grpc::auth::FailedAuth>,
     sink_delivered: Family<SinkLabel, Counter>,
     sink_failures: Family<SinkLabel, Counter>,
     sink_pending: Family<SinkLabel, Gauge>,
@@ -110,6 +112,7 @@ impl Default for Metrics {
             alerts_pending: AtomicU64::new(0),
             alerts: Family::default(),
             connector_errors: Family::default(),
+            auth: Arc::default(),
             sink_delivered: Family::default(),
             sink_failures: Family::default(),
             sink_pending: Family::default(),
@@ -406,6 +409,13 @@ impl Collector for GuardCollector {
                 None,
                 read(|t| t.segments_failed.load(Ordering::Relaxed)),
             )?;
+            counter(
+                &mut e,
+                "transcribe_segments_unintelligible",
+                "Speech segments whose transcription looped even after the fallback (no text shown).",
+                None,
+                read(|t| t.segments_unintelligible.load(Ordering::Relaxed)),
+            )?;
             Ok(())
         })
         .transpose()?;
@@ -492,6 +502,20 @@ impl Collector for GuardCollector {
             None,
             m.connector_errors.metric_type(),
         )?)?;
+        counter(
+            &mut e,
+            "auth_failures",
+            "Requests and logins with a missing or unknown token (gRPC, supervisor).",
+            None,
+            m.auth.failed.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "auth_throttled",
+            "Requests and logins refused unread: their peer had failed too often lately.",
+            None,
+            m.auth.throttled.load(Ordering::Relaxed),
+        )?;
         gauge(
             &mut e,
             "ready",

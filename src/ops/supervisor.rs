@@ -12,20 +12,21 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use futures_util::Stream;
+use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{AlertFilter, LoggedAlert, now_ms};
 use crate::grpc::Authenticator;
+use crate::grpc::auth::Refusal;
 use crate::guard::{CallRecord, Guard};
 
 const COOKIE: &str = "cg_session";
@@ -107,7 +108,8 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
 /// The routes, to be merged into the operations router.
 pub fn router(guard: Arc<Guard>) -> Router {
     let state = Arc::new(Supervisor {
-        auth: Authenticator::new(&guard.config().server.tenants),
+        auth: Authenticator::new(&guard.config().server.tenants)
+            .counting_in(guard.metrics().auth.clone()),
         guard,
         sessions: Mutex::default(),
     });
@@ -152,14 +154,35 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(s): State<Arc<Supervisor>>, Form(f): Form<LoginForm>) -> Response {
-    let Some(tenant) = s.auth.tenant(f.token.trim()) else {
-        tracing::info!("Supervisor login with an unknown token refused.");
-        let mut r = page(login_page(
-            "<p class=\"error\" role=\"alert\">That token is not a tenant's token.</p>",
-        ));
-        *r.status_mut() = StatusCode::UNAUTHORIZED;
-        return r;
+async fn login(
+    State(s): State<Arc<Supervisor>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let tenant = match s.auth.check(Some(&f.token), peer) {
+        Ok(tenant) => tenant,
+        Err(why) => {
+            let (status, message) = match why {
+                Refusal::Unknown => {
+                    let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+                    tracing::info!(%peer, "Supervisor login with an unknown token refused.");
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        "That token is not a tenant's token.",
+                    )
+                }
+                Refusal::Throttled => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many failed logins from this address: wait a minute, then try again.",
+                ),
+            };
+            let mut r = page(login_page(&format!(
+                "<p class=\"error\" role=\"alert\">{message}</p>"
+            )));
+            *r.status_mut() = status;
+            return r;
+        }
     };
     let Some(id) = new_session_id() else {
         return (
@@ -438,10 +461,6 @@ async fn events(State(s): State<Arc<Supervisor>>, headers: HeaderMap) -> Respons
         };
         Some((Ok::<_, Infallible>(event), Some((s, tenant, sub, tick))))
     });
-    sse(stream)
-}
-
-fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

@@ -15,7 +15,7 @@ pub use pool::{
 };
 pub use redact::{Masked, Redacted, redact};
 pub use transcript::{CallTranscript, SegmentCounts};
-pub use whisper::{RawText, WhisperModel, WhisperSession};
+pub use whisper::{RawText, Transcription, WhisperModel, WhisperSession};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscribeError {

@@ -52,6 +52,8 @@ pub enum Skipped {
     NoSpeech,
     /// Whisper failed on it.
     Failed,
+    /// Whisper's decodings of it failed (see [`super::Transcription::Unintelligible`]).
+    Unintelligible,
 }
 
 /// What became of one segment.
@@ -70,6 +72,7 @@ pub struct TranscribeStats {
     pub segments_skipped_full: AtomicU64,
     pub segments_skipped_stale: AtomicU64,
     pub segments_failed: AtomicU64,
+    pub segments_unintelligible: AtomicU64,
     /// Audio whisper ran over, and the worker time it took (real-time factor = busy / audio).
     pub audio_ms: AtomicU64,
     pub busy_ns: AtomicU64,
@@ -322,11 +325,17 @@ fn work<M: From<SegmentResult>>(
                 .audio_ms
                 .fetch_add(samples.len() as u64 / RATE, Ordering::Relaxed);
             match text {
-                Ok(pieces) if pieces.is_empty() => {
+                Ok(super::Transcription::Unintelligible) => {
+                    stats
+                        .segments_unintelligible
+                        .fetch_add(1, Ordering::Relaxed);
+                    Err(Skipped::Unintelligible)
+                }
+                Ok(super::Transcription::Text(pieces)) if pieces.is_empty() => {
                     stats.segments_no_speech.fetch_add(1, Ordering::Relaxed);
                     Err(Skipped::NoSpeech)
                 }
-                Ok(pieces) => {
+                Ok(super::Transcription::Text(pieces)) => {
                     let raw: Vec<&str> = pieces.iter().map(|p| p.text.as_str()).collect();
                     // Redacted as one text, so a number split over whisper's pieces is caught.
                     let (text, masked) = redact(&raw.join(" "));

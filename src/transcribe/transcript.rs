@@ -19,11 +19,14 @@ pub struct SegmentCounts {
     /// Skipped because transcription was over its budget (queue full or too late).
     pub skipped: u64,
     pub failed: u64,
+    /// Speech whose transcription looped even after the fallback: counted, never shown.
+    #[serde(default)]
+    pub unintelligible: u64,
 }
 
 impl SegmentCounts {
     pub fn total(&self) -> u64 {
-        self.transcribed + self.no_speech + self.skipped + self.failed
+        self.transcribed + self.no_speech + self.skipped + self.failed + self.unintelligible
     }
 }
 
@@ -57,6 +60,7 @@ impl CallTranscript {
                     Skipped::QueueFull | Skipped::Stale => self.counts.skipped += 1,
                     Skipped::NoSpeech => self.counts.no_speech += 1,
                     Skipped::Failed => self.counts.failed += 1,
+                    Skipped::Unintelligible => self.counts.unintelligible += 1,
                 }
                 return None;
             }

@@ -108,3 +108,53 @@ pub fn python(client: &str, args: &[String]) -> (i32, Vec<serde_json::Value>) {
     }
     (code, lines)
 }
+
+/// A config for [`Daemon::start`] in `dir`: the shipped model and VAD, gRPC on a free port,
+/// calls up to `max_speed` times real time, the alert log in `dir`, tenant `bank-a`
+/// (`TOKEN_A`), transcription with the project's Whisper model or off, then `extra` (more
+/// sections, more tenants).
+pub fn write_config(
+    dir: &Path,
+    max_speed: f64,
+    transcribe: bool,
+    extra: &str,
+) -> std::path::PathBuf {
+    let root = super::root();
+    let transcribe = if transcribe {
+        format!(
+            "enabled = true\nmodel = \"{}/.deps/whisper/ggml-tiny.en.bin\"",
+            root.display()
+        )
+    } else {
+        "enabled = false".to_owned()
+    };
+    let config = dir.join("callguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[speech]
+vad_model = "{root}/.deps/silero_vad.onnx"
+[detector]
+model = "{root}/models/detector.onnx"
+[server]
+listen = "127.0.0.1:0"
+max_speed = {max_speed:?}
+burst_ms = 3600000
+[[server.tenants]]
+name = "bank-a"
+token_sha256 = "{token}"
+[store]
+path = "{dir}/alerts.db"
+[transcribe]
+{transcribe}
+{extra}
+"#,
+            root = root.display(),
+            dir = dir.display(),
+            token = callguard::grpc::token_sha256(super::grpc::TOKEN_A),
+        ),
+    )
+    .unwrap();
+    config
+}
