@@ -651,7 +651,8 @@ fn new_token(tenant: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for SIGINT or SIGTERM, then sets `stop`.
+/// Waits for SIGINT or SIGTERM, then sets `stop`; on SIGHUP, every TLS listener reads its
+/// certificate, key and client CA again (calls in progress keep their sessions).
 fn watch_signals(stop: &'static AtomicBool) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -661,18 +662,38 @@ fn watch_signals(stop: &'static AtomicBool) -> Result<()> {
         .name("signals".into())
         .spawn(move || {
             runtime.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+                let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        _ = term.recv() => break,
+                        _ = hup.recv() => reload_tls(),
+                    }
                 }
             });
             tracing::info!("Signal received; shutting down.");
             stop.store(true, Ordering::SeqCst);
         })?;
     Ok(())
+}
+
+fn reload_tls() {
+    let outcomes = callguard::tls::reload_all();
+    if outcomes.is_empty() {
+        tracing::info!("SIGHUP: no TLS listener to reload.");
+    }
+    for (listener, outcome) in outcomes {
+        match outcome {
+            Ok(()) => tracing::info!(listener, "SIGHUP: TLS certificates reloaded."),
+            Err(e) => tracing::warn!(
+                listener,
+                error = %e,
+                "SIGHUP: TLS certificates not reloaded; the previous ones stay in use."
+            ),
+        }
+    }
 }
 
 fn sinks_status(config: &Config, as_json: bool) -> Result<ExitCode> {

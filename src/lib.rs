@@ -23,5 +23,6 @@ pub mod guard;
 pub mod ops;
 pub mod pipeline;
 pub mod sinks;
+pub mod tls;
 pub mod transcribe;
 pub mod verdict;

@@ -264,3 +264,143 @@ async fn kill_9_and_restart_replays_every_published_alert() {
     assert_eq!(info.summary.unwrap().alerts, 2);
     drop(daemon);
 }
+
+/// `kill -9` in the middle of a burst of alerts from many calls, twenty times over one alert
+/// log: after each restart every alert a live subscriber saw is replayed with the same id and
+/// sequence, and over all twenty the log's sequences only grow and no alert is there twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_alert_bursts_twenty_times_loses_and_repeats_nothing() {
+    const ROUNDS: usize = 20;
+    const CALLS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &common::root().join(".deps/test-models/loudness.onnx"),
+    );
+    // Loud then quiet, over and over: the loudness test model alerts and clears every cycle.
+    let (quiet, rate) = common::read_wav(&common::audio("genuine_2.wav"));
+    let (loud, _) = common::read_wav(&common::audio("genuine_1.wav"));
+    let (quiet, loud) = (
+        common::at_level(&quiet, -30.0),
+        common::at_level(&loud, -6.0),
+    );
+    let cycle: Vec<f32> = loud.iter().chain(&quiet).chain(&quiet).copied().collect();
+    let audio: Vec<f32> = cycle
+        .iter()
+        .cycle()
+        .take(cycle.len() * 6)
+        .copied()
+        .collect();
+    let frames: Vec<Vec<u8>> = audio
+        .chunks(rate as usize / 50)
+        .map(|c| {
+            c.iter()
+                .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let mut seen: Vec<pb::Alert> = Vec::new();
+    for round in 0..ROUNDS {
+        let daemon = Daemon::start(&config);
+        let mut sub = client(&daemon.url(), TOKEN_A).await;
+        let last = seen.last().map_or(0, |a| a.sequence);
+        let mut live = sub
+            .stream_alerts(pb::AlertSubscription {
+                after_sequence: Some(last),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut calls = Vec::new();
+        for c in 0..CALLS {
+            let url = daemon.url();
+            let frames = frames.clone();
+            calls.push(tokio::spawn(async move {
+                // The kill may come before this call has connected.
+                let Ok(channel) = tonic::transport::Channel::from_shared(url)
+                    .unwrap()
+                    .connect()
+                    .await
+                else {
+                    return;
+                };
+                let mut caller = with_token(channel, TOKEN_A);
+                let open = open_frame(&format!("r{round}-c{c}"), pb::Codec::Pcm16le, rate, 1);
+                // Cut off by the kill: an error here is expected.
+                let _ = stream_call(&mut caller, open, numbered(frames)).await;
+            }));
+        }
+        // Kill after a few alerts of this round have been heard, at a different point each round.
+        let want = 2 + round % 5;
+        let mut heard = 0;
+        while heard < want {
+            let event = tokio::time::timeout(Duration::from_secs(60), live.message())
+                .await
+                .expect("no alert within 60 s")
+                .unwrap()
+                .expect("the stream ended before the kill");
+            if let Some(pb::alert_event::Event::Alert(a)) = event.event {
+                seen.push(a);
+                heard += 1;
+            }
+        }
+        let mut daemon = daemon;
+        daemon.child.kill().unwrap();
+        daemon.child.wait().unwrap();
+        // What was in flight on the stream when the daemon died may still be read.
+        while let Ok(Ok(Some(event))) =
+            tokio::time::timeout(Duration::from_secs(5), live.message()).await
+        {
+            if let Some(pb::alert_event::Event::Alert(a)) = event.event {
+                seen.push(a);
+            }
+        }
+        for call in calls {
+            call.await.unwrap();
+        }
+    }
+    let daemon = Daemon::start(&config);
+    let mut reader = client(&daemon.url(), TOKEN_A).await;
+    let mut replay = reader
+        .stream_alerts(pb::AlertSubscription {
+            after_sequence: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let last_seen = seen.last().unwrap().sequence;
+    let mut logged: Vec<pb::Alert> = Vec::new();
+    while logged.last().is_none_or(|a| a.sequence < last_seen) {
+        let event = tokio::time::timeout(Duration::from_secs(60), replay.message())
+            .await
+            .expect("replay stalled")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::alert_event::Event::Alert(a)) = event.event {
+            logged.push(a);
+        }
+    }
+    assert!(
+        logged.windows(2).all(|p| p[1].sequence > p[0].sequence),
+        "sequences must only grow"
+    );
+    let ids: std::collections::HashSet<_> = logged.iter().map(|a| a.id.clone()).collect();
+    assert_eq!(ids.len(), logged.len(), "an alert is in the log twice");
+    let by_seq: std::collections::HashMap<u64, &pb::Alert> =
+        logged.iter().map(|a| (a.sequence, a)).collect();
+    for a in &seen {
+        assert_eq!(
+            by_seq.get(&a.sequence),
+            Some(&a),
+            "seen but not replayed as seen"
+        );
+    }
+    assert!(seen.len() >= ROUNDS * 2, "{} alerts seen", seen.len());
+    eprintln!(
+        "{ROUNDS} kills: {} alerts seen live, {} in the log",
+        seen.len(),
+        logged.len()
+    );
+}

@@ -115,3 +115,147 @@ async fn mutual_tls_needs_a_client_certificate_from_the_configured_ca() {
     assert!(!works(tls_client(server.addr, &pki.ca, Some(&pki.stranger)).await).await);
     server.stop().await;
 }
+
+/// SHA-256 (hex) of the certificate `addr` presents, as an outside client sees it (Python's ssl).
+fn served_certificate(addr: &str) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = std::process::Command::new(common::root().join(".deps/venv/bin/python"))
+        .args([
+            "-c",
+            "import hashlib, ssl, sys\n\
+             pem = ssl.get_server_certificate((sys.argv[1], int(sys.argv[2])))\n\
+             print(hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest())",
+            host,
+            port,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn pem_sha256(pem: &str) -> String {
+    use sha2::Digest;
+    let der = pem_der(pem);
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The DER inside a one-certificate PEM.
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+/// Rotating the certificate: new files, then SIGHUP. New connections get the new certificate,
+/// a call streaming over the old session goes on to its summary, and a broken file on the next
+/// SIGHUP is reported and leaves the certificate in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_without_dropping_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca();
+    let ca_pem = ca.pem();
+    let (old, new) = (leaf(&ca, "localhost"), leaf(&ca, "localhost"));
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert, &old.0).unwrap();
+    std::fs::write(&key, &old.1).unwrap();
+    let config = common::daemon::write_config(
+        dir.path(),
+        1.0,
+        false,
+        &format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let daemon = common::daemon::Daemon::start(&config, &[], &["gRPC"]);
+    let addr = daemon.addr("gRPC").to_owned();
+    assert_eq!(served_certificate(&addr), pem_sha256(&old.0));
+
+    // A call opens over the old certificate's session and keeps streaming across the reload.
+    let mut caller = tls_client(addr.parse().unwrap(), &ca_pem, None)
+        .await
+        .unwrap();
+    let (rate, frames) = {
+        let (samples, rate) = decode("genuine_1.wav");
+        let frames: Vec<Vec<u8>> = samples
+            .chunks(rate as usize / 50)
+            .map(|c| {
+                c.iter()
+                    .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
+                    .collect()
+            })
+            .collect();
+        (rate, frames)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(frames.len() + 2);
+    tx.send(open_frame("rotating", pb::Codec::Pcm16le, rate, 1))
+        .await
+        .unwrap();
+    let half = frames.len() / 2;
+    let mut numbered = numbered(frames).into_iter();
+    for f in numbered.by_ref().take(half) {
+        tx.send(f).await.unwrap();
+    }
+    let mut updates = caller
+        .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let reloads = |daemon: &common::daemon::Daemon, what: &str| {
+        daemon
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    let hup = |daemon: &common::daemon::Daemon, what: &str| {
+        let before = reloads(daemon, what);
+        std::process::Command::new("kill")
+            .args(["-HUP", &daemon.child.id().to_string()])
+            .status()
+            .unwrap();
+        for _ in 0..200 {
+            if reloads(daemon, what) > before {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("no {what:?} in the log after SIGHUP");
+    };
+    std::fs::write(&cert, &new.0).unwrap();
+    std::fs::write(&key, &new.1).unwrap();
+    hup(&daemon, "TLS certificates reloaded");
+    assert_eq!(served_certificate(&addr), pem_sha256(&new.0));
+
+    for f in numbered {
+        tx.send(f).await.unwrap();
+    }
+    drop(tx);
+    let mut last = None;
+    while let Some(u) = updates.message().await.unwrap() {
+        last = Some(u);
+    }
+    let summary = summary_of(&[last.unwrap()]);
+    assert_eq!(summary.frames_lost, 0);
+    assert!(summary.audio_ms > 1_000, "{summary:?}");
+
+    // A half-written certificate is refused; the new one stays in force.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ntruncated").unwrap();
+    hup(&daemon, "TLS certificates not reloaded");
+    assert_eq!(served_certificate(&addr), pem_sha256(&new.0));
+    assert!(works(tls_client(addr.parse().unwrap(), &ca_pem, None).await).await);
+}

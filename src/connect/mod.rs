@@ -19,7 +19,6 @@ mod hook_ws;
 pub mod rtp;
 pub mod sip;
 mod tcp;
-mod tls;
 pub mod twilio;
 mod ws;
 
@@ -67,7 +66,7 @@ pub(crate) struct AudioHookTenant {
 
 /// The bound listeners, with the secrets and TLS they need, ready to serve.
 pub struct Connectors {
-    ws: Option<(TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
+    ws: Option<(TcpListener, Option<crate::tls::ServerTls>)>,
     audiosocket: Vec<(TcpListener, String)>,
     twilio: HashMap<String, TwilioTenant>,
     audiohook: HashMap<String, AudioHookTenant>,
@@ -137,7 +136,12 @@ impl Connectors {
         };
         let ws = match config.listen {
             Some(addr) => {
-                let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+                let tls = config
+                    .tls
+                    .as_ref()
+                    .map(|t| crate::tls::ServerTls::load("connectors", t, &[b"http/1.1"]))
+                    .transpose()
+                    .map_err(|e| ConnectError::Tls(e.to_string()))?;
                 Some((bind(addr).await?, tls))
             }
             None => None,

@@ -84,7 +84,7 @@ impl WsState {
 pub(super) async fn serve(
     state: Arc<WsState>,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -92,8 +92,8 @@ pub(super) async fn serve(
         .route("/audiohook/{tenant}", get(super::hook_ws::upgrade))
         .with_state(state);
     match tls {
-        Some(acceptor) => {
-            let listener = super::tls::TlsListener::new(listener, acceptor);
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls);
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 pub use auth::{Authenticator, Tenant, token_sha256};
 pub use service::CallGuardService;
@@ -29,24 +29,12 @@ pub mod proto {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("TLS: {0}")]
-    Tls(tonic::transport::Error),
+    #[error("server.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(tonic::transport::Error),
-}
-
-fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path).map_err(|source| ServeError::Read {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 /// The service name health checks ask for.
@@ -100,20 +88,29 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let mut builder = Server::builder();
-    if let Some(tls) = &cfg.tls {
-        let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-        let mut tls_config = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &tls.client_ca {
-            tls_config = tls_config.client_ca_root(Certificate::from_pem(read(ca)?));
-        }
-        builder = builder.tls_config(tls_config).map_err(ServeError::Tls)?;
-    }
-    builder
+    // TLS is ours rather than tonic's so that SIGHUP can reload the certificates
+    // (`crate::tls`); tonic serves the decrypted streams.
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::ServerTls::load("gRPC", t, &[b"h2"]))
+        .transpose()?;
+    let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(ServeError::Transport)
+        .add_service(service);
+    let served = match tls {
+        Some(tls) => {
+            let incoming = crate::tls::TlsListener::new(listener, tls).into_incoming();
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    };
+    served.map_err(ServeError::Transport)
 }

@@ -106,7 +106,7 @@ pub struct SipCounters {
 pub struct SiprecServer {
     udp: Option<Arc<UdpSocket>>,
     tcp: Option<TcpListener>,
-    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    tls: Option<(TcpListener, crate::tls::ServerTls)>,
     config: SiprecConfig,
     peers: Vec<(ipnet::IpNet, Arc<str>)>,
     rule: CallerRule,
@@ -133,7 +133,8 @@ impl SiprecServer {
                 TcpListener::bind(addr)
                     .await
                     .map_err(|e| bind_err(addr, e))?,
-                super::tls::acceptor(tls)?,
+                crate::tls::ServerTls::load("SIPREC", tls, &[])
+                    .map_err(|e| ConnectError::Tls(e.to_string()))?,
             )),
             _ => None,
         };
@@ -252,7 +253,7 @@ async fn udp_reader(socket: Arc<UdpSocket>, tx: mpsc::Sender<Inbound>, counters:
 
 async fn tcp_acceptor(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::ServerTls>,
     tx: mpsc::Sender<Inbound>,
     counters: Arc<SipCounters>,
 ) {
@@ -267,7 +268,7 @@ async fn tcp_acceptor(
         let _ = socket.set_nodelay(true);
         let tx = tx.clone();
         let counters = counters.clone();
-        match tls.clone() {
+        match tls.as_ref().map(crate::tls::ServerTls::acceptor) {
             None => {
                 tokio::spawn(stream_conn(socket, peer, local, "TCP", tx, counters));
             }
