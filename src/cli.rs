@@ -697,7 +697,7 @@ fn reload_tls() {
 }
 
 fn sinks_status(config: &Config, as_json: bool) -> Result<ExitCode> {
-    let log = callguard::alert::AlertLog::open(&config.store.path)?;
+    let log = callguard::alert::AlertLog::open_store(&config.store)?;
     let sinks = callguard::sinks::status(&config.sinks, &log)?;
     let mut out = std::io::stdout().lock();
     if as_json {
@@ -835,7 +835,7 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
     let mut sinks = if config.sinks.webhook.is_empty() && config.sinks.syslog.is_empty() {
         None
     } else {
-        let log = Arc::new(callguard::alert::AlertLog::open(&config.store.path)?);
+        let log = Arc::new(callguard::alert::AlertLog::open_store(&config.store)?);
         Some(callguard::sinks::Sinks::start(
             &config.sinks,
             log,

@@ -307,6 +307,10 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Alerts and call summaries older than this are deleted, in days.
     pub retention_days: u32,
+    /// 32 random bytes as 64 hex characters (`openssl rand -hex 32`): transcripts, cues and
+    /// acknowledgement notes are encrypted in the log with it (`src/alert/seal.rs`). Relative
+    /// paths are beside the config file. Absent: stored redacted but not encrypted.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 /// Speech gating (Silero VAD) so silence, tones and hold music are not scored.
@@ -429,6 +433,7 @@ impl Default for StoreConfig {
         Self {
             path: PathBuf::from(DEFAULT_STORE_PATH),
             retention_days: 90,
+            encryption_key_file: None,
         }
     }
 }
@@ -844,6 +849,9 @@ impl Config {
             }
         };
         beside(&mut self.store.path);
+        if let Some(k) = &mut self.store.encryption_key_file {
+            beside(k);
+        }
         if let Some(t) = &mut self.verdict.thresholds_file {
             beside(t);
         }
@@ -1175,6 +1183,11 @@ impl Config {
         }
         if self.store.retention_days == 0 {
             bad("store.retention_days", "must be at least 1".into());
+        }
+        if let Some(k) = &self.store.encryption_key_file
+            && let Err(e) = crate::alert::Sealer::from_file(k)
+        {
+            bad("store.encryption_key_file", e.to_string());
         }
         if self.store.path.as_os_str().is_empty() {
             bad("store.path", "is empty".into());

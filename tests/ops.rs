@@ -402,7 +402,7 @@ fn the_daemon_serves_operations_http_and_logs_json_lines() {
     }
     assert_eq!(opened["channel_class"], "narrowband_g711", "{opened}");
     assert!(
-        find("gRPC request with an unknown token refused.").is_some(),
+        find("gRPC request with a missing or unknown token refused.").is_some(),
         "the refused token is logged"
     );
     // Every line the daemon wrote is JSON, except its "listening on" banners.

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+use super::seal::{self, Sealer};
 use super::{Acknowledgement, AlertFilter, CallMeta, LoggedAlert, Severity};
 use crate::transcribe::{Cue, Redacted};
 use crate::verdict::{AlertKind, WindowScore};
@@ -35,6 +36,8 @@ pub enum StoreError {
     Interrupted(String),
     #[error("alert log holds a record that cannot be read: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("alert log: {0}")]
+    Sealed(#[from] seal::SealError),
 }
 
 /// An alert before it has a place in the log.
@@ -62,6 +65,8 @@ pub struct AlertLog {
     path: PathBuf,
     write: Mutex<Connection>,
     read: Mutex<Connection>,
+    /// Encrypts transcript fields at rest when the store has a key.
+    sealer: Option<Sealer>,
 }
 
 const SCHEMA: &str = "
@@ -115,10 +120,17 @@ fn row_parts(row: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?))
 }
 
-fn read_alert((seq, body, ack): AlertRow) -> Result<LoggedAlert, StoreError> {
-    let mut alert: LoggedAlert = serde_json::from_str(&body)?;
+fn read_alert(
+    sealer: Option<&Sealer>,
+    (seq, body, ack): AlertRow,
+) -> Result<LoggedAlert, StoreError> {
+    let mut alert: LoggedAlert = serde_json::from_str(&seal::open(sealer, body, "alerts")?)?;
     alert.sequence = seq as u64;
-    alert.acknowledged = ack.map(|a| serde_json::from_str(&a)).transpose()?;
+    alert.acknowledged = ack
+        .map(|a| -> Result<Acknowledgement, StoreError> {
+            Ok(serde_json::from_str(&seal::open(sealer, a, "acks")?)?)
+        })
+        .transpose()?;
     Ok(alert)
 }
 
@@ -157,7 +169,19 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 }
 
 impl AlertLog {
-    /// Opens (creating if needed) the log at `path`.
+    /// Opens the log the store config names, with its encryption key if it has one.
+    pub fn open_store(store: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+        let sealer = store
+            .encryption_key_file
+            .as_deref()
+            .map(Sealer::from_file)
+            .transpose()?;
+        let mut log = Self::open(&store.path)?;
+        log.sealer = sealer;
+        Ok(log)
+    }
+
+    /// Opens (creating if needed) the log at `path`, without encryption.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
@@ -177,6 +201,7 @@ impl AlertLog {
             path: path.to_owned(),
             write: Mutex::new(write),
             read: Mutex::new(read),
+            sealer: None,
         })
     }
 
@@ -220,7 +245,11 @@ impl AlertLog {
             metadata: new.metadata,
             acknowledged: None,
         };
-        let body = serde_json::to_string(&alert)?;
+        let body = seal::seal(
+            self.sealer.as_ref(),
+            serde_json::to_string(&alert)?,
+            "alerts",
+        )?;
         let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
         conn.execute(
             "INSERT INTO alerts (id, tenant, call_id, severity, wall_time_ms, body)
@@ -263,7 +292,7 @@ impl AlertLog {
             ],
             row_parts,
         )?;
-        rows.map(|r| read_alert(r?)).collect()
+        rows.map(|r| read_alert(self.sealer.as_ref(), r?)).collect()
     }
 
     /// The highest sequence ever given (0 for an empty log).
@@ -287,7 +316,7 @@ impl AlertLog {
              WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after as i64, limit as i64], row_parts)?;
-        rows.map(|r| read_alert(r?)).collect()
+        rows.map(|r| read_alert(self.sealer.as_ref(), r?)).collect()
     }
 
     /// The tenant's newest `limit` alerts, newest first (the supervisor's alert feed).
@@ -298,7 +327,7 @@ impl AlertLog {
              WHERE a.tenant = ?1 ORDER BY a.seq DESC LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![tenant, limit as i64], row_parts)?;
-        rows.map(|r| read_alert(r?)).collect()
+        rows.map(|r| read_alert(self.sealer.as_ref(), r?)).collect()
     }
 
     /// Records who acknowledged the tenant's alert `alert_id` (a later one replaces it);
@@ -317,7 +346,7 @@ impl AlertLog {
             note: crate::transcribe::redact(&note.chars().take(1000).collect::<String>()).0,
             at_ms,
         };
-        let body = serde_json::to_string(&ack)?;
+        let body = seal::seal(self.sealer.as_ref(), serde_json::to_string(&ack)?, "acks")?;
         let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let known: Option<i64> = conn
             .query_row(
@@ -374,6 +403,7 @@ impl AlertLog {
         let mut out = Vec::new();
         for row in rows {
             let (seq, tenant, body) = row?;
+            let body = seal::open(self.sealer.as_ref(), body, "acks")?;
             out.push((seq as u64, tenant, serde_json::from_str(&body)?));
         }
         Ok(out)
@@ -424,7 +454,11 @@ impl AlertLog {
         })?;
         let mut out = Vec::new();
         for body in rows {
-            out.push(serde_json::from_str(&body?)?);
+            out.push(serde_json::from_str(&seal::open(
+                self.sealer.as_ref(),
+                body?,
+                "calls",
+            )?)?);
         }
         Ok(out)
     }
@@ -521,7 +555,11 @@ impl AlertLog {
         ended_wall_time_ms: i64,
         record: &impl Serialize,
     ) -> Result<(), StoreError> {
-        let body = serde_json::to_string(record)?;
+        let body = seal::seal(
+            self.sealer.as_ref(),
+            serde_json::to_string(record)?,
+            "calls",
+        )?;
         let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
         conn.execute(
             "INSERT INTO calls (tenant, call_id, ended_wall_time_ms, body) VALUES (?1, ?2, ?3, ?4)",
@@ -545,7 +583,14 @@ impl AlertLog {
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        body.map(|b| -> Result<T, StoreError> {
+            Ok(serde_json::from_str(&seal::open(
+                self.sealer.as_ref(),
+                b,
+                "calls",
+            )?)?)
+        })
+        .transpose()
     }
 
     /// Deletes alerts and calls from before `cutoff_ms`; returns how many of each went.
@@ -670,6 +715,78 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// With a key, transcript text, cues and notes are nowhere in the files in clear; reads
+    /// give them back; without the key (or with another) reading says why instead.
+    #[test]
+    fn transcripts_are_encrypted_at_rest_with_the_store_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |name: &str, hex: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, hex).unwrap();
+            p
+        };
+        let store = crate::config::StoreConfig {
+            path: dir.path().join("a.db"),
+            encryption_key_file: Some(key("k1", &"3c".repeat(32))),
+            ..Default::default()
+        };
+        let log = AlertLog::open_store(&store).unwrap();
+        let mut alert = new_alert("t", "c1", Severity::Critical, 10);
+        alert.transcript_snippet = crate::transcribe::redact("please wire the money today").0;
+        let logged = log.append(alert).unwrap();
+        log.acknowledge("t", &logged.id, "agent-7", "caller hung up when asked", 20)
+            .unwrap()
+            .unwrap();
+        log.put_call(
+            "t",
+            "c1",
+            30,
+            &serde_json::json!({"transcript": [{"text": "my mother's maiden name"}]}),
+        )
+        .unwrap();
+        drop(log);
+        let mut files = Vec::new();
+        for suffix in ["", "-wal"] {
+            files.extend(
+                std::fs::read(dir.path().join(format!("a.db{suffix}"))).unwrap_or_default(),
+            );
+        }
+        for secret in ["wire the money", "hung up", "maiden name"] {
+            assert!(
+                !files.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} is in the files in clear"
+            );
+        }
+        let log = AlertLog::open_store(&store).unwrap();
+        let back = log.after("t", &AlertFilter::default(), 0, 10).unwrap();
+        assert_eq!(
+            back[0].transcript_snippet.as_str(),
+            "please wire the money today"
+        );
+        assert_eq!(
+            back[0].acknowledged.as_ref().unwrap().note.as_str(),
+            "caller hung up when asked"
+        );
+        let call: serde_json::Value = log.get_call("t", "c1").unwrap().unwrap();
+        assert_eq!(call["transcript"][0]["text"], "my mother's maiden name");
+        drop(log);
+        let unkeyed = AlertLog::open(&store.path).unwrap();
+        let e = unkeyed
+            .after("t", &AlertFilter::default(), 0, 10)
+            .unwrap_err();
+        assert!(e.to_string().contains("encryption_key_file"), "{e}");
+        drop(unkeyed);
+        let other = crate::config::StoreConfig {
+            encryption_key_file: Some(key("k2", &"4d".repeat(32))),
+            ..store
+        };
+        let e = AlertLog::open_store(&other)
+            .unwrap()
+            .get_call::<serde_json::Value>("t", "c1")
+            .unwrap_err();
+        assert!(e.to_string().contains("does not open with this key"), "{e}");
     }
 
     /// The sequence is the log's, not the clock's: a wall clock stepped backwards (NTP, a VM

@@ -9,6 +9,7 @@
 
 pub mod hub;
 pub mod log;
+pub mod seal;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use hub::{AlertHub, HubError, Subscription};
 pub use log::{AlertLog, NewAlert, SinkState, StoreError};
+pub use seal::Sealer;
 
 use crate::transcribe::{Cue, Redacted};
 use crate::verdict::{AlertKind, WindowScore};

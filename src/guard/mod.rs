@@ -83,7 +83,7 @@ impl Guard {
     /// Loads the models, opens the alert log and starts the workers. `observer` sees every
     /// engine event after the guard has handled it (the CLI prints them).
     pub fn start(config: &Config, observer: Option<Observer>) -> Result<Self, GuardError> {
-        let log = AlertLog::open(&config.store.path)?;
+        let log = AlertLog::open_store(&config.store)?;
         let engine = Engine::start(config)?;
         let ingest = IngestPool::start(
             &engine,
