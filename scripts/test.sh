@@ -177,3 +177,7 @@ deploy/check.sh
 # Every parser of outside input, fuzzed for a fixed 30,000 inputs each from its seeds (the same
 # inputs on every machine; scripts/fuzz.sh 3600 runs them for hours).
 scripts/fuzz.sh --ci
+# A two-minute soak: six calls at once starting and ending all the time, subscribers coming and
+# going; memory, descriptors, threads and the alert log's files stay within bounds, no frame is
+# lost, every alert reaches a subscriber (bench/soak.rs; the 30-minute run is in bench/README).
+cargo bench --profile dev --bench soak -- --minutes 2 --calls 6 --sample-s 5 --check

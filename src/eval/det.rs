@@ -259,6 +259,54 @@ pub fn plot_alert_rates(
     root.present().map_err(|e| e.to_string())
 }
 
+/// One panel per named series of (x, y) points, stacked in one PNG: what a soak run measured
+/// over time (`bench/soak.rs`). `x_desc` names the shared x axis.
+pub fn plot_panels(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    panels: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), String> {
+    load_font()?;
+    let height = 40 + 220 * panels.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| e.to_string())?;
+    let x_max = panels
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+        .fold(1.0f64, f64::max);
+    for (area, (name, points)) in root
+        .split_evenly((panels.len().max(1), 1))
+        .iter()
+        .zip(panels)
+    {
+        let y_max = points.iter().map(|(_, y)| *y).fold(0.0f64, f64::max);
+        let y_top = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_top)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(name.as_str())
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                BLUE.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
