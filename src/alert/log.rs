@@ -613,6 +613,12 @@ impl AlertLog {
             "DELETE FROM acks WHERE alert_id NOT IN (SELECT id FROM alerts)",
             [],
         )?;
+        // The acknowledgement outbox too (its notes are what an agent wrote about a call).
+        conn.execute(
+            "DELETE FROM ack_events
+             WHERE json_extract(body, '$.alert_id') NOT IN (SELECT id FROM alerts)",
+            [],
+        )?;
         if alerts + calls > 0 {
             // (busy, frames in the log, frames checkpointed): a reader in the middle of a
             // replay can keep the log from being truncated now; the next prune finishes it.
@@ -686,7 +692,11 @@ mod tests {
         let path = dir.path().join("a.db");
         let log = AlertLog::open(&path).unwrap();
         let marker = "call-4c1d-pruned-marker";
-        log.append(new_alert("t", marker, Severity::Warning, 10))
+        let old = log
+            .append(new_alert("t", marker, Severity::Warning, 10))
+            .unwrap();
+        log.acknowledge("t", &old.id, "agent", "note-7f3e-pruned-marker", 11)
+            .unwrap()
             .unwrap();
         log.put_call("t", marker, 10, &serde_json::json!({"note": marker}))
             .unwrap();
@@ -703,11 +713,17 @@ mod tests {
             holds(marker),
             "the marker should be on disk before retention"
         );
+        assert!(holds("note-7f3e-pruned-marker"));
         assert_eq!(log.prune(50).unwrap(), (1, 1));
         assert!(
             !holds(marker),
             "a pruned record is still readable from the files"
         );
+        assert!(
+            !holds("note-7f3e-pruned-marker"),
+            "a pruned note is still in the files"
+        );
+        assert!(log.acks_after(0, 10).unwrap().is_empty());
         assert!(holds("kept"));
         assert_eq!(
             log.after("t", &AlertFilter::default(), 0, 10)
