@@ -174,6 +174,11 @@ rm -rf "$tiny"
 # The deployment files: the image built (or its Dockerfile linted), the unit verified, the
 # manifest and dashboard checked, the packaged config validated.
 deploy/check.sh
+# Supply chain: licences, banned crates (a second TLS stack), sources (crates.io only), and the
+# duplicate versions listed as warnings (deny.toml). Advisories need the RustSec database from
+# GitHub, which CI cannot reach: `cargo deny check advisories` where it can.
+cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0.20.2$' || cargo install cargo-deny --version 0.20.2 --locked
+cargo deny check bans licenses sources
 # Every parser of outside input, fuzzed for a fixed 30,000 inputs each from its seeds (the same
 # inputs on every machine; scripts/fuzz.sh 3600 runs them for hours).
 scripts/fuzz.sh --ci
