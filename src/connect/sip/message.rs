@@ -39,10 +39,12 @@ pub struct Request {
 /// Why a datagram or stream chunk is not a request we can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum SipError {
-    /// Unreadable; answered 400 when `reply` could be salvaged, else dropped.
+    /// Unreadable; answered with `status` (400, or 505 for a SIP version other than 2.0)
+    /// when `reply` could be salvaged, else dropped.
     #[error("malformed SIP message: {reason}")]
     Malformed {
         reason: String,
+        status: u16,
         reply: Option<Box<Request>>,
     },
     /// A response (we send no requests that expect them, except BYE): ignored.
@@ -82,6 +84,7 @@ impl Request {
                 if let Some(what) = req.missing() {
                     return Err(SipError::Malformed {
                         reason: format!("no {what} header"),
+                        status: 400,
                         reply: (what != "Via").then(|| Box::new(req)),
                     });
                 }
@@ -92,6 +95,7 @@ impl Request {
                         req.body.clear();
                         Err(SipError::Malformed {
                             reason,
+                            status: 400,
                             reply: Some(Box::new(req)),
                         })
                     }
@@ -109,10 +113,19 @@ impl Request {
                     call_id,
                 })
             }
-            Err(e) => Err(SipError::Malformed {
-                reason: e.to_string(),
-                reply: salvage(bytes).map(Box::new),
-            }),
+            Err(e) => {
+                let salvaged = salvage(bytes);
+                let status = salvaged.as_ref().map_or(400, |(_, status)| *status);
+                Err(SipError::Malformed {
+                    reason: if status == 505 {
+                        "only SIP/2.0 is spoken here".to_owned()
+                    } else {
+                        e.to_string()
+                    },
+                    status,
+                    reply: salvaged.map(|(req, _)| Box::new(req)),
+                })
+            }
         }
     }
 
@@ -302,16 +315,21 @@ fn split_list(v: &str) -> Vec<String> {
 }
 
 /// The start line and the headers a response needs, from a message the parser refused.
-fn salvage(bytes: &[u8]) -> Option<Request> {
+/// What can be read of a request rsip refused, to answer it: the request and the status to
+/// answer with (505 Version Not Supported for another SIP version, RFC 3261 section 8.2.2 and
+/// RFC 4475 3.1.2.16 badvers; else 400).
+fn salvage(bytes: &[u8]) -> Option<(Request, u16)> {
     let text = std::str::from_utf8(bytes.get(..bytes.len().min(16 << 10))?).ok()?;
     let head = text.split("\r\n\r\n").next()?;
     let mut lines = head.split("\r\n");
     let mut start = lines.next()?.split_whitespace();
     let method = start.next()?.to_owned();
     let uri = start.next()?.to_owned();
-    if start.next() != Some("SIP/2.0") || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+    let version = start.next()?;
+    if !version.starts_with("SIP/") || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return None;
     }
+    let status = if version == "SIP/2.0" { 400 } else { 505 };
     let mut fields = Vec::new();
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
@@ -327,7 +345,7 @@ fn salvage(bytes: &[u8]) -> Option<Request> {
         fields,
         body: Vec::new(),
     };
-    req.missing().is_none().then_some(req)
+    req.missing().is_none().then_some((req, status))
 }
 
 /// Where one message ends in a stream (TCP/TLS): the header block and `Content-Length`
@@ -417,7 +435,7 @@ Content-Length: 0\r\n\r\n";
     fn a_request_without_call_id_is_malformed_but_answerable() {
         let text = OPTIONS.replace("i: a84b4c76e66710@192.0.2.10\r\n", "");
         match Request::parse(text.as_bytes()) {
-            Err(SipError::Malformed { reason, reply }) => {
+            Err(SipError::Malformed { reason, reply, .. }) => {
                 assert!(reason.contains("Call-ID"), "{reason}");
                 assert!(reply.is_some());
             }
@@ -448,8 +466,8 @@ From: sip:caller@example.net;tag=134161461246\r\nMax-Forwards: 7\r\nCall-ID: tor
             (format!("OPTIONS sip:user@example.com SIP/2.0\r\n{base}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"), Some("400")),
             // 3.1.2.12 mismatch02: an unknown method.
             (format!("NEWMETHOD sip:user@example.com SIP/2.0\r\n{base}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"), None),
-            // 3.1.2.16 badvers: SIP/7.0.
-            (format!("OPTIONS sip:t.watson@example.org SIP/7.0\r\n{base}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"), None),
+            // 3.1.2.16 badvers: SIP/7.0 gets 505 Version Not Supported.
+            (format!("OPTIONS sip:t.watson@example.org SIP/7.0\r\n{base}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"), Some("505")),
             // 3.1.2.1 badinv01: empty Via parameters.
             ("INVITE sip:user@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\nTo: sip:j.user@example.com\r\nFrom: sip:caller@example.net;tag=1\r\nCall-ID: badinv01\r\nCSeq: 8 INVITE\r\nContent-Length: 0\r\n\r\n".into(), None),
             // 3.1.2.6 quotbal: an unterminated quoted string.
@@ -469,12 +487,16 @@ From: sip:caller@example.net;tag=134161461246\r\nMax-Forwards: 7\r\nCall-ID: tor
                     let resp = String::from_utf8(r.response(200, None, None, &[], None)).unwrap();
                     assert!(resp.starts_with("SIP/2.0 200"), "{text:?}");
                 }
-                Err(SipError::Malformed { reason, reply }) => {
+                Err(SipError::Malformed {
+                    reason,
+                    status,
+                    reply,
+                }) => {
                     if let Some(code) = want {
                         let r = reply
                             .unwrap_or_else(|| panic!("{text:?}: {reason} should be answerable"));
                         let resp =
-                            String::from_utf8(r.response(400, Some(&reason), None, &[], None))
+                            String::from_utf8(r.response(status, Some(&reason), None, &[], None))
                                 .unwrap();
                         assert!(resp.starts_with(&format!("SIP/2.0 {code} ")), "{resp}");
                         assert!(resp.ends_with("Content-Length: 0\r\n\r\n"), "{resp}");

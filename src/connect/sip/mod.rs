@@ -522,19 +522,26 @@ impl Srs {
                 tracing::debug!(status, call_id, "SIP response (to our BYE) received.");
                 return;
             }
-            Err(SipError::Malformed { reason, reply }) => {
+            Err(SipError::Malformed {
+                reason,
+                status,
+                reply,
+            }) => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 self.guard.metrics().connector_error("siprec", "malformed");
                 tracing::info!(peer = %msg.via.peer(), reason, "Malformed SIP message.");
                 if let Some(req) = reply
                     && req.method != "ACK"
                 {
-                    let phrase = format!(
-                        "Bad Request ({})",
-                        reason.chars().take(80).collect::<String>()
-                    );
+                    let what = if status == 505 {
+                        "Version Not Supported"
+                    } else {
+                        "Bad Request"
+                    };
+                    let phrase =
+                        format!("{what} ({})", reason.chars().take(80).collect::<String>());
                     msg.via
-                        .send(req.response(400, Some(&phrase), None, &[], None))
+                        .send(req.response(status, Some(&phrase), None, &[], None))
                         .await;
                 }
                 return;
