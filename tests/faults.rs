@@ -190,3 +190,172 @@ fn onnx_runtime_missing_or_not_a_library_is_a_clear_error() {
         assert!(err.contains("ONNX Runtime"), "{lib}: {err}");
     }
 }
+
+/// A small tmpfs mounted for the length of a test (root only), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The disk under the alert log fills up mid-call: the alerts that cannot be committed are held
+/// (not published, not lost), `/readyz` says not ready and the pending gauge counts them; when
+/// space returns they are committed and published in order, and the daemon is ready again.
+/// Needs root for its tmpfs (CI runs as root); elsewhere it says so and does nothing.
+#[test]
+fn a_full_disk_holds_alerts_back_and_delivers_them_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("store"), "8m") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    let config = dir.path().join("disk.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[speech]\nvad_model = \"{vad}\"\n[detector]\nmodel = \"{model}\"\nwhen_full = \"block\"\n\
+             [server]\nlisten = \"127.0.0.1:0\"\nmax_speed = 1000.0\nburst_ms = 3600000\n\
+             [[server.tenants]]\nname = \"bank-a\"\ntoken_sha256 = \"{token}\"\n\
+             [store]\npath = \"{store}\"\n[transcribe]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            vad = common::root().join(".deps/silero_vad.onnx").display(),
+            model = common::root().join(".deps/test-models/loudness.onnx").display(),
+            token = callguard::grpc::token_sha256(common::grpc::TOKEN_A),
+            store = disk.0.join("alerts.db").display(),
+        ),
+    )
+    .unwrap();
+    let daemon = common::daemon::Daemon::start(&config, &[], &["gRPC", "operations HTTP"]);
+    let ops = daemon.addr("operations HTTP").to_owned();
+    assert_eq!(common::http_get(&ops, "/readyz").0, 200);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use callguard::grpc::proto as pb;
+        use common::grpc::*;
+        let mut sub = client(&daemon.grpc_url(), TOKEN_A).await;
+        let mut live = sub
+            .stream_alerts(pb::AlertSubscription::default())
+            .await
+            .unwrap()
+            .into_inner();
+        // Fill the disk.
+        let filler = disk.0.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let block = vec![0xa5u8; 64 << 10];
+            while f.write_all(&block).is_ok() {}
+            let _ = f.sync_all();
+        }
+        // Loud then quiet: the loudness model alerts, then clears.
+        let (quiet, rate) = common::read_wav(&common::audio("genuine_2.wav"));
+        let (loud, _) = common::read_wav(&common::audio("genuine_1.wav"));
+        let (quiet, loud) = (
+            common::at_level(&quiet, -30.0),
+            common::at_level(&loud, -6.0),
+        );
+        let audio: Vec<f32> = loud.iter().chain(&quiet).chain(&quiet).copied().collect();
+        let frames: Vec<Vec<u8>> = audio
+            .chunks(rate as usize / 50)
+            .map(|c| {
+                c.iter()
+                    .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
+                    .collect()
+            })
+            .collect();
+        let mut caller = client(&daemon.grpc_url(), TOKEN_A).await;
+        let updates = stream_call(
+            &mut caller,
+            open_frame("disk-full", pb::Codec::Pcm16le, rate, 1),
+            numbered(frames),
+        )
+        .await
+        .unwrap();
+        assert!(
+            alerts_of(&updates).is_empty(),
+            "an alert was published before it was logged"
+        );
+        // Not ready while alerts wait for the log.
+        let mut ready = 200;
+        for _ in 0..100 {
+            ready = common::http_get(&ops, "/readyz").0;
+            if ready != 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(ready, 503, "ready with alerts that cannot be logged");
+        let metrics = common::http_get(&ops, "/metrics").1;
+        let pending = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("callguard_alerts_pending "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no callguard_alerts_pending in {metrics}"));
+        assert!(pending >= 1.0, "pending {pending}");
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), live.message())
+                .await
+                .is_err(),
+            "a subscriber heard an alert the log does not hold"
+        );
+        // Space returns: the held alerts are logged and published, in order.
+        std::fs::remove_file(&filler).unwrap();
+        let mut heard = Vec::new();
+        while heard.len() < 2 {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(30), live.message())
+                .await
+                .expect("held alerts not delivered after space returned")
+                .unwrap()
+                .unwrap();
+            if let Some(pb::alert_event::Event::Alert(a)) = event.event {
+                heard.push(a);
+            }
+        }
+        assert_eq!(heard[0].call_id, "disk-full");
+        assert!(heard[1].sequence > heard[0].sequence);
+        let mut ready = 0;
+        for _ in 0..100 {
+            ready = common::http_get(&ops, "/readyz").0;
+            if ready == 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(ready, 200, "not ready again after the log took the alerts");
+        let mut replay = sub
+            .stream_alerts(pb::AlertSubscription {
+                after_sequence: Some(0),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut logged = Vec::new();
+        while logged.len() < heard.len() {
+            let event = replay.message().await.unwrap().unwrap();
+            if let Some(pb::alert_event::Event::Alert(a)) = event.event {
+                logged.push(a);
+            }
+        }
+        assert_eq!(logged, heard);
+    });
+    drop(daemon);
+    drop(disk);
+}
