@@ -268,8 +268,10 @@ pub struct ServerConfig {
     pub burst_ms: u32,
     /// Live calls per tenant (streamed and device-bound together).
     pub max_calls_per_tenant: usize,
-    /// `StreamAlerts` subscribers over all tenants.
+    /// `StreamAlerts` subscribers (and supervisor pages) over all tenants...
     pub max_subscribers: usize,
+    /// ...and of one tenant, so one tenant's clients cannot take every place.
+    pub max_subscribers_per_tenant: usize,
     /// Live alerts queued per subscriber before it is sent a lag and caught up from the log.
     pub subscriber_queue: usize,
     /// Threads that run streamed calls' speech gating and windowing; 0 = one per CPU core.
@@ -420,6 +422,7 @@ impl Default for ServerConfig {
             burst_ms: 30_000,
             max_calls_per_tenant: 1_000,
             max_subscribers: 64,
+            max_subscribers_per_tenant: 32,
             subscriber_queue: 256,
             ingest_workers: 0,
             ingest_queue_frames: 8_192,
@@ -1146,6 +1149,12 @@ impl Config {
                 1_000_000,
             ),
             ("server.max_subscribers", s.max_subscribers, 1, 100_000),
+            (
+                "server.max_subscribers_per_tenant",
+                s.max_subscribers_per_tenant,
+                1,
+                100_000,
+            ),
             ("server.subscriber_queue", s.subscriber_queue, 1, 1_000_000),
             ("server.ingest_workers", s.ingest_workers, 0, 256),
             (

@@ -13,6 +13,8 @@ use super::{AlertFilter, LoggedAlert};
 pub enum HubError {
     #[error("{limit} alert subscribers are connected already")]
     TooMany { limit: usize },
+    #[error("{limit} alert subscribers of this tenant are connected already")]
+    TooManyForTenant { limit: usize },
     #[error("the server is shutting down")]
     Closed,
 }
@@ -38,6 +40,7 @@ struct Subscribers {
 pub struct AlertHub {
     subs: Arc<Mutex<Subscribers>>,
     limit: usize,
+    per_tenant: usize,
     queue: usize,
     published: AtomicU64,
     overflowed: AtomicU64,
@@ -53,11 +56,13 @@ pub struct Subscription {
 }
 
 impl AlertHub {
-    /// At most `limit` subscribers, each with a queue of `queue` alerts.
-    pub fn new(limit: usize, queue: usize) -> Self {
+    /// At most `limit` subscribers, `per_tenant` of one tenant, each with a queue of `queue`
+    /// alerts.
+    pub fn new(limit: usize, per_tenant: usize, queue: usize) -> Self {
         Self {
             subs: Arc::default(),
             limit,
+            per_tenant,
             queue: queue.max(1),
             published: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
@@ -71,6 +76,11 @@ impl AlertHub {
         }
         if subs.list.len() >= self.limit {
             return Err(HubError::TooMany { limit: self.limit });
+        }
+        if subs.list.iter().filter(|s| s.tenant == tenant).count() >= self.per_tenant {
+            return Err(HubError::TooManyForTenant {
+                limit: self.per_tenant,
+            });
         }
         let (tx, rx) = mpsc::channel(self.queue);
         subs.next_id += 1;
@@ -187,7 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_subscriber_overflows_alone_and_others_get_everything() {
-        let hub = AlertHub::new(4, 2);
+        let hub = AlertHub::new(4, 4, 2);
         let mut slow = hub.subscribe("t", AlertFilter::default()).unwrap();
         let mut fast = hub.subscribe("t", AlertFilter::default()).unwrap();
         let mut other_tenant = hub.subscribe("u", AlertFilter::default()).unwrap();
@@ -205,7 +215,7 @@ mod tests {
 
     #[test]
     fn the_subscriber_limit_holds_and_dropping_frees_a_place() {
-        let hub = AlertHub::new(1, 8);
+        let hub = AlertHub::new(1, 1, 8);
         let first = hub.subscribe("t", AlertFilter::default()).unwrap();
         assert_eq!(
             hub.subscribe("t", AlertFilter::default()).err(),
@@ -214,11 +224,21 @@ mod tests {
         drop(first);
         assert_eq!(hub.subscribers(), 0);
         assert!(hub.subscribe("t", AlertFilter::default()).is_ok());
+        // One tenant cannot take every place.
+        let hub = AlertHub::new(3, 2, 8);
+        let _t: Vec<_> = (0..2)
+            .map(|_| hub.subscribe("t", AlertFilter::default()).unwrap())
+            .collect();
+        assert_eq!(
+            hub.subscribe("t", AlertFilter::default()).err(),
+            Some(HubError::TooManyForTenant { limit: 2 })
+        );
+        assert!(hub.subscribe("u", AlertFilter::default()).is_ok());
     }
 
     #[tokio::test]
     async fn closing_the_hub_ends_subscriptions_after_their_queued_alerts() {
-        let hub = AlertHub::new(4, 4);
+        let hub = AlertHub::new(4, 4, 4);
         let mut sub = hub.subscribe("t", AlertFilter::default()).unwrap();
         hub.publish(alert(1, "t"));
         hub.close();

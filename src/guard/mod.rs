@@ -101,6 +101,7 @@ impl Guard {
             log,
             hub: AlertHub::new(
                 config.server.max_subscribers,
+                config.server.max_subscribers_per_tenant,
                 config.server.subscriber_queue,
             ),
             stopping: AtomicBool::new(false),
