@@ -2,7 +2,8 @@
 //! server with health checking and reflection.
 
 pub mod auth;
-mod convert;
+/// Between the wire and the engine (public for the fuzz targets).
+pub mod convert;
 mod service;
 
 use std::future::Future;
