@@ -15,6 +15,7 @@ use callguard::grpc::proto as pb;
 use callguard::pipeline::{Engine, EngineEvent};
 use callguard::transcribe::whisper::is_loop;
 use callguard::transcribe::{SegmentResult, SpeechSegment, TranscriberPool, WhisperModel};
+use common::assert_no_card;
 use common::grpc::*;
 use serde_json::Value;
 
@@ -180,37 +181,6 @@ fn a_synthesized_request_raises_its_cues_and_risk() {
     }
     for a in file["alerts"].as_array().unwrap() {
         assert!(a["risk"].as_f64().unwrap() >= a["p_spoof"].as_f64().unwrap() - 1e-6);
-    }
-}
-
-/// Neither eight card digits in a row (separators between digits ignored) nor four spoken
-/// card digits in a row anywhere in `text`. (Shorter digit runs are not checked here: logs and
-/// JSON carry times and scores whose digits could match by chance; the redaction unit and
-/// property tests cover short runs.)
-fn assert_no_card(text: &str, what: &str) {
-    const CARD: &str = "4111111111111111";
-    let mut digits = String::new();
-    let chars: Vec<char> = text.chars().collect();
-    for (i, c) in chars.iter().enumerate() {
-        let between_digits = i > 0
-            && chars[i - 1].is_ascii_digit()
-            && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
-        if c.is_ascii_digit() {
-            digits.push(*c);
-        } else if !(between_digits && matches!(c, ' ' | '-' | ',' | '.')) {
-            digits.push(' ');
-        }
-    }
-    for start in 0..=CARD.len() - 8 {
-        let piece = &CARD[start..start + 8];
-        assert!(
-            !digits.contains(piece),
-            "{what}: card digits {piece} leaked"
-        );
-    }
-    let lower = text.to_lowercase();
-    for spoken in ["one one one one", "four one one one", "one, one, one, one"] {
-        assert!(!lower.contains(spoken), "{what}: spoken card digits leaked");
     }
 }
 

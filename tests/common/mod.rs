@@ -158,3 +158,34 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_owned())
 }
+
+/// Neither eight card digits in a row (separators between digits ignored) nor four spoken
+/// card digits in a row anywhere in `text`. (Shorter digit runs are not checked here: logs and
+/// JSON carry times and scores whose digits could match by chance; the redaction unit and
+/// property tests cover short runs.)
+pub fn assert_no_card(text: &str, what: &str) {
+    const CARD: &str = "4111111111111111";
+    let mut digits = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        let between_digits = i > 0
+            && chars[i - 1].is_ascii_digit()
+            && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
+        if c.is_ascii_digit() {
+            digits.push(*c);
+        } else if !(between_digits && matches!(c, ' ' | '-' | ',' | '.')) {
+            digits.push(' ');
+        }
+    }
+    for start in 0..=CARD.len() - 8 {
+        let piece = &CARD[start..start + 8];
+        assert!(
+            !digits.contains(piece),
+            "{what}: card digits {piece} leaked"
+        );
+    }
+    let lower = text.to_lowercase();
+    for spoken in ["one one one one", "four one one one", "one, one, one, one"] {
+        assert!(!lower.contains(spoken), "{what}: spoken card digits leaked");
+    }
+}
