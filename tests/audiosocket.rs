@@ -15,6 +15,11 @@ use common::grpc::*;
 use serde_json::Value;
 
 fn start(dir: &Path) -> Daemon {
+    start_with(dir, "")
+}
+
+/// The daemon with an AudioSocket listener for bank-a, and `server` settings added.
+fn start_with(dir: &Path, server: &str) -> Daemon {
     let path = dir.join("daemon.toml");
     let text = format!(
         r#"[speech]
@@ -26,6 +31,7 @@ when_full = "block"
 listen = "127.0.0.1:0"
 max_speed = 1000.0
 burst_ms = 3600000
+{server}
 [[server.tenants]]
 name = "bank-a"
 token_sha256 = "{a}"
@@ -191,4 +197,59 @@ async fn broken_streams_get_an_error_message_and_nothing_else_is_lost() {
     assert_eq!(code, 0, "{lines:?}");
     let summary = ended_call(&mut client, uuid).await.summary.unwrap();
     assert_eq!(summary.verdict, pb::CallState::Genuine as i32);
+}
+
+/// The tenant's call limit holds through the connector: with one call allowed and one on the
+/// line, a second Asterisk call is refused with the "cannot screen" error message and closed,
+/// and the first is screened to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_the_tenant_limit_is_refused_and_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_with(dir.path(), "max_calls_per_tenant = 1");
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let first = "9b5c2a44-0d7e-4c55-9a3e-2f1b6f0e7a10";
+    let a = args(
+        &daemon,
+        first,
+        &[
+            "--speed".into(),
+            "1".into(),
+            wav("genuine_1.wav"),
+            wav("genuine_2.wav"),
+        ],
+    );
+    let player = std::thread::spawn(move || python("audiosocket_client.py", &a));
+    loop {
+        let calls = client
+            .list_calls(pb::ListCallsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .calls;
+        if calls.iter().any(|c| c.call_id == first) {
+            break;
+        }
+        assert!(
+            !player.is_finished(),
+            "the first call never showed in ListCalls"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = args(
+        &daemon,
+        "1f0e7a10-9b5c-4c55-9a3e-2a440d7e2f1b",
+        &["--speed".into(), "4".into(), wav("genuine_3.wav")],
+    );
+    let (_, lines) = tokio::task::spawn_blocking(move || python("audiosocket_client.py", &second))
+        .await
+        .unwrap();
+    assert_eq!(error_code(&lines).as_deref(), Some("15"), "{lines:?}");
+    assert!(lines.iter().any(|l| l["event"] == "closed"), "{lines:?}");
+    let (code, lines) = tokio::task::spawn_blocking(move || player.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{lines:?}");
+    let summary = ended_call(&mut client, first).await.summary.unwrap();
+    assert_eq!(summary.frames_lost, 0);
+    assert!(summary.audio_ms > 4_000, "{summary:?}");
 }

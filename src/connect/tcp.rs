@@ -138,10 +138,21 @@ async fn session(state: Arc<AudioSocketState>, mut socket: TcpStream) {
     }
     let call_id = link.call_id().to_owned();
     link.finish().await;
+    let refused = reply.is_some();
     if let Some(bytes) = reply {
         let _ = tokio::time::timeout(Duration::from_secs(5), socket.write_all(&bytes)).await;
     }
     let _ = socket.shutdown().await;
+    if refused {
+        // Asterisk is still sending audio: read and drop it for a moment, so that closing does
+        // not reset the connection before it has read the error message.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(n) = socket.read(&mut buf).await
+                && n > 0
+            {}
+        })
+        .await;
+    }
     if !call_id.is_empty() {
         let c = session.counters();
         tracing::info!(

@@ -109,13 +109,17 @@ def main():
         if s == "call":
             pcm = slin_8k(args.wav)
             t0 = time.monotonic()
-            for i in range(0, len(pcm), FRAME_BYTES):
-                sock.sendall(message(AUDIO, pcm[i:i + FRAME_BYTES].ljust(FRAME_BYTES, b"\0")))
-                delay = t0 + (i // FRAME_BYTES + 1) * 0.020 / args.speed - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            sock.sendall(message(DTMF, b"1"))
-            sock.sendall(message(HANGUP))
+            try:
+                for i in range(0, len(pcm), FRAME_BYTES):
+                    sock.sendall(message(AUDIO, pcm[i:i + FRAME_BYTES].ljust(FRAME_BYTES, b"\0")))
+                    delay = t0 + (i // FRAME_BYTES + 1) * 0.020 / args.speed - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                sock.sendall(message(DTMF, b"1"))
+                sock.sendall(message(HANGUP))
+            except (BrokenPipeError, ConnectionResetError):
+                # The server closed the call (as Asterisk sees a hangup): read what it said.
+                emit(event="send_failed")
         else:
             for i in range(100):
                 if s == "odd-frame" and i == 50:
