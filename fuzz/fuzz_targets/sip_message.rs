@@ -12,8 +12,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = (r.branch(), r.cseq(), r.to_tag(), r.content_type());
             let _ = r.header_values("via");
         }
-        Err(SipError::Malformed { reply: Some(r), reason }) => {
-            let _ = r.response(400, Some(&reason), None, &[], None);
+        Err(SipError::Malformed { reply: Some(r), reason, status }) => {
+            assert!(status == 400 || status == 505, "{status}");
+            let _ = r.response(status, Some(&reason), None, &[], None);
         }
         Err(_) => {}
     }
