@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The training smoke runs are tiny on purpose (50 iterations): scikit-learn's "not converged"
+# warning about them says nothing, so it is not printed.
+export PYTHONWARNINGS="ignore::UserWarning:sklearn.neural_network._multilayer_perceptron"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --all-targets --no-fail-fast
 else
