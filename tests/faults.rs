@@ -240,7 +240,16 @@ fn a_full_disk_holds_alerts_back_and_delivers_them_when_space_returns() {
     .unwrap();
     let daemon = common::daemon::Daemon::start(&config, &[], &["gRPC", "operations HTTP"]);
     let ops = daemon.addr("operations HTTP").to_owned();
-    assert_eq!(common::http_get(&ops, "/readyz").0, 200);
+    // Ready once every listener has reported in (a moment after they print their addresses).
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = common::http_get(&ops, "/readyz").0;
+        if ready == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ready, 200);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -265,21 +274,7 @@ fn a_full_disk_holds_alerts_back_and_delivers_them_when_space_returns() {
             let _ = f.sync_all();
         }
         // Loud then quiet: the loudness model alerts, then clears.
-        let (quiet, rate) = common::read_wav(&common::audio("genuine_2.wav"));
-        let (loud, _) = common::read_wav(&common::audio("genuine_1.wav"));
-        let (quiet, loud) = (
-            common::at_level(&quiet, -30.0),
-            common::at_level(&loud, -6.0),
-        );
-        let audio: Vec<f32> = loud.iter().chain(&quiet).chain(&quiet).copied().collect();
-        let frames: Vec<Vec<u8>> = audio
-            .chunks(rate as usize / 50)
-            .map(|c| {
-                c.iter()
-                    .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
-                    .collect()
-            })
-            .collect();
+        let (frames, rate) = common::loud_quiet_frames(1);
         let mut caller = client(&daemon.grpc_url(), TOKEN_A).await;
         let updates = stream_call(
             &mut caller,

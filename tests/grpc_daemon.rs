@@ -187,21 +187,7 @@ async fn kill_9_and_restart_replays_every_published_alert() {
         .unwrap()
         .into_inner();
     // Loud, quiet, quiet: the loudness test model alerts, then clears.
-    let (quiet, rate) = common::read_wav(&common::audio("genuine_2.wav"));
-    let (loud, _) = common::read_wav(&common::audio("genuine_1.wav"));
-    let (quiet, loud) = (
-        common::at_level(&quiet, -30.0),
-        common::at_level(&loud, -6.0),
-    );
-    let audio: Vec<f32> = loud.iter().chain(&quiet).chain(&quiet).copied().collect();
-    let frames: Vec<Vec<u8>> = audio
-        .chunks(rate as usize / 50)
-        .map(|c| {
-            c.iter()
-                .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
-                .collect()
-        })
-        .collect();
+    let (frames, rate) = common::loud_quiet_frames(1);
     let updates = stream_call(
         &mut first,
         open_frame("before-crash", pb::Codec::Pcm16le, rate, 1),
@@ -278,27 +264,7 @@ async fn kill_9_during_alert_bursts_twenty_times_loses_and_repeats_nothing() {
         &common::root().join(".deps/test-models/loudness.onnx"),
     );
     // Loud then quiet, over and over: the loudness test model alerts and clears every cycle.
-    let (quiet, rate) = common::read_wav(&common::audio("genuine_2.wav"));
-    let (loud, _) = common::read_wav(&common::audio("genuine_1.wav"));
-    let (quiet, loud) = (
-        common::at_level(&quiet, -30.0),
-        common::at_level(&loud, -6.0),
-    );
-    let cycle: Vec<f32> = loud.iter().chain(&quiet).chain(&quiet).copied().collect();
-    let audio: Vec<f32> = cycle
-        .iter()
-        .cycle()
-        .take(cycle.len() * 6)
-        .copied()
-        .collect();
-    let frames: Vec<Vec<u8>> = audio
-        .chunks(rate as usize / 50)
-        .map(|c| {
-            c.iter()
-                .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
-                .collect()
-        })
-        .collect();
+    let (frames, rate) = common::loud_quiet_frames(6);
     let mut seen: Vec<pb::Alert> = Vec::new();
     for round in 0..ROUNDS {
         let daemon = Daemon::start(&config);

@@ -188,15 +188,7 @@ async fn sighup_reloads_the_certificate_without_dropping_a_call() {
         .unwrap();
     let (rate, frames) = {
         let (samples, rate) = decode("genuine_1.wav");
-        let frames: Vec<Vec<u8>> = samples
-            .chunks(rate as usize / 50)
-            .map(|c| {
-                c.iter()
-                    .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
-                    .collect()
-            })
-            .collect();
-        (rate, frames)
+        (rate, common::pcm16_frames(&samples, rate))
     };
     let (tx, rx) = tokio::sync::mpsc::channel(frames.len() + 2);
     tx.send(open_frame("rotating", pb::Codec::Pcm16le, rate, 1))

@@ -189,3 +189,30 @@ pub fn assert_no_card(text: &str, what: &str) {
         assert!(!lower.contains(spoken), "{what}: spoken card digits leaked");
     }
 }
+
+/// Mono audio as 20 ms frames of 16-bit little-endian PCM.
+pub fn pcm16_frames(x: &[f32], rate: u32) -> Vec<Vec<u8>> {
+    x.chunks(rate as usize / 50)
+        .map(|c| {
+            c.iter()
+                .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
+                .collect()
+        })
+        .collect()
+}
+
+/// A loud prompt then two quiet ones, `cycles` times over, as 20 ms PCM16 frames, and their
+/// rate: the loudness test model alerts in each loud part and clears in the quiet.
+pub fn loud_quiet_frames(cycles: usize) -> (Vec<Vec<u8>>, u32) {
+    let (quiet, rate) = read_wav(&audio("genuine_2.wav"));
+    let (loud, _) = read_wav(&audio("genuine_1.wav"));
+    let (quiet, loud) = (at_level(&quiet, -30.0), at_level(&loud, -6.0));
+    let cycle: Vec<f32> = loud.iter().chain(&quiet).chain(&quiet).copied().collect();
+    let x: Vec<f32> = cycle
+        .iter()
+        .cycle()
+        .take(cycle.len() * cycles)
+        .copied()
+        .collect();
+    (pcm16_frames(&x, rate), rate)
+}
