@@ -366,14 +366,17 @@ fn the_daemon_serves_operations_http_and_logs_json_lines() {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|v| v["message"] == message)
     };
-    let mut ended = None;
-    for _ in 0..100 {
-        ended = find("Call ended.");
-        if ended.is_some() {
-            break;
+    // The daemon's output reaches `daemon.log` through a reader thread: wait for each line.
+    let wait_for = |message: &str| -> Option<Value> {
+        for _ in 0..200 {
+            if let Some(line) = find(message) {
+                return Some(line);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        None
+    };
+    let ended = wait_for("Call ended.");
     let opened = find("Call opened.").expect("a JSON line for the call's opening");
     for line in [&opened, ended.as_ref().expect("a JSON line for its end")] {
         assert_eq!(line["call_id"], "ops-json-1", "{line}");
@@ -383,7 +386,7 @@ fn the_daemon_serves_operations_http_and_logs_json_lines() {
     }
     assert_eq!(opened["channel_class"], "narrowband_g711", "{opened}");
     assert!(
-        find("gRPC request with a missing or unknown token refused.").is_some(),
+        wait_for("gRPC request with a missing or unknown token refused.").is_some(),
         "the refused token is logged"
     );
     // Every line the daemon wrote is JSON, except its "listening on" banners.
