@@ -62,9 +62,10 @@ fi
 # grpcio and grpcio-tools: the independent gRPC client (clients/python) and its stubs.
 # pyworld-prebuilt: the WORLD vocoder (train/copysynth.py), prebuilt wheels of pyworld (MIT).
 # prometheus-client: the Prometheus project's own parser checks /metrics (tests/clients/scrape.py).
+# G722: sippy's libg722 (public domain), the G.722 encoder of the SIPREC tests' pcaps.
 want=(numpy scipy "soundfile>=0.12" onnx "onnxruntime==$ORT_VERSION" scikit-learn grpcio grpcio-tools
-  "pyworld-prebuilt==0.3.6.post1" websockets "prometheus-client==0.21.1")
-if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools, pyworld, websockets, prometheus_client" 2>/dev/null; then
+  "pyworld-prebuilt==0.3.6.post1" websockets "prometheus-client==0.21.1" "G722==1.2.8")
+if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools, pyworld, websockets, prometheus_client, G722" 2>/dev/null; then
   log "installing Python packages: ${want[*]}"
   "$VENV/bin/pip" install -q "${want[@]}"
 fi

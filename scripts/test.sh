@@ -139,6 +139,14 @@ y = ort.InferenceSession(f"{d}/model/detector.onnx").run(None, {"waveform": np.z
 assert y.shape == (3,), y.shape
 print(f"cnn smoke: {len(r['folds'])} folds scored by the rule, candidate exported")
 PY
+# The 0.5.x recipe on the CNN's very windows (replayed from the seed), and the two fused.
+.deps/venv/bin/python train/cnn.py prepare-whisper --tiny --cache "$tiny/cnn" >/dev/null
+.deps/venv/bin/python train/cnn.py fit-whisper --tiny --cache "$tiny/cnn" >/dev/null
+.deps/venv/bin/python train/cnn.py fuse --tiny --cache "$tiny/cnn" --fuse "$tiny/cnn/runs,$tiny/cnn/runs-whisper" >/dev/null
+for arm in whisper fused; do
+  .deps/venv/bin/python train/cnn.py report --tiny --cache "$tiny/cnn" --runs "$tiny/cnn/runs-$arm" \
+    --out "$tiny/cnn-$arm" | grep -q "all folds, weighted"
+done
 # The sequential test vs the shipped alert rule, on the tiny CNN's window logits: every rule
 # replayed on calls built from them (the batched replay is checked against train/fusion.py's).
 .deps/venv/bin/python train/sequential.py --tiny --cache "$tiny/cnn" >/dev/null

@@ -1344,21 +1344,30 @@ pub struct SiprecConfig {
     /// How the caller's stream is picked from the recording metadata: the stream whose
     /// `label` is this, or the one sent by the participant whose `aor` matches `caller_aor`
     /// (a regex), or by the participant whose `aor` does not match `agent_aor`; none set: the
-    /// first participant listed (SRCs list the calling party first).
+    /// external party (a telephone number, or a host outside `local_domains`; see
+    /// `connect::sip::metadata::CallerRule::External`).
     pub caller_label: Option<String>,
     pub caller_aor: Option<String>,
     pub agent_aor: Option<String>,
+    /// The site's own SIP domains (agents, extensions), e.g. ["bank.example"]: a participant
+    /// at one of them (or below) is internal, any other host external.
+    pub local_domains: Vec<String>,
     /// SRCs allowed to record, each with the tenant that owns its calls; any other peer
     /// gets 403.
     pub peers: Vec<SiprecPeerConfig>,
 }
 
-/// An SRC (an SBC or call manager) by address.
+/// An SRC (an SBC or call manager) by address and, where one SBC records for several
+/// tenants, by SIP identity.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct SiprecPeerConfig {
     pub tenant: String,
-    /// IP addresses or CIDR networks, e.g. ["10.20.0.0/16", "192.0.2.7"].
+    /// IP addresses or CIDR networks, e.g. ["10.20.0.0/16", "192.0.2.7"]: the gate.
     pub addresses: Vec<String>,
+    /// Hosts of the `From` URI (and hosts below them) that pick this tenant among the peers at
+    /// the same address, e.g. ["a.bank.example"]; empty: any request from the addresses.
+    #[serde(default)]
+    pub domains: Vec<String>,
 }
 
 impl Default for SiprecConfig {
@@ -1376,6 +1385,7 @@ impl Default for SiprecConfig {
             caller_label: None,
             caller_aor: None,
             agent_aor: None,
+            local_domains: Vec::new(),
             peers: Vec::new(),
         }
     }
@@ -1406,6 +1416,18 @@ impl SiprecConfig {
             if p.addresses.is_empty() {
                 bad(&format!("siprec.peers[{i}].addresses"), "is empty".into());
             }
+            for d in &p.domains {
+                let ok = !d.is_empty()
+                    && d.len() <= 253
+                    && d.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+                if !ok {
+                    bad(
+                        &format!("siprec.peers[{i}].domains"),
+                        format!("{d:?} is not a host name"),
+                    );
+                }
+            }
             for a in &p.addresses {
                 if a.parse::<ipnet::IpNet>().is_err() && a.parse::<std::net::IpAddr>().is_err() {
                     bad(
@@ -1433,6 +1455,11 @@ impl SiprecConfig {
                 if !path.is_file() {
                     bad(key, format!("{} not found", path.display()));
                 }
+            }
+        }
+        for d in &self.local_domains {
+            if d.is_empty() || d.contains(['@', ':', '/', ' ']) {
+                bad("siprec.local_domains", format!("{d:?} is not a host name"));
             }
         }
         let set = [&self.caller_label, &self.caller_aor, &self.agent_aor]

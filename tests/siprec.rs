@@ -17,6 +17,14 @@ use common::daemon::Daemon;
 use common::grpc::*;
 
 fn config(dir: &Path, peer: &str, extra: &str) -> PathBuf {
+    let siprec = format!("agent_aor = \"@cc\\\\.bank\\\\.example$\"\n{extra}");
+    let peers = format!("[[siprec.peers]]\ntenant = \"bank-a\"\naddresses = [\"{peer}\"]\n");
+    write_config(dir, &siprec, &peers)
+}
+
+/// The daemon's config: tenants bank-a and bank-b, `siprec` lines added to `[siprec]`, then
+/// the `peers` tables.
+fn write_config(dir: &Path, siprec: &str, peers: &str) -> PathBuf {
     let path = dir.join("daemon.toml");
     let text = format!(
         r#"[speech]
@@ -29,6 +37,9 @@ listen = "127.0.0.1:0"
 [[server.tenants]]
 name = "bank-a"
 token_sha256 = "{a}"
+[[server.tenants]]
+name = "bank-b"
+token_sha256 = "{b}"
 [store]
 path = "alerts.db"
 [transcribe]
@@ -37,15 +48,12 @@ enabled = false
 listen = "127.0.0.1:0"
 rtp_ports = [42000, 44999]
 rtp_timeout_ms = 1500
-agent_aor = "@cc\\.bank\\.example$"
-{extra}
-[[siprec.peers]]
-tenant = "bank-a"
-addresses = ["{peer}"]
-"#,
+{siprec}
+{peers}"#,
         vad = common::root().join(".deps/silero_vad.onnx").display(),
         model = common::root().join("models/detector.onnx").display(),
         a = callguard::grpc::token_sha256(TOKEN_A),
+        b = callguard::grpc::token_sha256(TOKEN_B),
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -61,15 +69,27 @@ fn venv_python() -> PathBuf {
 
 /// Writes `name` in `dir`: the WAVs as 20 ms PCMU RTP packets, with loss and reordering.
 fn pcap(dir: &Path, name: &str, wavs: &[&str], loss: f32) -> serde_json::Value {
+    let mut args = Vec::new();
+    if loss > 0.0 {
+        args = vec![
+            "--loss".to_owned(),
+            loss.to_string(),
+            "--reorder".into(),
+            loss.to_string(),
+        ];
+    }
+    pcap_with(dir, name, wavs, &args)
+}
+
+/// As `pcap`, with more of `rtp_pcap.py make`'s options (codec, cut, RTCP).
+fn pcap_with(dir: &Path, name: &str, wavs: &[&str], args: &[String]) -> serde_json::Value {
     let mut cmd = Command::new(venv_python());
     cmd.arg(common::root().join("tests/clients/rtp_pcap.py"))
         .arg("make")
         .args(wavs.iter().map(|w| common::audio(w)))
         .arg("--out")
-        .arg(dir.join(name));
-    if loss > 0.0 {
-        cmd.args(["--loss", &loss.to_string(), "--reorder", &loss.to_string()]);
-    }
+        .arg(dir.join(name))
+        .args(args);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -467,4 +487,190 @@ async fn refused_sessions_get_the_right_final_response() {
         Some("200"),
         "the SRS still answers"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_g722_call_is_screened_wideband_for_the_tenant_its_sbc_names() {
+    // One SBC address, two tenants: bank-b takes any identity, bank-a its SBC's From domain.
+    // No caller rule is set: the external party (the E.164 number, listed second) is the caller.
+    let dir = tempfile::tempdir().unwrap();
+    let peers = "[[siprec.peers]]\ntenant = \"bank-b\"\naddresses = [\"127.0.0.1\"]\n\
+                 [[siprec.peers]]\ntenant = \"bank-a\"\naddresses = [\"127.0.0.1\"]\n\
+                 domains = [\"bank-a.example\"]\n";
+    let daemon = Daemon::start(
+        &write_config(dir.path(), "", peers),
+        &[],
+        &["gRPC", "SIPREC"],
+    );
+    pcap_with(
+        dir.path(),
+        "caller.pcap",
+        &["synthetic_espeak.wav"],
+        &["--law".into(), "g722".into()],
+    );
+    pcap(dir.path(), "agent.pcap", &["genuine_1.wav"], 0.0);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let (ok, log) = sipp(
+        daemon.addr("SIPREC"),
+        dir.path(),
+        "g722.xml",
+        "wide",
+        10_000,
+        "127.0.0.1",
+        "u1",
+    );
+    assert!(ok, "{log}");
+    let info = ended_call(&mut client, "sip-wide-1").await;
+    assert_eq!(info.metadata.as_ref().unwrap().ani, "+15551230001");
+    assert_eq!(
+        info.channel_class,
+        pb::ChannelClass::Wideband as i32,
+        "{info:?}"
+    );
+    let s = info.summary.unwrap();
+    assert_eq!(s.verdict, pb::CallState::Suspected as i32, "{s:?}");
+    // 16 kHz audio on the 8 kHz RTP clock: call time is still the audio's (8.94 s).
+    assert!(s.audio_ms.abs_diff(8_940) <= 90, "{s:?}");
+    assert_eq!(s.frames_rejected, 0, "{s:?}");
+    let mut other = common::grpc::client(&daemon.grpc_url(), TOKEN_B).await;
+    let calls = other
+        .list_calls(pb::ListCallsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .calls;
+    assert!(
+        calls.is_empty(),
+        "bank-b sees none of bank-a's calls: {calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_codec_change_mid_call_and_rtcp_keep_the_call_screened() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), "");
+    let rtcp = |seed: &str| {
+        vec![
+            "--rtcp-every".to_owned(),
+            "25".into(),
+            "--seed".into(),
+            seed.into(),
+        ]
+    };
+    let mut a = rtcp("1");
+    a.extend(["--seconds".into(), "4.5".into()]);
+    let mut b = rtcp("2");
+    b.extend([
+        "--start".into(),
+        "4.5".into(),
+        "--law".into(),
+        "g722".into(),
+    ]);
+    let made_a = pcap_with(dir.path(), "caller_a.pcap", &["synthetic_espeak.wav"], &a);
+    let made_b = pcap_with(dir.path(), "caller_b.pcap", &["synthetic_espeak.wav"], &b);
+    pcap(dir.path(), "agent.pcap", &["genuine_1.wav"], 0.0);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let (ok, log) = sipp(
+        daemon.addr("SIPREC"),
+        dir.path(),
+        "reinvite_codec.xml",
+        "recodec",
+        4_700,
+        "127.0.0.1",
+        "u1",
+    );
+    assert!(ok, "{log}");
+    let info = ended_call(&mut client, "sip-recodec-1").await;
+    // The call opened narrowband (PCMU) and stays so; G.722 after the re-INVITE is decoded
+    // into it, so call time is the audio's: 4.5 s + 4.44 s.
+    assert_eq!(
+        info.channel_class,
+        pb::ChannelClass::NarrowbandG711 as i32,
+        "{info:?}"
+    );
+    let s = info.summary.unwrap();
+    assert_eq!(s.verdict, pb::CallState::Suspected as i32, "{s:?}");
+    assert!(s.audio_ms.abs_diff(8_940) <= 90, "{s:?}");
+    // Every RTCP report (muxed on the RTP port) was read and set aside, runts too.
+    let sent = made_a["rtcp"].as_u64().unwrap() + made_b["rtcp"].as_u64().unwrap();
+    let finished = (0..100)
+        .find_map(|_| {
+            let line = daemon
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("SIPREC session finished.") && l.contains("recodec-1"))
+                .cloned();
+            if line.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            line
+        })
+        .expect("the session's counters are logged");
+    let field = |name: &str| -> u64 {
+        let at = finished
+            .find(&format!(" {name}="))
+            .unwrap_or_else(|| panic!("{name} in {finished}"));
+        finished[at + name.len() + 2..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(field("rtcp"), sent, "{finished}");
+    assert_eq!(field("malformed"), sent, "the runts: {finished}");
+    assert_eq!(field("unknown_payload"), 0, "{finished}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_over_the_session_limit_gets_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), "max_sessions = 1");
+    pcap(dir.path(), "caller.pcap", &["genuine_1.wav"], 0.0);
+    pcap(dir.path(), "agent.pcap", &["genuine_1.wav"], 0.0);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let (srs, path) = (daemon.addr("SIPREC").to_owned(), dir.path().to_owned());
+    let first = tokio::task::spawn_blocking(move || {
+        sipp(&srs, &path, "call.xml", "first", 9_000, "127.0.0.1", "u1")
+    });
+    // Wait for the first session's call, then a second recording is refused.
+    for _ in 0..400 {
+        let calls = client
+            .list_calls(pb::ListCallsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .calls;
+        if !calls.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (srs, path) = (daemon.addr("SIPREC").to_owned(), dir.path().to_owned());
+    let (ok, log) = tokio::task::spawn_blocking(move || {
+        sipp(&srs, &path, "busy.xml", "second", 0, "127.0.0.1", "u1")
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{log}");
+    let (ok, log) = first.await.unwrap();
+    assert!(ok, "the first session is unharmed: {log}");
+    assert_eq!(
+        ended_call(&mut client, "sip-first-1")
+            .await
+            .summary
+            .unwrap()
+            .alerts,
+        0
+    );
+    // With the first ended, the same offer is taken again.
+    let (srs, path) = (daemon.addr("SIPREC").to_owned(), dir.path().to_owned());
+    let (ok, log) = tokio::task::spawn_blocking(move || {
+        sipp(&srs, &path, "call.xml", "third", 500, "127.0.0.1", "u1")
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{log}");
 }

@@ -100,7 +100,10 @@ def log_bands(windows):
 # -------------------------------------------------------------------------------- prepare
 
 
-def prepare(args):
+def drawn(args):
+    """What `prepare` draws, in its order: (file metadata, train-split crops after augmentation,
+    [(channel, evaluation windows)]), one file at a time. `prepare` and `prepare-whisper` both read
+    it, so the Whisper features are of the very windows the CNN's are."""
     import soundfile as sf
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -117,26 +120,35 @@ def prepare(args):
     else:
         items = T.shared_items(args.data, T.SETS_V2) + T.generated_items(args.cache_train, 72)
         channels = CHANNELS
-    files, train_x, train_file, eval_x, eval_index = [], [], [], [], []
-    n_train = n_eval = 0
     for (path, label, system, family, group, split, source), x in T.loaded(items):
         rate = sf.info(str(path)).samplerate
         f = dict(path=str(path), label=label, system=system, family=family, group=group, split=split,
                  source=source, rate=rate, seconds=round(len(x) / SR, 3),
                  real2="/real2/" in str(path))
-        k = len(files)
+        crops = []
         if split == "train":
             crops = [T.augment(w, rng, "phone", narrowband_only=rate < SR) for w in T.crops(x, args.crops, rng)]
-            if crops:
-                train_x.append(log_bands(crops).astype(np.float16))
-                train_file += [k] * len(crops)
-                n_train += len(crops)
+        evals = []
         if split != "train" or label == "spoof":
             crng = np.random.default_rng(SEED + 1)
-            for ch, ws in T.channel_windows(x, channels, crng, rate < SR, EVAL_WINDOWS):
-                eval_x.append(log_bands(ws).astype(np.float16))
-                eval_index.append((k, channels.index(ch), n_eval, len(ws)))
-                n_eval += len(ws)
+            evals = list(T.channel_windows(x, channels, crng, rate < SR, EVAL_WINDOWS))
+        yield f, crops, evals, channels
+
+
+def prepare(args):
+    files, train_x, train_file, eval_x, eval_index = [], [], [], [], []
+    n_train = n_eval = 0
+    channels = CHANNELS
+    for f, crops, evals, channels in drawn(args):
+        k = len(files)
+        if crops:
+            train_x.append(log_bands(crops).astype(np.float16))
+            train_file += [k] * len(crops)
+            n_train += len(crops)
+        for ch, ws in evals:
+            eval_x.append(log_bands(ws).astype(np.float16))
+            eval_index.append((k, channels.index(ch), n_eval, len(ws)))
+            n_eval += len(ws)
         files.append(f)
         if len(files) % 200 == 0:
             print(f"prepare: {len(files)} files, {n_train} train crops, {n_eval} eval windows, "
@@ -149,6 +161,86 @@ def prepare(args):
     (args.cache / "files.json").write_text(json.dumps({"channels": channels, "files": files}))
     print(f"prepare: {len(files)} files, {n_train} train crops, {n_eval} eval windows in "
           f"{time.time() - args.t0:.0f} s -> {args.cache}")
+
+
+# ----------------------------------------------------------------- the 0.5.x recipe beside it
+
+
+def prepare_whisper(args):
+    """The shipped detector's front-end (Whisper tiny.en, two encoder blocks, every tap pooled: 2,304
+    columns) on the windows `prepare` cut, replayed from the seed: whisper_train.npy and
+    whisper_eval.npy, rows as train_x.npy and eval_x.npy. Stops if the replay differs."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import lofo
+    import train as T
+
+    session = lofo.front_end_session("whisper", args.cache_train, 2, "fp32", taps="all")
+    meta = json.loads((args.cache / "files.json").read_text())["files"]
+    index = np.load(args.cache / "eval_index.npy")
+    n_train, n_eval = len(np.load(args.cache / "train_file.npy")), int(index[-1, 2] + index[-1, 3])
+    width = session.get_outputs()[0].shape[-1]
+    train = np.lib.format.open_memmap(args.cache / "whisper_train.npy.part", "w+", np.float16, (n_train, width))
+    evals = np.lib.format.open_memmap(args.cache / "whisper_eval.npy.part", "w+", np.float16, (n_eval, width))
+    at_train = at_eval = 0
+    for k, (f, crops, windows, _) in enumerate(drawn(args)):
+        if k >= len(meta) or f["path"] != meta[k]["path"]:
+            sys.exit(f"cnn.py prepare-whisper: file {k} is {f['path']}, prepare had another: the data changed")
+        if crops:
+            train[at_train:at_train + len(crops)] = T.featurize(session, crops)
+            at_train += len(crops)
+        for _, ws in windows:
+            evals[at_eval:at_eval + len(ws)] = T.featurize(session, ws)
+            at_eval += len(ws)
+        if (k + 1) % 200 == 0:
+            print(f"prepare-whisper: {k + 1} files, {at_train} crops, {at_eval} windows, "
+                  f"{time.time() - args.t0:.0f} s", flush=True)
+    if (at_train, at_eval) != (n_train, n_eval):
+        sys.exit(f"cnn.py prepare-whisper: replayed {at_train} crops and {at_eval} windows, prepare cut "
+                 f"{n_train} and {n_eval}")
+    train.flush()
+    evals.flush()
+    del train, evals
+    for name in ("whisper_train", "whisper_eval"):
+        (args.cache / f"{name}.npy.part").rename(args.cache / f"{name}.npy")
+    print(f"prepare-whisper: {n_train} crops, {n_eval} windows in {time.time() - args.t0:.0f} s")
+
+
+def fit_whisper(args):
+    """The 0.5.x head (three 64-unit MLPs, their logits averaged) on the Whisper features, per fold
+    and seed, trained on the same rows with the same weights as the CNN: runs-whisper/FOLD_sSEED.npy,
+    the logit of every evaluation window, which `report --runs CACHE/runs-whisper` reads as the
+    CNN's. Only the model differs."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import train as T
+
+    files = json.loads((args.cache / "files.json").read_text())["files"]
+    train_x = np.load(args.cache / "whisper_train.npy", mmap_mode="r")
+    eval_x = np.load(args.cache / "whisper_eval.npy", mmap_mode="r")
+    train_file = np.load(args.cache / "train_file.npy")
+    out = args.runs or args.cache / "runs-whisper"
+    out.mkdir(parents=True, exist_ok=True)
+    label = np.array([f["label"] == "spoof" for f in files])
+    family = np.array([f["family"] for f in files])
+    todo = folds(files, args.tiny)
+    if args.folds:
+        todo = {k: v for k, v in todo.items() if k in args.folds.split(",")}
+    for name, held in todo.items():
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            tag = f"{name}_s{seed}"
+            if (out / f"{tag}.npy").exists():
+                print(f"fit-whisper: {tag} done before, skipped", flush=True)
+                continue
+            rows = np.flatnonzero(~np.isin(family[train_file], held))
+            x = np.asarray(train_x[rows], np.float32)
+            y = label[train_file[rows]].astype(int)
+            w = weights(files, train_file[rows], label)
+            mu, sd = T.standardiser(x)
+            mlp = T.mlp_heads((x - mu) / sd, y, 64, 1e-2, [SEED + 10 * seed + k for k in range(3)], args.tiny,
+                              sample_weight=w * len(y))
+            logits = np.concatenate([T.mlp_logit((np.asarray(eval_x[i:i + 8192], np.float32) - mu) / sd, mlp)
+                                     for i in range(0, len(eval_x), 8192)]).astype(np.float32)
+            np.save(out / f"{tag}.npy", logits)
+            print(f"fit-whisper: {tag} in {time.time() - args.t0:.0f} s", flush=True)
 
 
 def prepare_extra(args):
@@ -628,6 +720,36 @@ def report(args):
     print(table(result, channels))
 
 
+def fuse(args):
+    """Score-level fusion of two runs folders (`--fuse A,B`) into `--runs`: per fold and seed found
+    in both, a logistic regression on the two window logits, fitted on the calibration split's
+    windows without the held-out families (as `platt`), gives the fused logit of every window."""
+    from sklearn.linear_model import LogisticRegression
+
+    meta = json.loads((args.cache / "files.json").read_text())
+    files, channels = meta["files"], meta["channels"]
+    index = np.load(args.cache / "eval_index.npy")
+    first, second = [Path(d) for d in args.fuse.split(",")]
+    out = args.runs or args.cache / "runs-fused"
+    out.mkdir(parents=True, exist_ok=True)
+    calib = np.zeros(int(index[-1, 2] + index[-1, 3]), bool)
+    for name, seed, held, run in finished_runs(args.cache, files, args.tiny, runs=first):
+        other = second / run.name
+        if not other.exists():
+            continue
+        a, b = np.load(run), np.load(other)
+        calib[:] = False
+        spoof = np.zeros_like(calib)
+        for k, _, start, n in index:
+            if files[k]["split"] == "calib" and files[k]["family"] not in held:
+                calib[start:start + n] = True
+                spoof[start:start + n] = files[k]["label"] == "spoof"
+        x = np.stack([a, b], axis=1)
+        lr = LogisticRegression(C=1e4).fit(x[calib], spoof[calib])
+        np.save(out / run.name, (x @ lr.coef_[0]).astype(np.float32))
+        print(f"fuse: {run.stem}: weights {lr.coef_[0].round(3).tolist()}", flush=True)
+
+
 def pool(folds_result, channels):
     """Per seed: leave-one-family-out folds (not `zero-shot`) weighted by spoof files; then the
     mean and the spread (min, max) over seeds. `zero-shot` on its own."""
@@ -671,7 +793,8 @@ def table(result, channels):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prepare", "prepare-extra", "pack", "fit", "score", "report", "export"])
+    ap.add_argument("step", choices=["prepare", "prepare-extra", "prepare-whisper", "fit-whisper", "fuse", "pack", "fit",
+                                     "score", "report", "export"])
     ap.add_argument("--extra", choices=["kokoro"], help="fit/report: with the Kokoro clips of prepare-extra")
     ap.add_argument("--kokoro", type=int, default=240, help="prepare-extra: Kokoro clips (train/kokoro.py)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -687,6 +810,7 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="fit/score: cpu or cuda")
+    ap.add_argument("--fuse", help="fuse: two runs folders, comma-separated (into --runs, default CACHE/runs-fused)")
     ap.add_argument("--runs", type=Path, help="fit/score/report/export: the runs folder (default CACHE/runs)")
     ap.add_argument("--pack-out", type=Path, help="pack: the compact copy (default .deps/cnn-pack, or cnn-tiny-pack)")
     ap.add_argument("--mib", type=float, default=44.0, help="pack: size limit (the working tree travels beside it)")
@@ -700,7 +824,8 @@ def main():
     args.pack_out = args.pack_out or ROOT / ".deps" / ("cnn-tiny-pack" if args.tiny else "cnn-pack")
     if args.tiny:
         args.crops, args.epochs = 2, 1
-    {"prepare": prepare, "prepare-extra": prepare_extra, "pack": pack, "fit": fit, "score": score, "report": report,
+    {"prepare": prepare, "prepare-extra": prepare_extra, "prepare-whisper": prepare_whisper,
+     "fit-whisper": fit_whisper, "fuse": fuse, "pack": pack, "fit": fit, "score": score, "report": report,
      "export": export}[args.step](args)
 
 

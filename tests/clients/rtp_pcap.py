@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""G.711 RTP for the SIPREC tests, written from RFC 3550 / RFC 3551 (independent of the Rust code).
+"""G.711 and G.722 RTP for the SIPREC tests, written from RFC 3550 / RFC 3551 (independent of the
+Rust code; G.722 is encoded by the `G722` package, sippy's libg722).
 
-    rtp_pcap.py make WAV... --out caller.pcap [--law mu|a] [--loss 0.02] [--reorder 0.02] [--seed 1]
+    rtp_pcap.py make WAV... --out caller.pcap [--law mu|a|g722] [--loss 0.02] [--reorder 0.02] [--seed 1]
+                [--start S] [--seconds S] [--rtcp-every N]
     rtp_pcap.py send PCAP --to HOST:PORT          # plays a pcap's RTP in real time (the agent leg)
 
-`make`: the WAVs (any rate, mono 16-bit) joined, resampled to 8 kHz, encoded mu-law or A-law, and
-cut into 20 ms RTP packets (160 bytes, sequence and timestamp running from random starts, one
-SSRC) written as a pcap of Ethernet/IPv4/UDP frames 20 ms apart, for sipp's `play_pcap_audio`
-(which rewrites the addresses). `--loss` drops that share of packets, `--reorder` swaps that share
-with their successor, as a lossy network would. Prints one JSON line: packets, dropped, swapped.
+`make`: the WAVs (any rate, mono 16-bit) joined, cut to `--start`/`--seconds`, resampled to 8 kHz
+and encoded mu-law or A-law (or to 16 kHz and G.722 at 64 kbit/s, payload type 9 on the 8 kHz
+RTP clock), and cut into 20 ms RTP packets (160 bytes, sequence and timestamp running from random
+starts, one SSRC) written as a pcap of Ethernet/IPv4/UDP frames 20 ms apart, for sipp's
+`play_pcap_audio` (which rewrites the addresses). `--loss` drops that share of packets,
+`--reorder` swaps that share with their successor, as a lossy network would. `--rtcp-every N`
+follows every Nth packet with an RTCP sender report muxed on the RTP port (RFC 5761) and a
+3-byte runt datagram. Prints one JSON line: packets, dropped, swapped, rtcp, seconds.
 """
 
 import argparse
@@ -26,14 +31,14 @@ PTIME = 0.02
 RATE = 8000
 
 
-def read_wav(path):
+def read_wav(path, want=RATE):
     with wave.open(path, "rb") as w:
         assert w.getsampwidth() == 2, f"{path}: 16-bit PCM only"
         x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
         x = x.reshape(-1, w.getnchannels()).mean(axis=1)
         rate = w.getframerate()
-    if rate != RATE:
-        n = int(round(len(x) * RATE / rate))
+    if rate != want:
+        n = int(round(len(x) * want / rate))
         x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x)
     return np.clip(x, -32768, 32767)
 
@@ -77,13 +82,24 @@ def frame(payload, src=("10.0.0.1", 20000), dst=("10.0.0.2", 40000)):
     return eth + ip + udp
 
 
+def g722(x):
+    import G722  # noqa: N813 (the package's name)
+
+    enc = G722.G722(16000, 64000)
+    x = x[: len(x) // 320 * 320].astype(np.int16)
+    return np.frombuffer(b"".join(enc.encode(x[i:i + 320]) for i in range(0, len(x), 320)), np.uint8)
+
+
 def make(args):
     rng = random.Random(args.seed)
-    x = np.concatenate([read_wav(p) for p in args.wavs])
-    coded = mulaw(x) if args.law == "mu" else alaw(x)
-    pt = 0 if args.law == "mu" else 8
+    rate = 16000 if args.law == "g722" else RATE
+    x = np.concatenate([read_wav(p, rate) for p in args.wavs])
+    x = x[int(args.start * rate):][: int(args.seconds * rate) if args.seconds else None]
+    coded = {"mu": mulaw, "a": alaw, "g722": g722}[args.law](x)
+    pt = {"mu": 0, "a": 8, "g722": 9}[args.law]
     seq, ts, ssrc = rng.randrange(65536), rng.randrange(1 << 32), rng.randrange(1 << 32)
     packets = []
+    # 160 bytes and 160 ticks of the 8 kHz RTP clock per 20 ms, for G.711 and G.722 alike.
     for i in range(0, len(coded) - 159, 160):
         header = struct.pack("!BBHII", 0x80, pt | (0x80 if i == 0 else 0), (seq + i // 160) & 0xFFFF,
                              (ts + i) & 0xFFFFFFFF, ssrc)
@@ -106,16 +122,24 @@ def make(args):
                 i += 2
             else:
                 i += 1
+    records, rtcp = [], 0
+    t0 = 1_700_000_000.0
+    for k, p in enumerate(packets):
+        records.append((t0 + k * PTIME, p))
+        if args.rtcp_every and (k + 1) % args.rtcp_every == 0:
+            # RTCP SR (RFC 3550 6.4.1, no report blocks): V=2, PT=200, length 6 words - 1.
+            sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, ssrc, 0, 0, (ts + k * 160) & 0xFFFFFFFF, k + 1,
+                             (k + 1) * 160)
+            records += [(t0 + k * PTIME + 0.001, sr), (t0 + k * PTIME + 0.002, b"\x80\xc8\x00")]
+            rtcp += 1
     with open(args.out, "wb") as f:
         f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        t0 = 1_700_000_000.0
-        for k, p in enumerate(packets):
+        for t, p in records:
             fr = frame(p)
-            t = t0 + k * PTIME
             f.write(struct.pack("<IIII", int(t), int(round((t % 1) * 1e6)) % 1_000_000, len(fr), len(fr)))
             f.write(fr)
-    print(json.dumps({"packets": len(packets), "dropped": dropped, "swapped": swapped,
-                      "seconds": round(len(coded) / RATE, 2)}))
+    print(json.dumps({"packets": len(packets), "dropped": dropped, "swapped": swapped, "rtcp": rtcp,
+                      "seconds": round(len(packets) * PTIME, 2)}))
 
 
 def send(args):
@@ -144,7 +168,10 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("wavs", nargs="+")
     m.add_argument("--out", required=True)
-    m.add_argument("--law", choices=["mu", "a"], default="mu")
+    m.add_argument("--law", choices=["mu", "a", "g722"], default="mu")
+    m.add_argument("--start", type=float, default=0.0, help="seconds of the joined WAVs skipped")
+    m.add_argument("--seconds", type=float, default=0.0, help="seconds kept (0: all)")
+    m.add_argument("--rtcp-every", type=int, default=0)
     m.add_argument("--loss", type=float, default=0.0)
     m.add_argument("--reorder", type=float, default=0.0)
     m.add_argument("--seed", type=int, default=1)

@@ -1,6 +1,7 @@
 //! RTP for SIPREC: a pool of ports, and one media task per recording session that reads its
 //! streams (RTP parsed with `rtp-rs`), puts the caller's packets through a jitter buffer,
-//! decodes G.711 and pushes 20 ms frames into the session's call. The other streams (the
+//! decodes G.711 or G.722 (`ezk-g722`, SpanDSP's decoder in Rust) and pushes 20 ms frames into
+//! the session's call. The other streams (the
 //! agent's) are read and counted, never scored. RTCP, on the odd port or muxed, is read and
 //! ignored. Packets from anywhere but the SRC's media address cost a counter.
 
@@ -25,8 +26,11 @@ use crate::guard::StreamCall;
 const PACKET_QUEUE: usize = 512;
 /// Largest RTP datagram read.
 const MAX_DATAGRAM: usize = 2048;
-/// 20 ms at 8 kHz: the frame pushed into the call.
-const FRAME_SAMPLES: usize = 160;
+/// 20 ms: the frame pushed into the call.
+const FRAME_MS: usize = 20;
+/// The RTP clock of every codec taken (G.722's too, RFC 3551 section 4.5.2): the jitter
+/// buffer's silence is counted in its ticks.
+const RTP_CLOCK: u32 = 8_000;
 /// With no packet for this long, the jitter buffer plays out what it holds.
 const IDLE_FLUSH: Duration = Duration::from_millis(120);
 
@@ -103,6 +107,8 @@ pub enum MediaCmd {
     /// Screen stream `index` as the caller, into `call`.
     Screen {
         index: usize,
+        /// The call's sample rate (8 or 16 kHz), which every codec is decoded to.
+        sample_rate: u32,
         call: Box<StreamCall>,
     },
     End,
@@ -201,6 +207,7 @@ impl MediaTask {
         let rtcp = Arc::new(AtomicU64::new(0));
         let mut streams: Vec<Option<Stream>> = Vec::new();
         let mut caller: Option<usize> = None;
+        let mut decoder = Decoder::new(8_000);
         let mut link = CallLink::default();
         let mut jitter = JitterBuffer::new(self.jitter_packets);
         let mut counters = MediaCounters::default();
@@ -243,8 +250,9 @@ impl MediaTask {
                             timed_out = false;
                         }
                     }
-                    Some(MediaCmd::Screen { index, call }) => {
+                    Some(MediaCmd::Screen { index, sample_rate, call }) => {
                         caller = Some(index);
+                        decoder = Decoder::new(sample_rate);
                         link.set(*call);
                         last_packet = Instant::now();
                     }
@@ -316,7 +324,8 @@ impl MediaTask {
                     .unwrap_or_default();
                 if let Some(call) = link.call() {
                     for o in out.drain(..) {
-                        counters.frames_not_taken += push(call, &codecs, o, &mut sequence);
+                        counters.frames_not_taken +=
+                            push(call, &codecs, &mut decoder, o, &mut sequence);
                     }
                     let lost = jitter.counters().lost;
                     if lost > lost_reported {
@@ -335,7 +344,7 @@ impl MediaTask {
                 .map(|s| s.media.codecs.clone())
                 .unwrap_or_default();
             for o in out.drain(..) {
-                counters.frames_not_taken += push(call, &codecs, o, &mut sequence);
+                counters.frames_not_taken += push(call, &codecs, &mut decoder, o, &mut sequence);
             }
         }
         link.finish().await;
@@ -349,22 +358,81 @@ impl MediaTask {
     }
 }
 
+/// The caller's audio decoded to the call's sample rate, whatever codec each packet has: a
+/// re-offer may change the codec mid-call. G.722 into an 8 kHz call is decoded from its lower
+/// sub-band only (the decoder's 8 kHz mode); G.711 into a 16 kHz call is interpolated to it (it
+/// has nothing above 4 kHz to lose). G.722's decoder keeps state between packets.
+pub struct Decoder {
+    rate: u32,
+    g722: Option<ezk_g722::libg722::decoder::Decoder>,
+    last: i16,
+}
+
+impl Decoder {
+    pub fn new(rate: u32) -> Self {
+        Self {
+            rate,
+            g722: None,
+            last: 0,
+        }
+    }
+
+    /// `payload` of `codec` as 16-bit samples at the call's rate (empty for a codec that is not
+    /// audio).
+    pub fn decode(&mut self, codec: Codec, payload: &[u8]) -> Vec<i16> {
+        let narrow: Vec<i16> = match codec {
+            Codec::Pcmu => payload.iter().map(|&b| g711::mulaw_to_linear(b)).collect(),
+            Codec::Pcma => payload.iter().map(|&b| g711::alaw_to_linear(b)).collect(),
+            Codec::G722 => {
+                let eight_k = self.rate == 8_000;
+                let g722 = self.g722.get_or_insert_with(|| {
+                    use ezk_g722::libg722::{Bitrate, decoder::Decoder};
+                    Decoder::new(Bitrate::Mode1_64000, false, eight_k)
+                });
+                return g722.decode(payload);
+            }
+            Codec::TelephoneEvent | Codec::ComfortNoise => return Vec::new(),
+        };
+        if self.rate == 8_000 {
+            return narrow;
+        }
+        // 8 -> 16 kHz: each sample and the midpoint after the one before it.
+        let mut wide = Vec::with_capacity(narrow.len() * 2);
+        for &x in &narrow {
+            wide.push(((i32::from(self.last) + i32::from(x)) / 2) as i16);
+            wide.push(x);
+            self.last = x;
+        }
+        wide
+    }
+
+    /// Silence for `ticks` of the RTP clock, at the call's rate.
+    fn silence(&self, ticks: u32) -> Vec<i16> {
+        vec![0; (ticks as usize) * (self.rate / RTP_CLOCK) as usize]
+    }
+}
+
 /// Decodes one jitter-buffer output to 16-bit PCM and pushes it in 20 ms frames; returns the
 /// frames the call did not take.
-fn push(call: &mut StreamCall, codecs: &HashMap<u8, Codec>, out: Out, sequence: &mut u64) -> u64 {
+fn push(
+    call: &mut StreamCall,
+    codecs: &HashMap<u8, Codec>,
+    decoder: &mut Decoder,
+    out: Out,
+    sequence: &mut u64,
+) -> u64 {
     let pcm: Vec<i16> = match out {
         Out::Audio {
             payload_type,
             payload,
         } => match codecs.get(&payload_type) {
-            Some(Codec::Pcmu) => payload.iter().map(|&b| g711::mulaw_to_linear(b)).collect(),
-            Some(Codec::Pcma) => payload.iter().map(|&b| g711::alaw_to_linear(b)).collect(),
-            _ => return 0,
+            Some(&codec) => decoder.decode(codec, &payload),
+            None => return 0,
         },
-        Out::Silence { samples } => vec![0; samples as usize],
+        Out::Silence { samples } => decoder.silence(samples),
     };
     let mut failed = 0;
-    for chunk in pcm.chunks(FRAME_SAMPLES) {
+    for chunk in pcm.chunks(decoder.rate as usize * FRAME_MS / 1000) {
         let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
         if let Err(e) = call.push(*sequence, &bytes) {
             tracing::debug!(call_id = call.call_id(), error = %e, "SIPREC frame not taken.");
@@ -400,5 +468,62 @@ mod tests {
         let _a = pool.lease(ip).unwrap();
         let _b = pool.lease(ip).unwrap();
         assert!(pool.lease(ip).is_none());
+    }
+
+    fn tone(rate: u32, hz: f32, seconds: f32) -> Vec<i16> {
+        (0..(rate as f32 * seconds) as usize)
+            .map(|i| (8000.0 * (std::f32::consts::TAU * hz * i as f32 / rate as f32).sin()) as i16)
+            .collect()
+    }
+
+    /// Normalised correlation of `a` and `b` at their best lag within 40 samples (a codec's delay).
+    fn similarity(a: &[i16], b: &[i16]) -> f64 {
+        (0..40)
+            .map(|lag| {
+                let (x, y) = (&a[..a.len() - 40], &b[lag..lag + a.len() - 40]);
+                let dot: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum();
+                let e = |v: &[i16]| v.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
+                dot / (e(x) * e(y) + 1e-9)
+            })
+            .fold(f64::MIN, f64::max)
+    }
+
+    #[test]
+    fn g722_decodes_to_the_call_rate_and_keeps_its_state_across_packets() {
+        use ezk_g722::libg722::{Bitrate, encoder::Encoder};
+        let wide = tone(16_000, 1_000.0, 0.5);
+        let mut enc = Encoder::new(Bitrate::Mode1_64000, false, false);
+        // 20 ms packets: 320 samples at 16 kHz, 160 bytes, 160 ticks of the 8 kHz RTP clock.
+        let packets: Vec<Vec<u8>> = wide.chunks(320).map(|c| enc.encode(c)).collect();
+        assert!(packets.iter().all(|p| p.len() == 160));
+        let mut d = Decoder::new(16_000);
+        let out: Vec<i16> = packets
+            .iter()
+            .flat_map(|p| d.decode(Codec::G722, p))
+            .collect();
+        assert_eq!(out.len(), wide.len());
+        assert!(similarity(&wide[400..], &out[400..]) > 0.95);
+        // Into an 8 kHz call: the lower sub-band, half the samples, the same tone.
+        let mut d8 = Decoder::new(8_000);
+        let out8: Vec<i16> = packets
+            .iter()
+            .flat_map(|p| d8.decode(Codec::G722, p))
+            .collect();
+        assert_eq!(out8.len(), wide.len() / 2);
+        let narrow = tone(8_000, 1_000.0, 0.5);
+        assert!(similarity(&narrow[200..], &out8[200..]) > 0.9);
+        assert_eq!(d8.silence(160).len(), 160);
+        assert_eq!(d.silence(160).len(), 320);
+    }
+
+    #[test]
+    fn g711_into_a_wideband_call_is_interpolated_to_16_khz() {
+        let narrow = tone(8_000, 500.0, 0.2);
+        let bytes: Vec<u8> = narrow.iter().map(|&x| g711::linear_to_mulaw(x)).collect();
+        let mut d = Decoder::new(16_000);
+        let out = d.decode(Codec::Pcmu, &bytes);
+        assert_eq!(out.len(), narrow.len() * 2);
+        assert!(similarity(&tone(16_000, 500.0, 0.2)[100..], &out[100..]) > 0.99);
+        assert!(d.decode(Codec::TelephoneEvent, &[1, 2, 3, 4]).is_empty());
     }
 }

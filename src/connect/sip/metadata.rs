@@ -147,7 +147,55 @@ pub enum CallerRule {
     Label(String),
     Aor(regex::Regex),
     NotAgent(regex::Regex),
-    First,
+    /// The default: the external party. A participant is external when its address is a
+    /// telephone number (a `tel:` URI or an E.164 user part, `+` and 7 or more digits) or, with
+    /// `local_domains` set, when its host is none of them (nor below one); an internal extension
+    /// (6 digits or fewer) or a local host is not. With no participant told external, the first
+    /// listed one that is not known internal is taken (SRCs list the calling party first).
+    External {
+        local_domains: Vec<String>,
+    },
+}
+
+/// Whether a participant's address is the external party's: `Some(true)` external,
+/// `Some(false)` internal, `None` it cannot be told.
+pub fn is_external(aor: &str, local_domains: &[String]) -> Option<bool> {
+    let aor = aor.trim().trim_start_matches('<').trim_end_matches('>');
+    let host = host_of(aor);
+    if !local_domains.is_empty() && !host.is_empty() {
+        let local = local_domains.iter().any(|d| {
+            let d = d.to_ascii_lowercase();
+            host == d || host.ends_with(&format!(".{d}"))
+        });
+        return Some(!local);
+    }
+    let user = user_of(aor);
+    let digits = user.trim_start_matches('+');
+    let numeric = !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '-');
+    if aor.to_ascii_lowercase().starts_with("tel:")
+        || (user.starts_with('+') && numeric && digits.len() >= 7)
+    {
+        return Some(true);
+    }
+    if numeric && !user.starts_with('+') && digits.len() <= 6 {
+        return Some(false);
+    }
+    None
+}
+
+/// The host of a SIP URI, lower-cased, without port or parameters ("" for a `tel:` URI).
+pub fn host_of(aor: &str) -> String {
+    let aor = aor.trim().trim_start_matches('<').trim_end_matches('>');
+    let Some((_, after)) = aor.split_once('@') else {
+        return String::new();
+    };
+    let host = after.split([';', '?', '>']).next().unwrap_or_default();
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    host.to_ascii_lowercase()
 }
 
 /// The caller as the metadata and the rule name them.
@@ -196,7 +244,15 @@ impl CallerRule {
         let caller = match self {
             Self::Aor(re) => sending.iter().find(|p| re.is_match(&p.aor)),
             Self::NotAgent(re) => sending.iter().find(|p| !re.is_match(&p.aor)),
-            Self::First => sending.first(),
+            Self::External { local_domains } => sending
+                .iter()
+                .find(|p| is_external(&p.aor, local_domains) == Some(true))
+                .or_else(|| {
+                    sending
+                        .iter()
+                        .find(|p| is_external(&p.aor, local_domains).is_none())
+                })
+                .or(sending.first()),
             Self::Label(_) => unreachable!("handled above"),
         }
         .ok_or(
@@ -274,7 +330,10 @@ mod tests {
     #[test]
     fn each_rule_picks_the_caller() {
         let r = Recording::parse(RFC_EXAMPLE).unwrap();
-        let first = CallerRule::First.pick(Some(&r), &labels()).unwrap();
+        let external = CallerRule::External {
+            local_domains: Vec::new(),
+        };
+        let first = external.pick(Some(&r), &labels()).unwrap();
         assert_eq!(
             (first.label.as_str(), user_of(&first.aor)),
             ("1", "+15551230001".into())
@@ -298,7 +357,67 @@ mod tests {
                 .pick(Some(&r), &labels())
                 .is_err()
         );
-        assert!(CallerRule::First.pick(None, &labels()).is_err());
+        assert!(external.pick(None, &labels()).is_err());
+    }
+
+    #[test]
+    fn the_external_party_is_the_caller_wherever_it_is_listed() {
+        // The agent listed first: the E.164 number is still the caller.
+        let swapped = RFC_EXAMPLE
+            .replace("sip:+15551230001@sbc.example.com", "TMP")
+            .replace(
+                "sip:agent-7@cc.bank.example",
+                "sip:+15551230001@sbc.example.com",
+            )
+            .replace("TMP", "sip:agent-7@cc.bank.example");
+        let r = Recording::parse(&swapped).unwrap();
+        let rule = CallerRule::External {
+            local_domains: Vec::new(),
+        };
+        let c = rule.pick(Some(&r), &labels()).unwrap();
+        assert_eq!(
+            (c.label.as_str(), user_of(&c.aor)),
+            ("2", "+15551230001".into())
+        );
+        // An extension is internal; with local domains, the host decides.
+        let ext = RFC_EXAMPLE.replace("sip:agent-7@cc.bank.example", "sip:4711@pbx");
+        let ext = ext
+            .replace("sip:+15551230001@sbc.example.com", "TMP")
+            .replace("sip:4711@pbx", "sip:+15551230001@sbc.example.com")
+            .replace("TMP", "sip:4711@pbx");
+        let c = rule
+            .pick(Some(&Recording::parse(&ext).unwrap()), &labels())
+            .unwrap();
+        assert_eq!(user_of(&c.aor), "+15551230001");
+        let local = CallerRule::External {
+            local_domains: vec!["bank.example".into()],
+        };
+        let named = RFC_EXAMPLE.replace(
+            "sip:+15551230001@sbc.example.com",
+            "sip:alice@customer.example",
+        );
+        let c = local
+            .pick(Some(&Recording::parse(&named).unwrap()), &labels())
+            .unwrap();
+        assert_eq!(user_of(&c.aor), "alice");
+        assert_eq!(
+            is_external("sip:agent-7@cc.bank.example", &["bank.example".into()]),
+            Some(false)
+        );
+        assert_eq!(
+            is_external(
+                "sip:x@bank.example:5061;transport=tls",
+                &["bank.example".into()]
+            ),
+            Some(false)
+        );
+        assert_eq!(
+            is_external("sip:x@evilbank.example", &["bank.example".into()]),
+            Some(true)
+        );
+        assert_eq!(is_external("tel:+44-20-7946-0000", &[]), Some(true));
+        assert_eq!(is_external("sip:agent-7@cc.bank.example", &[]), None);
+        assert_eq!(is_external("sip:200@pbx", &[]), Some(false));
     }
 
     #[test]

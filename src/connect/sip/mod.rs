@@ -18,6 +18,7 @@
 
 pub mod message;
 pub mod metadata;
+pub mod peers;
 pub mod sdp;
 
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 
 use self::message::{ALLOW, Request, SipError};
 use self::metadata::{Caller, CallerRule, Recording};
+use self::peers::Peers;
 use self::sdp::Offer;
 use super::ConnectError;
 use super::rtp::{Lease, MediaCmd, MediaEvent, MediaTask, PortPool, StreamMedia};
@@ -108,7 +110,7 @@ pub struct SiprecServer {
     tcp: Option<TcpListener>,
     tls: Option<(TcpListener, crate::tls::ServerTls)>,
     config: SiprecConfig,
-    peers: Vec<(ipnet::IpNet, Arc<str>)>,
+    peers: Peers,
     rule: CallerRule,
 }
 
@@ -138,22 +140,15 @@ impl SiprecServer {
             )),
             _ => None,
         };
-        let mut peers = Vec::new();
-        for p in &config.peers {
-            for a in &p.addresses {
-                let net = a
-                    .parse::<ipnet::IpNet>()
-                    .or_else(|_| a.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| ConnectError::Tls(format!("siprec peer address {a:?}")))?;
-                peers.push((net, Arc::from(p.tenant.as_str())));
-            }
-        }
+        let peers = Peers::new(&config.peers).map_err(ConnectError::Tls)?;
         let regex = |r: &str| regex::Regex::new(r).map_err(|e| ConnectError::Tls(e.to_string()));
         let rule = match (&config.caller_label, &config.caller_aor, &config.agent_aor) {
             (Some(l), _, _) => CallerRule::Label(l.clone()),
             (_, Some(r), _) => CallerRule::Aor(regex(r)?),
             (_, _, Some(r)) => CallerRule::NotAgent(regex(r)?),
-            _ => CallerRule::First,
+            _ => CallerRule::External {
+                local_domains: config.local_domains.clone(),
+            },
         };
         Ok(Self {
             udp,
@@ -382,7 +377,7 @@ struct Dialog {
 struct Srs {
     guard: Arc<Guard>,
     config: SiprecConfig,
-    peers: Vec<(ipnet::IpNet, Arc<str>)>,
+    peers: Peers,
     rule: CallerRule,
     ports: Arc<PortPool>,
     dialogs: HashMap<String, Dialog>,
@@ -490,17 +485,6 @@ impl Srs {
         }
     }
 
-    fn tenant_of(&self, ip: IpAddr) -> Option<Arc<str>> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        self.peers
-            .iter()
-            .find(|(net, _)| net.contains(&ip))
-            .map(|(_, t)| t.clone())
-    }
-
     fn tag(&mut self) -> String {
         use sha2::Digest;
         self.next_tag += 1;
@@ -547,13 +531,14 @@ impl Srs {
                 return;
             }
         };
-        let Some(tenant) = self.tenant_of(msg.via.peer().ip()) else {
+        let from = req.header("from").unwrap_or_default();
+        let Some(tenant) = self.peers.tenant(msg.via.peer().ip(), from) else {
             let n = self.counters.unknown_peer.fetch_add(1, Ordering::Relaxed);
             self.guard
                 .metrics()
                 .connector_error("siprec", "unauthorized");
             if n.is_power_of_two() || n == 0 {
-                tracing::warn!(peer = %msg.via.peer(), method = req.method, refused = n + 1, "SIP request from a peer not in siprec.peers: 403.");
+                tracing::warn!(peer = %msg.via.peer(), method = req.method, refused = n + 1, "SIP request from a peer (address, or From identity) not in siprec.peers: 403.");
             }
             if req.method != "ACK" {
                 msg.via
@@ -674,7 +659,10 @@ impl Srs {
                 .await;
         };
         if !offer.streams.iter().any(|s| s.usable()) {
-            let mut r = Refusal::new(488, "Not Acceptable Here (no stream in PCMU or PCMA)");
+            let mut r = Refusal::new(
+                488,
+                "Not Acceptable Here (no stream in PCMU, PCMA or G.722)",
+            );
             r.2.push((
                 "Warning",
                 "304 callguard \"media type not available\"".into(),
@@ -795,13 +783,18 @@ impl Srs {
         let Some(d) = self.dialogs.get_mut(id) else {
             return;
         };
-        let Some(index) = d
-            .offer
-            .streams
-            .iter()
-            .position(|s| s.usable() && s.label.as_deref() == Some(caller.label.as_str()))
-        else {
+        let Some((index, codec)) = d.offer.streams.iter().enumerate().find_map(|(i, s)| {
+            (s.label.as_deref() == Some(caller.label.as_str()))
+                .then(|| s.audio_codec().map(|c| (i, c)))
+                .flatten()
+        }) else {
             return;
+        };
+        // The call runs at its codec's rate: G.722 is wideband, G.711 narrowband. A later offer
+        // that changes the codec is decoded to this rate (rtp::Decoder).
+        let (sample_rate, class) = match codec.sample_rate() {
+            16_000 => (16_000, ChannelClass::Wideband),
+            _ => (8_000, ChannelClass::NarrowbandG711),
         };
         let mut metadata = crate::alert::CallMeta {
             ani: metadata::user_of(&caller.aor),
@@ -824,12 +817,12 @@ impl Srs {
         let spec = OpenSpec {
             call_id: d.engine_id.clone(),
             encoding: Encoding::Pcm16Le,
-            sample_rate: 8_000,
+            sample_rate,
             channels: 1,
             caller_channel: None,
             metadata,
             window_updates: false,
-            channel_class: Some(ChannelClass::NarrowbandG711),
+            channel_class: Some(class),
             source: CallSource::Siprec,
         };
         match self.guard.open_stream(&d.tenant, spec) {
@@ -846,6 +839,7 @@ impl Srs {
                     .media
                     .send(MediaCmd::Screen {
                         index,
+                        sample_rate,
                         call: Box::new(call),
                     })
                     .await;

@@ -1,7 +1,8 @@
 //! The SDP offer of a recording session and our answer (RFC 3264, RFC 7866 section 7), read
 //! and written with the `sdp` crate (webrtc-rs). An SRS only receives: every audio stream we
-//! take is answered `a=recvonly` on a port of ours with the G.711 codecs we decode (plus
-//! `telephone-event` and comfort noise, which are skipped); anything else gets port 0.
+//! take is answered `a=recvonly` on a port of ours with one codec we decode (PCMU, PCMA or
+//! G.722: the first of them in the offer's order, so each stream has one sample rate), plus
+//! `telephone-event` and comfort noise, which are skipped; anything else gets port 0.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -18,14 +19,26 @@ use super::super::rtp::jitter::Payload;
 pub enum Codec {
     Pcmu,
     Pcma,
+    /// G.722 (ITU-T), 16 kHz audio on an 8 kHz RTP clock (RFC 3551 section 4.5.2).
+    G722,
     TelephoneEvent,
     ComfortNoise,
 }
 
 impl Codec {
+    /// Whether it carries the call's audio (not events or comfort noise).
+    pub fn is_audio(self) -> bool {
+        self.payload() == Payload::Audio
+    }
+
+    /// Samples per second of the decoded audio.
+    pub fn sample_rate(self) -> u32 {
+        if self == Self::G722 { 16_000 } else { 8_000 }
+    }
+
     pub fn payload(self) -> Payload {
         match self {
-            Self::Pcmu | Self::Pcma => Payload::Audio,
+            Self::Pcmu | Self::Pcma | Self::G722 => Payload::Audio,
             Self::TelephoneEvent | Self::ComfortNoise => Payload::Skip,
         }
     }
@@ -34,6 +47,7 @@ impl Codec {
         match self {
             Self::Pcmu => "PCMU/8000",
             Self::Pcma => "PCMA/8000",
+            Self::G722 => "G722/8000",
             Self::TelephoneEvent => "telephone-event/8000",
             Self::ComfortNoise => "CN/8000",
         }
@@ -63,7 +77,8 @@ pub struct OfferedStream {
     pub address: Option<IpAddr>,
     pub label: Option<String>,
     pub direction: Direction,
-    /// Payload types offered that we take, in the offer's order.
+    /// Payload types offered that we take, in the offer's order: one audio codec at most (the
+    /// first we decode), and the events and comfort noise we skip.
     pub codecs: Vec<(u8, Codec)>,
     /// Payload types offered, all of them (for the log).
     pub formats: Vec<String>,
@@ -72,12 +87,12 @@ pub struct OfferedStream {
 impl OfferedStream {
     /// An audio stream with a codec we decode.
     pub fn usable(&self) -> bool {
-        self.media == "audio"
-            && self.port != 0
-            && self
-                .codecs
-                .iter()
-                .any(|(_, c)| matches!(c, Codec::Pcmu | Codec::Pcma))
+        self.media == "audio" && self.port != 0 && self.audio_codec().is_some()
+    }
+
+    /// The audio codec taken on this stream.
+    pub fn audio_codec(&self) -> Option<Codec> {
+        self.codecs.iter().map(|&(_, c)| c).find(|c| c.is_audio())
     }
 
     pub fn payload_map(&self) -> HashMap<u8, Codec> {
@@ -126,17 +141,21 @@ impl Offer {
                 let codec = match rtpmaps.get(&pt).map(String::as_str) {
                     Some(e) if e.starts_with("pcmu/8000") => Some(Codec::Pcmu),
                     Some(e) if e.starts_with("pcma/8000") => Some(Codec::Pcma),
+                    Some(e) if e.starts_with("g722/8000") => Some(Codec::G722),
                     Some(e) if e.starts_with("telephone-event/8000") => Some(Codec::TelephoneEvent),
                     Some(e) if e.starts_with("cn/8000") => Some(Codec::ComfortNoise),
                     Some(_) => None,
                     None => match pt {
                         0 => Some(Codec::Pcmu),
                         8 => Some(Codec::Pcma),
+                        9 => Some(Codec::G722),
                         13 => Some(Codec::ComfortNoise),
                         _ => None,
                     },
                 };
-                if let Some(c) = codec {
+                let second_audio = codec.is_some_and(Codec::is_audio)
+                    && codecs.iter().any(|&(_, c): &(u8, Codec)| c.is_audio());
+                if let Some(c) = codec.filter(|_| !second_audio) {
                     codecs.push((pt, c));
                 }
             }
@@ -313,14 +332,8 @@ m=video 20004 RTP/AVP 96\r\na=label:3\r\n";
         assert_eq!(s.address, Some("192.0.2.10".parse().unwrap()));
         assert_eq!(s.label.as_deref(), Some("1"));
         assert_eq!(s.direction, Direction::SendOnly);
-        assert_eq!(
-            s.codecs,
-            [
-                (0, Codec::Pcmu),
-                (8, Codec::Pcma),
-                (101, Codec::TelephoneEvent)
-            ]
-        );
+        // One audio codec per stream: the first we decode, in the offer's order.
+        assert_eq!(s.codecs, [(0, Codec::Pcmu), (101, Codec::TelephoneEvent)]);
         assert!(s.usable());
         assert!(!o.streams[1].usable(), "G.729 is not decoded");
         assert!(!o.streams[2].usable());
@@ -340,7 +353,8 @@ m=video 20004 RTP/AVP 96\r\na=label:3\r\n";
         let back = Offer::parse(&a).unwrap();
         assert_eq!(back.streams[0].port, 40000);
         assert_eq!(back.streams[0].direction, Direction::RecvOnly);
-        assert_eq!(back.streams[0].codecs.len(), 3);
+        assert_eq!(back.streams[0].codecs.len(), 2);
+        assert!(!a.contains("PCMA"), "one audio codec is answered: {a}");
         assert_eq!(back.streams[1].port, 0);
         assert_eq!(back.streams[2].port, 0);
         assert!(a.contains("c=IN IP4 198.51.100.5"), "{a}");
@@ -359,6 +373,28 @@ m=video 20004 RTP/AVP 96\r\na=label:3\r\n";
             3,
         );
         assert!(a.contains("a=inactive"));
+    }
+
+    #[test]
+    fn g722_is_taken_at_16_khz_when_offered_first() {
+        let o = Offer::parse(
+            &OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 9 0 101\r\na=rtpmap:9 G722/8000"),
+        )
+        .unwrap();
+        let s = &o.streams[0];
+        assert_eq!(s.audio_codec(), Some(Codec::G722));
+        assert_eq!(s.audio_codec().unwrap().sample_rate(), 16_000);
+        // Static payload type 9 without an rtpmap is G.722 too.
+        let o = Offer::parse(&OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 9 101")).unwrap();
+        assert_eq!(o.streams[0].audio_codec(), Some(Codec::G722));
+        let a = answer(
+            &o,
+            &[Some(40000), None, None],
+            "127.0.0.1".parse().unwrap(),
+            7,
+            1,
+        );
+        assert!(a.contains("a=rtpmap:9 G722/8000"), "{a}");
     }
 
     #[test]
