@@ -139,6 +139,15 @@ y = ort.InferenceSession(f"{d}/model/detector.onnx").run(None, {"waveform": np.z
 assert y.shape == (3,), y.shape
 print(f"cnn smoke: {len(r['folds'])} folds scored by the rule, candidate exported")
 PY
+# Speaker verification and the voice-change rule (train/speaker.py) on generated voices.
+.deps/venv/bin/python train/speaker.py eval --tiny --out "$tiny/speaker" >/dev/null
+.deps/venv/bin/python - "$tiny/speaker/speaker.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert 0 <= r["eer"]["enrol_g711_mu_test_g711_mu"]["eer"] <= 1, r["eer"]
+assert r["change_rule"]["by_threshold"], r
+print(f"speaker smoke: {r['speakers']} voices, {r['test_calls']} test calls")
+PY
 # The 0.5.x recipe on the CNN's very windows (replayed from the seed), and the two fused.
 .deps/venv/bin/python train/cnn.py prepare-whisper --tiny --cache "$tiny/cnn" >/dev/null
 .deps/venv/bin/python train/cnn.py fit-whisper --tiny --cache "$tiny/cnn" >/dev/null
