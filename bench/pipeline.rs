@@ -142,6 +142,28 @@ fn detector(c: &mut Criterion) {
     }
 }
 
+/// The speaker encoder of voice-change tracking (`[voice]`, models/speaker.onnx), per 1 s window,
+/// one thread, alone and in a batch of 16: its cost on top of the detector's.
+fn speaker(c: &mut Criterion) {
+    use callguard::detect::{SpeakerCard, SpeakerEncoder};
+    let card = SpeakerCard::load(&root().join("models/speaker.onnx")).unwrap();
+    let mut encoder = SpeakerEncoder::new(&card, 1).unwrap();
+    let windows: Vec<Vec<f32>> = (0..16).map(|i| noise(16_000 + i)[i..].to_vec()).collect();
+    let mut out = Vec::new();
+    let mut g = c.benchmark_group("speaker_window");
+    for batch in [1usize, 16] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {
+            b.iter(|| {
+                encoder
+                    .embed(windows[..batch].iter().map(|w| w.as_slice()), &mut out)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
 /// The Whisper tiny.en anchor (transcription, issue 4): real speech segments of 2, 5 and 8 s
 /// from the Asterisk prompts (8 kHz, resampled to 16 kHz), one thread; time per segment, so
 /// the real-time factor per core is the time over the segment length.
@@ -203,6 +225,6 @@ criterion_group! {
     // The project's plotters build (for DET curves) embeds its own font; criterion's HTML plots
     // are not needed for numbers.
     config = Criterion::default().without_plots();
-    targets = resample, g711_decode, vad, detector, whisper, fusion
+    targets = resample, g711_decode, vad, detector, speaker, whisper, fusion
 }
 criterion_main!(benches);

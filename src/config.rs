@@ -27,6 +27,66 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub sinks: SinksConfig,
+    pub voice: VoiceConfig,
+}
+
+/// Who is speaking on the caller's channel (`src/verdict/voice.rs`): a speaker encoder embeds
+/// every scored window, and a voice that stops matching the call's first seconds of speech
+/// raises `VOICE_CHANGED` (a clone taking over from a human, or the phone handed to another).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct VoiceConfig {
+    /// The speaker encoder (its sidecar beside it, `.json`); absent: no voice tracking.
+    pub speaker_model: Option<PathBuf>,
+    /// The cosine between the recent and the reference voice below which it counts as another.
+    pub change_below: f32,
+    /// Speech windows (0.5 s apart) that make the reference voice: the first of the call, and
+    /// the first after each change.
+    pub reference_windows: usize,
+    /// The latest windows averaged into the recent voice.
+    pub recent_windows: usize,
+    /// Successive windows below `change_below` before a change is reported.
+    pub consecutive: usize,
+}
+
+impl Default for VoiceConfig {
+    fn default() -> Self {
+        Self {
+            speaker_model: None,
+            change_below: 0.65,
+            reference_windows: 6,
+            recent_windows: 4,
+            consecutive: 1,
+        }
+    }
+}
+
+impl VoiceConfig {
+    fn validate(&self, bad: &mut impl FnMut(&str, String)) {
+        if let Some(model) = &self.speaker_model
+            && !model.is_file()
+        {
+            bad(
+                "voice.speaker_model",
+                format!("{} not found", model.display()),
+            );
+        }
+        if !(-1.0..=1.0).contains(&self.change_below) {
+            bad(
+                "voice.change_below",
+                format!("{} is not a cosine in -1..=1", self.change_below),
+            );
+        }
+        for (key, n, hi) in [
+            ("voice.reference_windows", self.reference_windows, 120),
+            ("voice.recent_windows", self.recent_windows, 120),
+            ("voice.consecutive", self.consecutive, 120),
+        ] {
+            if !(1..=hi).contains(&n) {
+                bad(key, format!("{n} is outside 1..={hi}"));
+            }
+        }
+    }
 }
 
 /// Alert delivery to a SOC (`src/sinks/`): every alert the log commits goes to each sink in
@@ -1068,6 +1128,7 @@ impl Config {
         self.connectors.validate(&mut bad);
         self.siprec.validate(&mut bad);
         self.sinks.validate(&mut bad);
+        self.voice.validate(&mut bad);
         for (key, n) in [
             ("verdict.smoothing_windows", v.smoothing_windows),
             ("verdict.enter_windows", v.enter_windows),

@@ -26,7 +26,7 @@ fn a_full_detector_queue_drops_newest_and_counts() {
     // Results go to a rendezvous channel nobody reads yet: the one worker blocks after its first
     // window, so the queue (one slot) fills deterministically.
     let (results_tx, results_rx) = crossbeam_channel::bounded::<ScoredWindow>(0);
-    let pool = DetectorPool::start(card, 1, 1, 1, 1, results_tx).unwrap();
+    let pool = DetectorPool::start(card, None, 1, 1, 1, 1, results_tx).unwrap();
     let submit = pool.submitter();
     submit.submit(job(0), WhenFull::DropNewest).unwrap();
     // Wait until the worker holds window 0 (the queue is empty again), then fill the one slot.

@@ -51,10 +51,10 @@ def embed(session, x, ch, seed=0):
     return T.featurize(session, ws)[:, EMBED]
 
 
-REFERENCE_WINDOWS, RECENT_WINDOWS, CONSECUTIVE = 6, 4, 2
+REFERENCE_WINDOWS, RECENT_WINDOWS, CONSECUTIVE = 6, 4, 1
 
 
-def change_events(e, threshold):
+def change_events(e, threshold, recent_windows=RECENT_WINDOWS, consecutive=CONSECUTIVE):
     """Window indices where the daemon's rule reports a voice change in unit embeddings `e`: the
     mean of the last RECENT_WINDOWS windows against the mean of the first REFERENCE_WINDOWS
     (cosine), below `threshold` CONSECUTIVE times in a row; after an event the reference starts
@@ -66,9 +66,9 @@ def change_events(e, threshold):
             ref.append(w)
             continue
         reference = unit(np.mean(ref, axis=0))
-        recent = unit(np.mean(since[-RECENT_WINDOWS:], axis=0))
+        recent = unit(np.mean(since[-recent_windows:], axis=0))
         run = run + 1 if float(recent @ reference) < threshold else 0
-        if run >= CONSECUTIVE:
+        if run >= consecutive:
             events.append(i)
             ref, run, since = [], 0, []
     return events
@@ -157,12 +157,13 @@ def evaluate(args):
                 switches.append((np.concatenate([first, other]), len(first)))
     hours = sum(len(g) for g in genuine) * 0.5 / 3600
     rule = []
-    for thr in np.round(np.arange(0.40, 0.90, 0.05), 2):
-        false_events = sum(len(change_events(g, thr)) for g in genuine)
-        calls_with = sum(bool(change_events(g, thr)) for g in genuine)
+    grid = [(k, m, float(t)) for k in (3, 4, 6) for m in (1, 2) for t in np.round(np.arange(0.40, 0.90, 0.05), 2)]
+    for k, m, thr in grid:
+        false_events = sum(len(change_events(g, thr, k, m)) for g in genuine)
+        calls_with = sum(bool(change_events(g, thr, k, m)) for g in genuine)
         delays, missed, early = [], 0, 0
         for e, at in switches:
-            ev = change_events(e, thr)
+            ev = change_events(e, thr, k, m)
             if any(x < at for x in ev):
                 early += 1
             after = [x for x in ev if x >= at]
@@ -170,7 +171,7 @@ def evaluate(args):
                 delays.append((after[0] - at) * 0.5 + 1.0)  # window end, seconds after the switch
             else:
                 missed += 1
-        rule.append({"threshold": float(thr), "false_events_per_hour": round(false_events / hours, 2),
+        rule.append({"recent_windows": k, "consecutive": m, "threshold": thr, "false_events_per_hour": round(false_events / hours, 2),
                      "genuine_calls_with_event": calls_with, "genuine_calls": len(genuine),
                      "switch_calls": len(switches), "missed": missed, "early": early,
                      "delay_s_p50": round(float(np.median(delays)), 2) if delays else None,

@@ -191,6 +191,7 @@ mod tests {
             risk: 0.8,
             cues: Vec::new(),
             metadata: CallMeta::default(),
+            voice_similarity: None,
             acknowledged: None,
         })
     }

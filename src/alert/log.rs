@@ -57,6 +57,7 @@ pub struct NewAlert {
     pub risk: f32,
     pub cues: Vec<Cue>,
     pub metadata: CallMeta,
+    pub voice_similarity: Option<f32>,
 }
 
 /// The log. Writes go through one connection, reads (replay, `GetCall`) through another, so a
@@ -243,6 +244,7 @@ impl AlertLog {
             risk: new.risk,
             cues: new.cues,
             metadata: new.metadata,
+            voice_similarity: new.voice_similarity,
             acknowledged: None,
         };
         let body = seal::seal(
@@ -657,6 +659,7 @@ mod tests {
             risk: 0.8,
             cues: Vec::new(),
             metadata: CallMeta::default(),
+            voice_similarity: None,
         }
     }
 

@@ -52,6 +52,8 @@ impl Severity {
             AlertKind::Escalated => Self::Critical,
             AlertKind::SuspectedClone if risk >= critical => Self::Critical,
             AlertKind::SuspectedClone => Self::Warning,
+            AlertKind::VoiceChanged if risk >= critical => Self::Critical,
+            AlertKind::VoiceChanged => Self::Warning,
         }
     }
 
@@ -102,6 +104,9 @@ pub struct LoggedAlert {
     #[serde(default)]
     pub cues: Vec<Cue>,
     pub metadata: CallMeta,
+    /// `VoiceChanged`: the recent voice's cosine with the reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice_similarity: Option<f32>,
     /// Who acknowledged it, when, and why; kept beside the alert in the log (the alert itself
     /// is never rewritten) and filled in when it is read back.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,11 +4,13 @@
 pub mod model;
 pub mod pool;
 pub mod session;
+pub mod speaker;
 pub mod vad;
 
 pub use model::{ModelCard, OutputKind};
 pub use pool::{DetectorPool, PoolStats, ScoredWindow, WindowJob};
 pub use session::Detector;
+pub use speaker::{SpeakerCard, SpeakerEncoder};
 pub use vad::{SileroVad, VadState};
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
+use super::speaker::{SpeakerCard, SpeakerEncoder};
 use super::{DetectError, Detector, ModelCard};
 use crate::config::WhenFull;
 
@@ -36,6 +37,8 @@ pub struct ScoredWindow {
     pub end_ms: u64,
     /// Calibrated spoof probability, or why the window could not be scored.
     pub p_spoof: Result<f32, String>,
+    /// The voice embedding of the window (unit length), with a speaker encoder configured.
+    pub embedding: Option<Box<[f32]>>,
 }
 
 #[derive(Debug, Default)]
@@ -58,9 +61,11 @@ pub struct DetectorPool {
 }
 
 impl DetectorPool {
-    /// Starts `workers` threads, each with its own session; results go to `results`.
+    /// Starts `workers` threads, each with its own session (and its own speaker encoder's, when
+    /// `speaker` is given); results go to `results`.
     pub fn start<M>(
         card: Arc<ModelCard>,
+        speaker: Option<&SpeakerCard>,
         workers: usize,
         intra_threads: usize,
         max_batch: usize,
@@ -74,8 +79,13 @@ impl DetectorPool {
         let stats = Arc::new(PoolStats::default());
         // Sessions are created here so that a broken model fails start(), not a worker.
         let detectors = (0..workers.max(1))
-            .map(|_| Detector::new(&card, intra_threads))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|_| {
+                let encoder = speaker
+                    .map(|s| SpeakerEncoder::new(s, intra_threads))
+                    .transpose()?;
+                Ok((Detector::new(&card, intra_threads)?, encoder))
+            })
+            .collect::<Result<Vec<_>, DetectError>>()?;
         let workers = detectors
             .into_iter()
             .enumerate()
@@ -165,7 +175,7 @@ impl WindowSubmitter {
 }
 
 fn worker<M: From<ScoredWindow>>(
-    mut detector: Detector,
+    (mut detector, mut encoder): (Detector, Option<SpeakerEncoder>),
     jobs: Receiver<WindowJob>,
     results: Sender<M>,
     stats: Arc<PoolStats>,
@@ -173,6 +183,7 @@ fn worker<M: From<ScoredWindow>>(
 ) {
     let mut batch: Vec<WindowJob> = Vec::with_capacity(max_batch);
     let mut scores = Vec::with_capacity(max_batch);
+    let mut embeddings = Vec::new();
     while let Ok(first) = jobs.recv() {
         batch.clear();
         batch.push(first);
@@ -184,6 +195,15 @@ fn worker<M: From<ScoredWindow>>(
         }
         let started = Instant::now();
         let outcome = detector.score(batch.iter().map(|j| j.samples.as_slice()), &mut scores);
+        // The voice of each window; a failure costs the embeddings, never the scores.
+        let dim = encoder.as_ref().map_or(0, SpeakerEncoder::dim);
+        let embedded = encoder.as_mut().is_some_and(|e| {
+            e.embed(batch.iter().map(|j| j.samples.as_slice()), &mut embeddings)
+                .inspect_err(
+                    |err| tracing::warn!(error = %err, "Speaker encoder failed on a batch."),
+                )
+                .is_ok()
+        });
         let took = started.elapsed();
         stats
             .inference_ns
@@ -210,6 +230,7 @@ fn worker<M: From<ScoredWindow>>(
                 start_ms: job.start_ms,
                 end_ms: job.end_ms,
                 p_spoof,
+                embedding: embedded.then(|| embeddings[i * dim..(i + 1) * dim].into()),
             };
             if results.send(scored.into()).is_err() {
                 return;

@@ -158,6 +158,7 @@ pub fn alert(a: &LoggedAlert) -> pb::Alert {
             AlertKind::SuspectedClone => pb::AlertKind::SuspectedClone,
             AlertKind::Cleared => pb::AlertKind::Cleared,
             AlertKind::Escalated => pb::AlertKind::Escalated,
+            AlertKind::VoiceChanged => pb::AlertKind::VoiceChanged,
         }) as i32,
         severity: severity(a.severity),
         p_spoof: a.p_spoof,
@@ -171,6 +172,7 @@ pub fn alert(a: &LoggedAlert) -> pb::Alert {
         risk: a.risk,
         cues: a.cues.iter().map(cue).collect(),
         acknowledgement: a.acknowledged.as_ref().map(acknowledgement),
+        voice_similarity: a.voice_similarity,
     }
 }
 

@@ -80,11 +80,13 @@ fn handle(shared: &Shared, event: &EngineEvent, pending: &mut VecDeque<NewAlert>
         }
         EngineEvent::Alert { call, alert } => {
             let state = match alert.kind {
-                AlertKind::SuspectedClone | AlertKind::Escalated => CallState::Suspected,
-                AlertKind::Cleared => CallState::Genuine,
+                AlertKind::SuspectedClone | AlertKind::Escalated => Some(CallState::Suspected),
+                AlertKind::Cleared => Some(CallState::Genuine),
+                AlertKind::VoiceChanged => None,
             };
             let critical = shared.config.server.critical_p_spoof;
             let new = shared.registry.with(*call, |e| {
+                let state = state.unwrap_or(e.state);
                 e.state = state;
                 e.alerts += 1;
                 if alert.kind == AlertKind::SuspectedClone && e.first_alert_ms.is_none() {
@@ -118,6 +120,7 @@ fn handle(shared: &Shared, event: &EngineEvent, pending: &mut VecDeque<NewAlert>
                     risk: alert.risk,
                     cues: alert.cues.clone(),
                     metadata: e.metadata.clone(),
+                    voice_similarity: alert.voice_similarity,
                 }
             });
             if let Some(new) = new {

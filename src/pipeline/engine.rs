@@ -16,15 +16,16 @@ use serde::Serialize;
 
 use super::stream::{CallStream, SegmentLimits, StreamError, StreamOutput, StreamStats};
 use crate::audio::{AudioSource, ChannelPick, Read, SourceFormat};
-use crate::config::{Config, OnMissing, TranscribeConfig, WhenFull};
+use crate::config::{Config, OnMissing, TranscribeConfig, VoiceConfig, WhenFull};
 use crate::detect::pool::WindowSubmitter;
 use crate::detect::{
-    DetectError, DetectorPool, ModelCard, PoolStats, ScoredWindow, SileroVad, VadState,
+    DetectError, DetectorPool, ModelCard, PoolStats, ScoredWindow, SileroVad, SpeakerCard, VadState,
 };
 use crate::transcribe::{
     CallTranscript, SegmentCounts, SegmentResult, SegmentSubmitter, TranscribeError,
     TranscribeStats, TranscriberPool, TranscriptSegment, WhisperModel,
 };
+use crate::verdict::voice::VoiceTracker;
 use crate::verdict::{
     Alert, AlertKind, CallEvidence, CallState, ChannelClass, EnterThreshold, FusionParams,
     WindowScore,
@@ -187,8 +188,23 @@ impl Engine {
         let (fusion_tx, fusion_rx) = bounded::<FusionInput>(FUSION_QUEUE);
         let (events_tx, events) = bounded(EVENT_QUEUE);
         let d = &config.detector;
+        let speaker = config
+            .voice
+            .speaker_model
+            .as_deref()
+            .map(SpeakerCard::load)
+            .transpose()?;
+        if let Some(s) = &speaker {
+            tracing::info!(
+                model = s.id(),
+                change_below = config.voice.change_below,
+                "Voice-change tracking on."
+            );
+        }
+        let voice = speaker.as_ref().map(|_| config.voice.clone());
         let pool = DetectorPool::start(
             card.clone(),
+            speaker.as_ref(),
             config.detector_workers(),
             d.intra_threads,
             d.max_batch,
@@ -200,7 +216,7 @@ impl Engine {
         let context = TranscriptContext::new(&config.transcribe, segments.clone());
         let fusion = std::thread::Builder::new()
             .name("fusion".into())
-            .spawn(move || fuse(fusion_rx, events_tx, context))
+            .spawn(move || fuse(fusion_rx, events_tx, context, voice))
             .map_err(|e| EngineError::Detect(DetectError::Run(e.to_string())))?;
         Ok(Self {
             config: config.clone(),
@@ -553,9 +569,16 @@ struct CallFusion {
     closed: Option<(u64, StreamStats)>,
     dropped: u64,
     failed: u64,
+    /// With a speaker encoder: who is speaking (`VOICE_CHANGED`).
+    voice: Option<VoiceTracker>,
 }
 
-fn fuse(inputs: Receiver<FusionInput>, events: Sender<EngineEvent>, context: TranscriptContext) {
+fn fuse(
+    inputs: Receiver<FusionInput>,
+    events: Sender<EngineEvent>,
+    context: TranscriptContext,
+    voice: Option<VoiceConfig>,
+) {
     let mut calls: HashMap<u64, CallFusion> = HashMap::new();
     for input in inputs {
         let key = match input {
@@ -571,6 +594,7 @@ fn fuse(inputs: Receiver<FusionInput>, events: Sender<EngineEvent>, context: Tra
                         closed: None,
                         dropped: 0,
                         failed: 0,
+                        voice: voice.as_ref().map(VoiceTracker::new),
                     },
                 );
                 key
@@ -692,9 +716,15 @@ fn advance(
                 seq,
                 start_ms,
                 end_ms,
+                embedding,
                 ..
             }) => {
                 let (score, alert) = call.evidence.add(seq, start_ms, end_ms, p);
+                let change = call
+                    .voice
+                    .as_mut()
+                    .zip(embedding)
+                    .and_then(|(v, e)| v.add(end_ms, &e).map(|c| (c, v.threshold())));
                 events
                     .send(EngineEvent::Window {
                         call: key,
@@ -712,6 +742,19 @@ fn advance(
                         // The first alert already carries the cues: no second one for them.
                         call.evidence.mark_escalated();
                     }
+                    events
+                        .send(EngineEvent::Alert { call: key, alert })
+                        .map_err(|_| ())?;
+                }
+                if let Some((change, threshold)) = change {
+                    let mut alert =
+                        call.evidence
+                            .voice_changed(change.audio_ms, change.similarity, threshold);
+                    let risk = alert.risk;
+                    alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
+                    alert.risk = alert.risk.max(risk);
+                    call.evidence.update_last(&alert);
+                    tracing::info!(call_id = %call.id, audio_ms = change.audio_ms, similarity = change.similarity, "Caller's voice changed.");
                     events
                         .send(EngineEvent::Alert { call: key, alert })
                         .map_err(|_| ())?;

@@ -36,6 +36,7 @@ fn name(kind: AlertKind) -> &'static str {
         AlertKind::SuspectedClone => "Suspected cloned voice on a call",
         AlertKind::Escalated => "Suspected cloned voice asking for a transfer or codes",
         AlertKind::Cleared => "Call no longer suspected",
+        AlertKind::VoiceChanged => "Caller's voice changed mid-call",
     }
 }
 
@@ -186,6 +187,7 @@ mod tests {
                 agent: "agent-7".into(),
                 labels: Default::default(),
             },
+            voice_similarity: None,
             acknowledged: None,
         }
     }

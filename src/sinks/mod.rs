@@ -378,6 +378,7 @@ mod tests {
             risk: 0.9,
             cues: Vec::new(),
             metadata: CallMeta::default(),
+            voice_similarity: None,
         }
     }
 

@@ -266,6 +266,7 @@ impl CallEvidence {
             risk: p_spoof,
             cues: Vec::new(),
             transcript: Vec::new(),
+            voice_similarity: None,
         };
         self.remember(&alert);
         alert
@@ -293,6 +294,19 @@ impl CallEvidence {
     /// Marks the current suspicion as escalated (its first alert already carried the risk).
     pub fn mark_escalated(&mut self) {
         self.escalated = true;
+    }
+
+    /// A `VoiceChanged` alert at `audio_ms`: the recent voice's cosine `similarity` with the
+    /// reference fell below `threshold`. The call's state stays; the risk is the clone score
+    /// raised as by a strong cue (`risk(p, 1)`), since a voice that changes is what a takeover
+    /// sounds like.
+    pub fn voice_changed(&mut self, audio_ms: u64, similarity: f32, threshold: f32) -> Alert {
+        let p = self.last_fused.unwrap_or(0.0);
+        let mut alert = self.alert(AlertKind::VoiceChanged, audio_ms, p, threshold);
+        alert.voice_similarity = Some(similarity);
+        alert.risk = super::risk(p, 1.0);
+        self.update_last(&alert);
+        alert
     }
 
     /// An `Escalated` alert at `audio_ms`, once per suspicion: the call must be suspected,

@@ -4,6 +4,7 @@
 
 mod class;
 mod fusion;
+pub mod voice;
 
 pub use class::{
     ChannelClass, ClassThresholds, EnterThreshold, ThresholdSource, WIDEBAND_MIN_RATE,
@@ -58,6 +59,10 @@ pub enum AlertKind {
     /// secrecy...): the intent from their cues reached `transcribe.escalate_intent`. Once per
     /// suspicion.
     Escalated,
+    /// The caller's voice stopped matching the call's earlier speech (`voice.rs`): a clone
+    /// taking over from a human, or the phone handed to someone else. Does not change the
+    /// call's state; its risk rises with the clone score.
+    VoiceChanged,
 }
 
 impl AlertKind {
@@ -66,6 +71,7 @@ impl AlertKind {
             Self::SuspectedClone => "suspected_clone",
             Self::Cleared => "cleared",
             Self::Escalated => "escalated",
+            Self::VoiceChanged => "voice_changed",
         }
     }
 }
@@ -100,6 +106,9 @@ pub struct Alert {
     pub cues: Vec<crate::transcribe::Cue>,
     /// What the caller said in the `transcribe.snippet_s` before the decision (redacted).
     pub transcript: Vec<crate::transcribe::TranscriptSegment>,
+    /// `VoiceChanged`: the cosine of the recent voice with the reference that fell below
+    /// `threshold`.
+    pub voice_similarity: Option<f32>,
 }
 
 impl Alert {
