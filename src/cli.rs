@@ -1,6 +1,7 @@
 //! Subcommands and their output. This is the only place that prints to stdout.
 
 mod calibrate;
+mod voices;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,9 @@ use callguard::audio::capture;
 use callguard::config::Config;
 use callguard::eval::{self, Label, Manifest};
 use callguard::guard::{DeviceSpec, Guard};
-use callguard::pipeline::{CallSummary, Engine, EngineEvent, FileOutcome, score_files};
+use callguard::pipeline::{
+    CallSummary, Engine, EngineEvent, FileOutcome, Screening, score_files, score_files_as,
+};
 use callguard::verdict::ChannelClass;
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -69,6 +72,9 @@ enum Command {
         /// Channel that carries the caller (0-based); default: mix all channels.
         #[arg(long)]
         caller_channel: Option<u16>,
+        /// Screen as this tenant's calls: its allowed voices (`allow-voice`) apply.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Detection quality on a labelled manifest (CSV: path,label[,system]).
     Eval {
@@ -114,6 +120,37 @@ enum Command {
         /// Channel that carries the caller (0-based); default: mix all channels.
         #[arg(long)]
         caller_channel: Option<u16>,
+    },
+    /// Fingerprint a synthetic voice the tenant runs itself (IVR prompts, voicemail
+    /// greetings, its own assistants) from recordings of it (5 s of speech or more): its windows
+    /// are then not evidence of a clone on that tenant's calls. Needs [voice] speaker_model.
+    AllowVoice {
+        /// The voice's name, shown on the call's timeline.
+        name: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Enrol a protected person (an executive's line) from genuine recordings (30 s of speech
+    /// or more); no audio is kept. Needs [voice] speaker_model.
+    Enroll {
+        name: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// List a tenant's voiceprints (names and score profiles), or remove one.
+    Voices {
+        #[arg(long)]
+        tenant: String,
+        /// `allowed` (allow-voice) or `protected` (enroll).
+        #[arg(long, default_value = "allowed")]
+        kind: String,
+        /// Forget this voice.
+        #[arg(long)]
+        remove: Option<String>,
     },
     /// List capture hosts, input devices and their configurations.
     Devices {
@@ -213,11 +250,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             files,
             json,
             caller_channel,
+            tenant,
         } => scan(
             &config,
             &files,
             json,
             ChannelPick::from_option(caller_channel),
+            tenant.as_deref(),
         ),
         Command::Eval {
             manifest,
@@ -247,6 +286,44 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 pick: ChannelPick::from_option(caller_channel),
             },
         ),
+        Command::AllowVoice {
+            name,
+            files,
+            tenant,
+        } => voices::make(
+            &config,
+            &voices::Options {
+                name,
+                files,
+                tenant,
+                kind: voices::ALLOWED,
+                min_speech_s: 5.0,
+            },
+        ),
+        Command::Enroll {
+            name,
+            files,
+            tenant,
+        } => voices::make(
+            &config,
+            &voices::Options {
+                name,
+                files,
+                tenant,
+                kind: voices::PROTECTED,
+                min_speech_s: 30.0,
+            },
+        ),
+        Command::Voices {
+            tenant,
+            kind,
+            remove,
+        } => {
+            if ![voices::ALLOWED, voices::PROTECTED].contains(&kind.as_str()) {
+                bail!("--kind is allowed or protected, not {kind:?}");
+            }
+            voices::list(&config, &tenant, &kind, remove.as_deref())
+        }
         Command::Devices { .. } | Command::Token { .. } => unreachable!("handled above"),
     }
 }
@@ -285,9 +362,30 @@ fn summary_json(s: &CallSummary) -> serde_json::Value {
     v
 }
 
-fn scan(config: &Config, files: &[PathBuf], as_json: bool, pick: ChannelPick) -> Result<ExitCode> {
+fn scan(
+    config: &Config,
+    files: &[PathBuf],
+    as_json: bool,
+    pick: ChannelPick,
+    tenant: Option<&str>,
+) -> Result<ExitCode> {
     let engine = Engine::start(config)?;
-    let outcomes = score_with_progress(config, &engine, files, pick);
+    let mut screening = Screening::default();
+    if let Some(t) = tenant.filter(|_| config.voice.speaker_model.is_some()) {
+        screening.allowed_voices = callguard::alert::AlertLog::open_store(&config.store)?
+            .voices(t, voices::ALLOWED)?
+            .into();
+    }
+    let bar = progress(files.len());
+    let outcomes = score_files_as(
+        &engine,
+        files,
+        pick,
+        &screening,
+        config.detector_workers(),
+        &|_| bar.inc(1),
+    );
+    bar.finish_and_clear();
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     let mut out = std::io::stdout().lock();
     if as_json {

@@ -47,6 +47,9 @@ pub struct VoiceConfig {
     pub recent_windows: usize,
     /// Successive windows below `change_below` before a change is reported.
     pub consecutive: usize,
+    /// A window whose cosine with one of the tenant's allowed voices (`callguard allow-voice`)
+    /// is at least this (and whose score fits that voice's) is not evidence of a clone.
+    pub allow_above: f32,
 }
 
 impl Default for VoiceConfig {
@@ -57,6 +60,7 @@ impl Default for VoiceConfig {
             reference_windows: 6,
             recent_windows: 4,
             consecutive: 1,
+            allow_above: 0.8,
         }
     }
 }
@@ -71,11 +75,13 @@ impl VoiceConfig {
                 format!("{} not found", model.display()),
             );
         }
-        if !(-1.0..=1.0).contains(&self.change_below) {
-            bad(
-                "voice.change_below",
-                format!("{} is not a cosine in -1..=1", self.change_below),
-            );
+        for (key, v) in [
+            ("voice.change_below", self.change_below),
+            ("voice.allow_above", self.allow_above),
+        ] {
+            if !(-1.0..=1.0).contains(&v) {
+                bad(key, format!("{v} is not a cosine in -1..=1"));
+            }
         }
         for (key, n, hi) in [
             ("voice.reference_windows", self.reference_windows, 120),

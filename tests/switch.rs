@@ -23,6 +23,7 @@ fn open_mono_call(engine: &Engine, id: &str, format: SourceFormat) -> callguard:
             when_full: WhenFull::Block,
             timeline_limit: 10_000,
             recorded: true,
+            allowed_voices: Default::default(),
         })
         .unwrap()
 }

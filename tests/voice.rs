@@ -57,6 +57,7 @@ fn call(engine: &Engine, id: &str, samples: &[f32]) -> CallSummary {
             when_full: WhenFull::Block,
             timeline_limit: 10_000,
             recorded: true,
+            allowed_voices: Default::default(),
         })
         .unwrap();
     let mut vad = engine.vad().unwrap();
@@ -128,4 +129,121 @@ fn another_voice_taking_over_is_reported_within_three_seconds() {
         .find(|a| a.kind == AlertKind::VoiceChanged)
         .unwrap();
     assert!((change.risk - (1.0 - (1.0 - change.p_spoof).powi(2))).abs() < 1e-4);
+}
+
+/// `callguard allow-voice` then `callguard scan --tenant`: an "IVR" voice fingerprinted from one
+/// recording is set aside on another recording of it (no alert, the timeline marks why), while
+/// an unlisted synthetic voice still alerts, and other tenants' calls are not excused.
+#[test]
+fn an_allowed_ivr_voice_raises_no_alert_and_an_unlisted_one_still_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let say = |file: &str, text: &str| {
+        let ok = std::process::Command::new("espeak-ng")
+            .args(["-v", "en-us+m3", "-s", "150", "-w"])
+            .arg(d.join(file))
+            .arg(text)
+            .status()
+            .expect("espeak-ng is installed by scripts/setup.sh");
+        assert!(ok.success());
+    };
+    say(
+        "fingerprint.wav",
+        "Thank you for calling First National Bank. Your call is important to us. For balances \
+         and recent transactions, press one. To report a lost or stolen card, press two. For \
+         all other enquiries, please stay on the line and an agent will be with you shortly.",
+    );
+    say(
+        "prompt.wav",
+        "Welcome back. Please enter your account number followed by the hash key. If you do \
+         not know your account number, press star to speak to one of our advisers.",
+    );
+    say("short.wav", "Press one.");
+    let config = d.join("callguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[store]\npath = \"{}\"\n\
+             [transcribe]\nenabled = false\n[voice]\nspeaker_model = \"{}\"\n",
+            common::root().join(".deps/silero_vad.onnx").display(),
+            common::root().join("models/detector.onnx").display(),
+            d.join("store.db").display(),
+            common::root().join("models/speaker.onnx").display(),
+        ),
+    )
+    .unwrap();
+    let callguard = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let path = |f: &str| d.join(f).display().to_string();
+    // Too little speech is refused, with the reason.
+    let (ok, _, err) = callguard(&[
+        "allow-voice",
+        "ivr",
+        &path("short.wav"),
+        "--tenant",
+        "bank-a",
+    ]);
+    assert!(!ok && err.contains("needs at least 5 s"), "{err}");
+    let (ok, out, err) = callguard(&[
+        "allow-voice",
+        "ivr",
+        &path("fingerprint.wav"),
+        "--tenant",
+        "bank-a",
+    ]);
+    assert!(ok, "{err}");
+    let made: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(made["speech_s"].as_f64().unwrap() >= 5.0, "{made}");
+    let (ok, out, _) = callguard(&["voices", "--tenant", "bank-a"]);
+    assert!(
+        ok && out.contains("\"ivr\"") && !out.contains("embedding"),
+        "{out}"
+    );
+
+    let flite = common::audio("synthetic_flite.wav").display().to_string();
+    let scan = |tenant: &str| -> serde_json::Value {
+        let (ok, out, err) = callguard(&[
+            "scan",
+            "--json",
+            "--tenant",
+            tenant,
+            &path("prompt.wav"),
+            &flite,
+        ]);
+        assert!(ok || out.contains("\"files\""), "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let a = scan("bank-a");
+    let (prompt, other) = (&a["files"][0], &a["files"][1]);
+    assert_eq!(prompt["alerts"].as_array().unwrap().len(), 0, "{prompt}");
+    let marked = prompt["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["allowed_voice"] == true)
+        .count();
+    assert!(marked >= 5, "the timeline says why: {prompt}");
+    assert!(prompt["allowed_voice_windows"]["ivr"].as_u64().unwrap() >= 5);
+    assert!(
+        !other["alerts"].as_array().unwrap().is_empty(),
+        "the unlisted voice alerts: {other}"
+    );
+    // Another tenant has no allowed voices: the same prompt alerts there.
+    let b = scan("bank-b");
+    assert!(
+        !b["files"][0]["alerts"].as_array().unwrap().is_empty(),
+        "{}",
+        b["files"][0]
+    );
 }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use super::seal::{self, Sealer};
 use super::{Acknowledgement, AlertFilter, CallMeta, LoggedAlert, Severity};
 use crate::transcribe::{Cue, Redacted};
+use crate::verdict::voice::AllowedVoice;
 use crate::verdict::{AlertKind, WindowScore};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,14 @@ CREATE TABLE IF NOT EXISTS ack_events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
     body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS voiceprints (
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (tenant, kind, name)
 );
 CREATE TABLE IF NOT EXISTS sink_acks (
     name TEXT PRIMARY KEY,
@@ -371,6 +380,59 @@ impl AlertLog {
             params![tenant, body],
         )?;
         Ok(Some(ack))
+    }
+
+    /// Keeps (or replaces) a tenant's voiceprint of `kind` (`allowed` or `protected`): no audio,
+    /// the embedding and score profile only, sealed at rest like transcripts when the store has
+    /// a key (a voiceprint is biometric data).
+    pub fn put_voice(
+        &self,
+        tenant: &str,
+        kind: &str,
+        voice: &AllowedVoice,
+    ) -> Result<(), StoreError> {
+        let body = seal::seal(
+            self.sealer.as_ref(),
+            serde_json::to_string(voice)?,
+            "voiceprints",
+        )?;
+        let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "INSERT OR REPLACE INTO voiceprints (tenant, kind, name, created_ms, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![tenant, kind, voice.name, super::now_ms(), body],
+        )?;
+        Ok(())
+    }
+
+    /// A tenant's voiceprints of `kind`, by name.
+    pub fn voices(&self, tenant: &str, kind: &str) -> Result<Vec<AllowedVoice>, StoreError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT body FROM voiceprints WHERE tenant = ?1 AND kind = ?2 ORDER BY name",
+        )?;
+        let bodies = stmt
+            .query_map(params![tenant, kind], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        bodies
+            .into_iter()
+            .map(|b| {
+                Ok(serde_json::from_str(&seal::open(
+                    self.sealer.as_ref(),
+                    b,
+                    "voiceprints",
+                )?)?)
+            })
+            .collect()
+    }
+
+    /// Forgets a voiceprint; whether there was one.
+    pub fn remove_voice(&self, tenant: &str, kind: &str, name: &str) -> Result<bool, StoreError> {
+        let conn = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(conn.execute(
+            "DELETE FROM voiceprints WHERE tenant = ?1 AND kind = ?2 AND name = ?3",
+            params![tenant, kind, name],
+        )? > 0)
     }
 
     /// The log position of the alert with this id, if it is still kept.
@@ -653,6 +715,7 @@ mod tests {
                 end_ms: 1_000,
                 p_spoof: 0.8,
                 fused: 0.8,
+                allowed_voice: false,
             }],
             model: "m@1".into(),
             transcript_snippet: Redacted::default(),

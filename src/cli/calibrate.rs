@@ -12,7 +12,7 @@ use callguard::audio::ChannelPick;
 use callguard::config::Config;
 use callguard::eval::calibrate::{self as cal, Choice, GenuineCall};
 use callguard::eval::{Label, Manifest, RateCurve, plot_alert_rates};
-use callguard::pipeline::{Engine, score_files_as};
+use callguard::pipeline::{Engine, Screening, score_files_as};
 use callguard::verdict::{AlertKind, ChannelClass, EnterThreshold, alert_peak};
 use serde_json::{Value, json};
 
@@ -264,7 +264,10 @@ pub fn run(config: &Config, o: &Options) -> Result<ExitCode> {
         &engine,
         &files,
         o.pick,
-        o.class,
+        &Screening {
+            class: o.class,
+            ..Screening::default()
+        },
         scoring.detector_workers(),
         &|_| bar.inc(1),
     );

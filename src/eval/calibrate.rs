@@ -170,6 +170,7 @@ mod tests {
             end_ms,
             p_spoof: 0.1,
             fused: 0.1,
+            allowed_voice: false,
         }
     }
 

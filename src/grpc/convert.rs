@@ -128,6 +128,7 @@ pub fn window(w: &WindowScore) -> pb::WindowScore {
         end_ms: w.end_ms,
         p_spoof: w.p_spoof,
         fused: w.fused,
+        allowed_voice: w.allowed_voice,
     }
 }
 

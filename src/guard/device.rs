@@ -133,6 +133,7 @@ fn screen(
     let format = source.format();
     // What the engine screens the call as, for the registry entry made after it opens.
     let screened_as = std::cell::Cell::new((crate::verdict::ChannelClass::Wideband, 0.0));
+    let allowed = shared.allowed_voices(&spec.tenant);
     let (_, call) = shared.registry.open(
         &spec.tenant,
         id,
@@ -148,6 +149,7 @@ fn screen(
                     when_full: shared.config.detector.when_full,
                     timeline_limit: TIMELINE_LIMIT,
                     recorded: false,
+                    allowed_voices: allowed.clone(),
                 })
             })??;
             screened_as.set((call.channel_class(), call.enter_threshold()));

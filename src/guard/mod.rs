@@ -61,6 +61,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The tenant's allowed synthetic voices, read at each call's opening (so `callguard
+    /// allow-voice` takes effect on the next call); none without a speaker encoder, or when
+    /// the store cannot be read (logged: the call is screened as if none were allowed).
+    fn allowed_voices(&self, tenant: &str) -> Arc<[crate::verdict::voice::AllowedVoice]> {
+        if self.config.voice.speaker_model.is_none() {
+            return Arc::from([]);
+        }
+        match self.log.voices(tenant, "allowed") {
+            Ok(v) => v.into(),
+            Err(e) => {
+                tracing::warn!(tenant, error = %e, "Allowed voices cannot be read; none apply.");
+                Arc::from([])
+            }
+        }
+    }
+
     fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> Result<R, EngineError> {
         let engine = self.engine.read().unwrap_or_else(|e| e.into_inner());
         engine.as_ref().map(f).ok_or(EngineError::Stopped)

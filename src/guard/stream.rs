@@ -169,6 +169,8 @@ pub(super) fn open(
     let channel_class = spec.class(shared.config.verdict.narrowband_class);
     // What the engine screens the call as, for the registry entry made after it opens.
     let screened_as = std::cell::Cell::new((channel_class, 0.0));
+    // Read before the registry is locked for the opening.
+    let allowed = shared.allowed_voices(tenant);
     let (key, engine_call) = shared.registry.open(
         tenant,
         &spec.call_id,
@@ -183,6 +185,7 @@ pub(super) fn open(
                     when_full: shared.config.detector.when_full,
                     timeline_limit: TIMELINE_LIMIT,
                     recorded: false,
+                    allowed_voices: allowed.clone(),
                 })
             })??;
             screened_as.set((call.channel_class(), call.enter_threshold()));

@@ -25,7 +25,7 @@ use crate::transcribe::{
     CallTranscript, SegmentCounts, SegmentResult, SegmentSubmitter, TranscribeError,
     TranscribeStats, TranscriberPool, TranscriptSegment, WhisperModel,
 };
-use crate::verdict::voice::VoiceTracker;
+use crate::verdict::voice::{AllowedVoice, VoiceTracker};
 use crate::verdict::{
     Alert, AlertKind, CallEvidence, CallState, ChannelClass, EnterThreshold, FusionParams,
     WindowScore,
@@ -64,6 +64,8 @@ pub struct CallSpec {
     /// Recorded audio (a file): every speech segment is transcribed, however long it takes.
     /// Live audio: transcription never holds the call up; over budget, segments are skipped.
     pub recorded: bool,
+    /// The call's tenant's allowed synthetic voices (needs `[voice] speaker_model`).
+    pub allowed_voices: Arc<[AllowedVoice]>,
 }
 
 /// What the engine reports, in order per call.
@@ -124,6 +126,14 @@ pub struct CallSummary {
     /// Speech segments cut for transcription and what became of them.
     pub segments: u64,
     pub segment_counts: SegmentCounts,
+    /// With a speaker encoder: the call's voice (the mean of its windows' embeddings, unit
+    /// length) over `voice_windows` windows; what `callguard enroll` and `allow-voice` keep.
+    /// Not printed (`scan --json`): a voiceprint is biometric data.
+    #[serde(skip)]
+    pub voice_embedding: Option<Vec<f32>>,
+    pub voice_windows: u64,
+    /// Windows set aside as each allowed synthetic voice (`callguard allow-voice`).
+    pub allowed_voice_windows: BTreeMap<String, u64>,
 }
 
 enum FusionInput {
@@ -131,6 +141,7 @@ enum FusionInput {
         key: u64,
         id: Arc<str>,
         params: FusionParams,
+        allowed: Arc<[AllowedVoice]>,
     },
     Scored(ScoredWindow),
     Dropped {
@@ -321,6 +332,7 @@ impl Engine {
                 key,
                 id: spec.id.into(),
                 params,
+                allowed: spec.allowed_voices,
             })
             .map_err(|_| EngineError::Stopped)?;
         Ok(Call {
@@ -571,6 +583,13 @@ struct CallFusion {
     failed: u64,
     /// With a speaker encoder: who is speaking (`VOICE_CHANGED`).
     voice: Option<VoiceTracker>,
+    /// The sum of the call's window embeddings and how many: the call's voice.
+    voice_sum: Vec<f32>,
+    voice_windows: u64,
+    /// The tenant's allowed synthetic voices, and the windows each matched.
+    allowed: Arc<[AllowedVoice]>,
+    allowed_matches: BTreeMap<String, u64>,
+    allow_above: f32,
 }
 
 fn fuse(
@@ -582,7 +601,12 @@ fn fuse(
     let mut calls: HashMap<u64, CallFusion> = HashMap::new();
     for input in inputs {
         let key = match input {
-            FusionInput::Opened { key, id, params } => {
+            FusionInput::Opened {
+                key,
+                id,
+                params,
+                allowed,
+            } => {
                 calls.insert(
                     key,
                     CallFusion {
@@ -595,6 +619,11 @@ fn fuse(
                         dropped: 0,
                         failed: 0,
                         voice: voice.as_ref().map(VoiceTracker::new),
+                        voice_sum: Vec::new(),
+                        voice_windows: 0,
+                        allowed,
+                        allowed_matches: BTreeMap::new(),
+                        allow_above: voice.as_ref().map_or(1.0, |v| v.allow_above),
                     },
                 );
                 key
@@ -719,6 +748,33 @@ fn advance(
                 embedding,
                 ..
             }) => {
+                if let Some(e) = &embedding {
+                    if call.voice_sum.len() != e.len() {
+                        call.voice_sum = vec![0.0; e.len()];
+                    }
+                    call.voice_sum
+                        .iter_mut()
+                        .zip(e.iter())
+                        .for_each(|(s, x)| *s += x);
+                    call.voice_windows += 1;
+                }
+                let allowed = embedding.as_ref().and_then(|e| {
+                    call.allowed
+                        .iter()
+                        .find(|v| v.matches(e, p, call.allow_above))
+                });
+                if let Some(v) = allowed {
+                    *call.allowed_matches.entry(v.name.clone()).or_default() += 1;
+                    let score = call.evidence.add_allowed(seq, start_ms, end_ms, p);
+                    events
+                        .send(EngineEvent::Window {
+                            call: key,
+                            call_id: call.id.clone(),
+                            score,
+                        })
+                        .map_err(|_| ())?;
+                    continue;
+                }
                 let (score, alert) = call.evidence.add(seq, start_ms, end_ms, p);
                 let change = call
                     .voice
@@ -795,5 +851,11 @@ fn summary(key: u64, call: CallFusion) -> CallSummary {
         transcript_truncated: call.transcript.dropped,
         segments: stats.segments_emitted,
         segment_counts: call.transcript.counts,
+        voice_embedding: (call.voice_windows > 0).then(|| {
+            let norm = call.voice_sum.iter().map(|x| x * x).sum::<f32>().sqrt() + 1e-9;
+            call.voice_sum.iter().map(|x| x / norm).collect()
+        }),
+        voice_windows: call.voice_windows,
+        allowed_voice_windows: call.allowed_matches,
     }
 }

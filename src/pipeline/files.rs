@@ -2,8 +2,8 @@
 //! same engine, several files at once. Used by `scan`, `eval`, tests and benches.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::engine::{CallSpec, CallSummary, Engine, EngineEvent, drive};
@@ -11,6 +11,7 @@ use crate::audio::file::FileSource;
 use crate::audio::{AudioSource, ChannelPick};
 use crate::config::WhenFull;
 use crate::verdict::ChannelClass;
+use crate::verdict::voice::AllowedVoice;
 
 /// Files keep every window on their timeline up to this many (about 140 hours of speech).
 pub const FILE_TIMELINE_LIMIT: usize = 1_000_000;
@@ -31,16 +32,23 @@ pub fn score_files(
     threads: usize,
     on_done: &(dyn Fn(&Path) + Sync),
 ) -> Vec<FileOutcome> {
-    score_files_as(engine, files, pick, None, threads, on_done)
+    score_files_as(engine, files, pick, &Screening::default(), threads, on_done)
 }
 
-/// [`score_files`], with every file screened as `class` when one is given (recordings stored
-/// as PCM that came through a lossy codec).
+/// How recorded files are screened beyond their audio: as a channel class (recordings stored
+/// as PCM that came through a lossy codec), and with a tenant's allowed synthetic voices.
+#[derive(Debug, Clone, Default)]
+pub struct Screening {
+    pub class: Option<ChannelClass>,
+    pub allowed_voices: Arc<[AllowedVoice]>,
+}
+
+/// [`score_files`], screened as `screening` says.
 pub fn score_files_as(
     engine: &Engine,
     files: &[PathBuf],
     pick: ChannelPick,
-    class: Option<ChannelClass>,
+    screening: &Screening,
     threads: usize,
     on_done: &(dyn Fn(&Path) + Sync),
 ) -> Vec<FileOutcome> {
@@ -65,8 +73,9 @@ pub fn score_files_as(
                         }
                     };
                     while let Some(i) = take(&next, files.len()) {
-                        let outcome =
-                            score_one(engine, &mut vad, &files[i], i, pick, class, &opened, &never);
+                        let outcome = score_one(
+                            engine, &mut vad, &files[i], i, pick, screening, &opened, &never,
+                        );
                         if let Err(e) = outcome {
                             errors.lock().unwrap()[i] = Some(e);
                         }
@@ -123,7 +132,7 @@ fn score_one(
     path: &Path,
     index: usize,
     pick: ChannelPick,
-    class: Option<ChannelClass>,
+    screening: &Screening,
     opened: &AtomicUsize,
     stop: &AtomicBool,
 ) -> Result<(), String> {
@@ -132,13 +141,15 @@ fn score_one(
     let spec = CallSpec {
         id: index.to_string(),
         format,
-        channel_class: class
+        channel_class: screening
+            .class
             .unwrap_or_else(|| engine.classify(format.sample_rate, source.is_g711())),
         // Recorded audio has no deadline: wait for the detector rather than drop windows.
         when_full: WhenFull::Block,
         pick,
         timeline_limit: FILE_TIMELINE_LIMIT,
         recorded: true,
+        allowed_voices: screening.allowed_voices.clone(),
     };
     let call = engine.open_call(spec).map_err(|e| e.to_string())?;
     opened.fetch_add(1, Ordering::SeqCst);

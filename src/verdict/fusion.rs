@@ -146,6 +146,8 @@ pub struct CallEvidence {
     pub timeline_dropped: u64,
     pub alerts: Vec<Alert>,
     pub windows_scored: u64,
+    /// Windows in an allowed synthetic voice, set aside (`add_allowed`).
+    pub windows_allowed: u64,
     pub peak_fused: Option<f32>,
     pub last_fused: Option<f32>,
     pub first_alert_ms: Option<u64>,
@@ -168,6 +170,7 @@ impl CallEvidence {
             timeline_dropped: 0,
             alerts: Vec::new(),
             windows_scored: 0,
+            windows_allowed: 0,
             peak_fused: None,
             last_fused: None,
             first_alert_ms: None,
@@ -192,6 +195,34 @@ impl CallEvidence {
         (*self.recent.back().expect("just pushed"), alert)
     }
 
+    /// A window whose voice is an allowed synthetic voice: on the timeline, marked, with the
+    /// call's fused probability unchanged; not evidence, so no state change and no alert.
+    pub fn add_allowed(
+        &mut self,
+        seq: u64,
+        start_ms: u64,
+        end_ms: u64,
+        p_spoof: f32,
+    ) -> WindowScore {
+        let score = WindowScore {
+            seq,
+            start_ms,
+            end_ms,
+            p_spoof,
+            fused: self.last_fused.unwrap_or(0.0),
+            allowed_voice: true,
+        };
+        self.windows_allowed += 1;
+        if self.timeline.len() == self.params.timeline_limit {
+            self.timeline.pop_front();
+            self.timeline_dropped += 1;
+        }
+        if self.params.timeline_limit > 0 {
+            self.timeline.push_back(score);
+        }
+        score
+    }
+
     fn fuse(&mut self, seq: u64, start_ms: u64, end_ms: u64, p_spoof: f32) -> Option<Alert> {
         let fused = self.mean.push(p_spoof);
         if self.recent.len() == self.params.smoothing.max(1) {
@@ -203,6 +234,7 @@ impl CallEvidence {
             end_ms,
             p_spoof,
             fused,
+            allowed_voice: false,
         };
         self.recent.push_back(score);
         self.windows_scored += 1;

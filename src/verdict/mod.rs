@@ -46,6 +46,10 @@ pub struct WindowScore {
     pub p_spoof: f32,
     /// The call's fused probability after this window.
     pub fused: f32,
+    /// The window's voice is one of the tenant's allowed synthetic voices (`callguard
+    /// allow-voice`): it did not count as evidence, and `fused` is the call's before it.
+    #[serde(default)]
+    pub allowed_voice: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,6 +15,33 @@ pub struct VoiceChange {
     pub similarity: f32,
 }
 
+/// A synthetic voice the tenant runs itself (IVR prompts, voicemail greetings, its own
+/// assistants), fingerprinted by `callguard allow-voice`: its mean speaker embedding and the
+/// detector's logit over its windows (mean and spread).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AllowedVoice {
+    pub name: String,
+    pub embedding: Vec<f32>,
+    pub logit_mean: f32,
+    pub logit_std: f32,
+}
+
+impl AllowedVoice {
+    /// Whether a window (unit `embedding`, spoof probability `p`) is this voice: its cosine with
+    /// the fingerprint at least `above`, and its detector logit within three spreads (at least
+    /// one logit unit) of the fingerprint's, so a clone that merely resembles the voice but
+    /// scores otherwise is not excused.
+    pub fn matches(&self, embedding: &[f32], p: f32, above: f32) -> bool {
+        if embedding.len() != self.embedding.len() {
+            return false;
+        }
+        let cos = cosine_of_sums(embedding, &self.embedding);
+        let p = p.clamp(1e-6, 1.0 - 1e-6);
+        let logit = (p / (1.0 - p)).ln();
+        cos >= above && (logit - self.logit_mean).abs() <= (3.0 * self.logit_std).max(1.0)
+    }
+}
+
 pub struct VoiceTracker {
     params: VoiceConfig,
     /// Sum of the reference windows' embeddings, and how many.

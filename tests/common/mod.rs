@@ -125,6 +125,7 @@ pub fn push_live_calls(
                         when_full: callguard::config::WhenFull::DropNewest,
                         timeline_limit: 10_000,
                         recorded: false,
+                        allowed_voices: Default::default(),
                     })
                     .unwrap();
                 let mut vad = engine.vad().unwrap();
