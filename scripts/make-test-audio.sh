@@ -43,6 +43,9 @@ make "$OUT/synthetic_espeak_ulaw.wav" sox "$OUT/synthetic_espeak.wav" -r 8000 -e
 make "$OUT/genuine_1_alaw.wav" sox "$OUT/genuine_1.wav" -r 8000 -e a-law "$OUT/genuine_1_alaw.wav"
 
 # A genuine opening, then a synthetic voice: 8 kHz mono.
+# Another person than the Asterisk prompts' voice (a radio amateur, codec2-examples, 13.5 s).
+make "$OUT/other_person.wav" sox -t raw -r 8000 -e signed -b 16 -c 1 /usr/share/codec2/raw/vk5qi.raw "$OUT/other_person.wav"
+
 if [ ! -f "$OUT/switch.wav" ]; then
   sox "$OUT/synthetic_flite.wav" -r 8000 -c 1 -b 16 "$TMP/tail.wav"
   sox "$OUT/genuine_1.wav" "$OUT/genuine_2.wav" "$OUT/genuine_3.wav" "$TMP/tail.wav" "$OUT/switch.wav"

@@ -75,6 +75,9 @@ enum Command {
         /// Screen as this tenant's calls: its allowed voices (`allow-voice`) apply.
         #[arg(long)]
         tenant: Option<String>,
+        /// Every file claims to be this protected person of the tenant (`enroll`).
+        #[arg(long, requires = "tenant")]
+        claim: Option<String>,
     },
     /// Detection quality on a labelled manifest (CSV: path,label[,system]).
     Eval {
@@ -251,12 +254,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             json,
             caller_channel,
             tenant,
+            claim,
         } => scan(
             &config,
             &files,
             json,
             ChannelPick::from_option(caller_channel),
-            tenant.as_deref(),
+            tenant.as_deref().map(|t| (t, claim.as_deref())),
         ),
         Command::Eval {
             manifest,
@@ -367,14 +371,23 @@ fn scan(
     files: &[PathBuf],
     as_json: bool,
     pick: ChannelPick,
-    tenant: Option<&str>,
+    tenant: Option<(&str, Option<&str>)>,
 ) -> Result<ExitCode> {
     let engine = Engine::start(config)?;
     let mut screening = Screening::default();
-    if let Some(t) = tenant.filter(|_| config.voice.speaker_model.is_some()) {
-        screening.allowed_voices = callguard::alert::AlertLog::open_store(&config.store)?
-            .voices(t, voices::ALLOWED)?
-            .into();
+    if let Some((t, claim)) = tenant.filter(|_| config.voice.speaker_model.is_some()) {
+        let store = callguard::alert::AlertLog::open_store(&config.store)?;
+        screening.allowed_voices = store.voices(t, voices::ALLOWED)?.into();
+        if let Some(name) = claim {
+            let voice = store
+                .voices(t, voices::PROTECTED)?
+                .into_iter()
+                .find(|v| v.name == name);
+            let Some(voice) = voice else {
+                bail!("no protected voice {name:?} for tenant {t:?} (callguard enroll)");
+            };
+            screening.claimed = Some(std::sync::Arc::new(voice));
+        }
     }
     let bar = progress(files.len());
     let outcomes = score_files_as(

@@ -50,6 +50,26 @@ pub struct VoiceConfig {
     /// A window whose cosine with one of the tenant's allowed voices (`callguard allow-voice`)
     /// is at least this (and whose score fits that voice's) is not evidence of a clone.
     pub allow_above: f32,
+    /// A call claiming a protected identity (`callguard enroll`) whose voice so far (the mean of
+    /// its windows, after `identity_min_windows`) has a cosine below this with the voiceprint
+    /// raises `IDENTITY_MISMATCH`.
+    pub identity_below: f32,
+    pub identity_min_windows: usize,
+    /// Calls that claim an identity by their numbers: the first rule whose `ani` and/or `dnis`
+    /// regexes match the call's metadata names the protected voice. A `claimed_identity` label
+    /// in the call's metadata (gRPC `CallOpen`, connectors) comes first.
+    pub claims: Vec<IdentityClaim>,
+}
+
+/// `[[voice.claims]]`: e.g. the CFO's extension.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct IdentityClaim {
+    /// The protected voice's name (`callguard enroll NAME`).
+    pub identity: String,
+    #[serde(default)]
+    pub ani: Option<String>,
+    #[serde(default)]
+    pub dnis: Option<String>,
 }
 
 impl Default for VoiceConfig {
@@ -61,6 +81,9 @@ impl Default for VoiceConfig {
             recent_windows: 4,
             consecutive: 1,
             allow_above: 0.8,
+            identity_below: 0.7,
+            identity_min_windows: 6,
+            claims: Vec::new(),
         }
     }
 }
@@ -75,9 +98,28 @@ impl VoiceConfig {
                 format!("{} not found", model.display()),
             );
         }
+        for (i, c) in self.claims.iter().enumerate() {
+            if c.ani.is_none() && c.dnis.is_none() {
+                bad(
+                    &format!("voice.claims[{i}]"),
+                    "needs ani or dnis (a regex)".into(),
+                );
+            }
+            for (what, re) in [("ani", &c.ani), ("dnis", &c.dnis)] {
+                if let Some(re) = re
+                    && let Err(e) = regex::Regex::new(re)
+                {
+                    bad(
+                        &format!("voice.claims[{i}].{what}"),
+                        format!("is not a regex: {e}"),
+                    );
+                }
+            }
+        }
         for (key, v) in [
             ("voice.change_below", self.change_below),
             ("voice.allow_above", self.allow_above),
+            ("voice.identity_below", self.identity_below),
         ] {
             if !(-1.0..=1.0).contains(&v) {
                 bad(key, format!("{v} is not a cosine in -1..=1"));
@@ -87,6 +129,7 @@ impl VoiceConfig {
             ("voice.reference_windows", self.reference_windows, 120),
             ("voice.recent_windows", self.recent_windows, 120),
             ("voice.consecutive", self.consecutive, 120),
+            ("voice.identity_min_windows", self.identity_min_windows, 120),
         ] {
             if !(1..=hi).contains(&n) {
                 bad(key, format!("{n} is outside 1..={hi}"));

@@ -24,6 +24,7 @@ fn open_mono_call(engine: &Engine, id: &str, format: SourceFormat) -> callguard:
             timeline_limit: 10_000,
             recorded: true,
             allowed_voices: Default::default(),
+            claimed: None,
         })
         .unwrap()
 }

@@ -58,6 +58,7 @@ fn call(engine: &Engine, id: &str, samples: &[f32]) -> CallSummary {
             timeline_limit: 10_000,
             recorded: true,
             allowed_voices: Default::default(),
+            claimed: None,
         })
         .unwrap();
     let mut vad = engine.vad().unwrap();
@@ -246,4 +247,118 @@ fn an_allowed_ivr_voice_raises_no_alert_and_an_unlisted_one_still_does() {
         "{}",
         b["files"][0]
     );
+}
+
+/// `callguard enroll` then `scan --claim`: the protected person's own voice raises no
+/// `IDENTITY_MISMATCH`, another person claiming to be them does (CRITICAL, with the similarity),
+/// and a synthetic voice claiming them is a clone and a mismatch.
+#[test]
+fn a_claimed_identity_is_checked_against_the_enrolled_voice() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("callguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[store]\npath = \"{}\"\n\
+             [transcribe]\nenabled = false\n[voice]\nspeaker_model = \"{}\"\n",
+            common::root().join(".deps/silero_vad.onnx").display(),
+            common::root().join("models/detector.onnx").display(),
+            d.join("store.db").display(),
+            common::root().join("models/speaker.onnx").display(),
+        ),
+    )
+    .unwrap();
+    let callguard = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let audio = |f: &str| common::audio(f).display().to_string();
+    // 30 s of speech are needed; one short prompt file is refused.
+    let (ok, _, err) = callguard(&[
+        "enroll",
+        "allison",
+        &audio("genuine_2.wav"),
+        "--tenant",
+        "bank-a",
+    ]);
+    assert!(!ok && err.contains("needs at least 30 s"), "{err}");
+    let (ok, _, err) = callguard(&[
+        "enroll",
+        "allison",
+        &audio("prompts.wav"),
+        "--tenant",
+        "bank-a",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = callguard(&[
+        "scan",
+        "--json",
+        "--tenant",
+        "bank-a",
+        "--claim",
+        "allison",
+        &audio("genuine_1.wav"),
+        &audio("other_person.wav"),
+        &audio("synthetic_espeak.wav"),
+    ]);
+    assert!(ok || out.contains("\"files\""), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kinds = |i: usize| -> Vec<String> {
+        doc["files"][i]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        !kinds(0).contains(&"identity_mismatch".into()),
+        "the person herself: {}",
+        doc["files"][0]
+    );
+    assert!(
+        kinds(1).contains(&"identity_mismatch".into()),
+        "another person: {}",
+        doc["files"][1]
+    );
+    let mismatch = doc["files"][1]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "identity_mismatch")
+        .unwrap();
+    assert!(
+        mismatch["voice_similarity"].as_f64().unwrap() < 0.7,
+        "{mismatch}"
+    );
+    assert!(
+        kinds(2).contains(&"suspected_clone".into()),
+        "{}",
+        doc["files"][2]
+    );
+    assert!(
+        kinds(2).contains(&"identity_mismatch".into()),
+        "{}",
+        doc["files"][2]
+    );
+    // An unknown claim is an error, not a silent pass.
+    let (ok, _, err) = callguard(&[
+        "scan",
+        "--tenant",
+        "bank-a",
+        "--claim",
+        "nobody",
+        &audio("genuine_1.wav"),
+    ]);
+    assert!(!ok && err.contains("no protected voice"), "{err}");
 }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::seal::{self, Sealer};
 use super::{Acknowledgement, AlertFilter, CallMeta, LoggedAlert, Severity};
 use crate::transcribe::{Cue, Redacted};
-use crate::verdict::voice::AllowedVoice;
+use crate::verdict::voice::Voiceprint;
 use crate::verdict::{AlertKind, WindowScore};
 
 #[derive(Debug, thiserror::Error)]
@@ -389,7 +389,7 @@ impl AlertLog {
         &self,
         tenant: &str,
         kind: &str,
-        voice: &AllowedVoice,
+        voice: &Voiceprint,
     ) -> Result<(), StoreError> {
         let body = seal::seal(
             self.sealer.as_ref(),
@@ -406,7 +406,7 @@ impl AlertLog {
     }
 
     /// A tenant's voiceprints of `kind`, by name.
-    pub fn voices(&self, tenant: &str, kind: &str) -> Result<Vec<AllowedVoice>, StoreError> {
+    pub fn voices(&self, tenant: &str, kind: &str) -> Result<Vec<Voiceprint>, StoreError> {
         let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn.prepare_cached(
             "SELECT body FROM voiceprints WHERE tenant = ?1 AND kind = ?2 ORDER BY name",

@@ -54,6 +54,7 @@ impl Severity {
             AlertKind::SuspectedClone => Self::Warning,
             AlertKind::VoiceChanged if risk >= critical => Self::Critical,
             AlertKind::VoiceChanged => Self::Warning,
+            AlertKind::IdentityMismatch => Self::Critical,
         }
     }
 

@@ -11,7 +11,7 @@ use callguard::alert::AlertLog;
 use callguard::audio::ChannelPick;
 use callguard::config::Config;
 use callguard::pipeline::{Engine, score_files};
-use callguard::verdict::voice::AllowedVoice;
+use callguard::verdict::voice::Voiceprint;
 use serde_json::json;
 
 /// The kinds of voiceprint: `allowed` synthetic voices, `protected` people.
@@ -83,7 +83,7 @@ pub fn make(config: &Config, o: &Options) -> Result<ExitCode> {
     let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt() + 1e-9;
     let mean = logits.iter().sum::<f32>() / logits.len().max(1) as f32;
     let var = logits.iter().map(|l| (l - mean).powi(2)).sum::<f32>() / logits.len().max(1) as f32;
-    let voice = AllowedVoice {
+    let voice = Voiceprint {
         name: o.name.clone(),
         embedding: sum.iter().map(|x| x / norm).collect(),
         logit_mean: mean,

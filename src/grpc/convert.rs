@@ -160,6 +160,7 @@ pub fn alert(a: &LoggedAlert) -> pb::Alert {
             AlertKind::Cleared => pb::AlertKind::Cleared,
             AlertKind::Escalated => pb::AlertKind::Escalated,
             AlertKind::VoiceChanged => pb::AlertKind::VoiceChanged,
+            AlertKind::IdentityMismatch => pb::AlertKind::IdentityMismatch,
         }) as i32,
         severity: severity(a.severity),
         p_spoof: a.p_spoof,

@@ -134,6 +134,7 @@ fn screen(
     // What the engine screens the call as, for the registry entry made after it opens.
     let screened_as = std::cell::Cell::new((crate::verdict::ChannelClass::Wideband, 0.0));
     let allowed = shared.allowed_voices(&spec.tenant);
+    let claimed = shared.claimed_identity(&spec.tenant, &spec.metadata);
     let (_, call) = shared.registry.open(
         &spec.tenant,
         id,
@@ -150,6 +151,7 @@ fn screen(
                     timeline_limit: TIMELINE_LIMIT,
                     recorded: false,
                     allowed_voices: allowed.clone(),
+                    claimed: claimed.clone(),
                 })
             })??;
             screened_as.set((call.channel_class(), call.enter_threshold()));

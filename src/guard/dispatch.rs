@@ -82,7 +82,7 @@ fn handle(shared: &Shared, event: &EngineEvent, pending: &mut VecDeque<NewAlert>
             let state = match alert.kind {
                 AlertKind::SuspectedClone | AlertKind::Escalated => Some(CallState::Suspected),
                 AlertKind::Cleared => Some(CallState::Genuine),
-                AlertKind::VoiceChanged => None,
+                AlertKind::VoiceChanged | AlertKind::IdentityMismatch => None,
             };
             let critical = shared.config.server.critical_p_spoof;
             let new = shared.registry.with(*call, |e| {

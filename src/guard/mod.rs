@@ -64,7 +64,7 @@ impl Shared {
     /// The tenant's allowed synthetic voices, read at each call's opening (so `callguard
     /// allow-voice` takes effect on the next call); none without a speaker encoder, or when
     /// the store cannot be read (logged: the call is screened as if none were allowed).
-    fn allowed_voices(&self, tenant: &str) -> Arc<[crate::verdict::voice::AllowedVoice]> {
+    fn allowed_voices(&self, tenant: &str) -> Arc<[crate::verdict::voice::Voiceprint]> {
         if self.config.voice.speaker_model.is_none() {
             return Arc::from([]);
         }
@@ -73,6 +73,46 @@ impl Shared {
             Err(e) => {
                 tracing::warn!(tenant, error = %e, "Allowed voices cannot be read; none apply.");
                 Arc::from([])
+            }
+        }
+    }
+
+    /// The protected voice a call claims: its `claimed_identity` metadata label, else the
+    /// first `[[voice.claims]]` rule its ANI/DNIS match; `None` without a speaker encoder or
+    /// claim. A claimed name with no voiceprint is logged and ignored.
+    fn claimed_identity(
+        &self,
+        tenant: &str,
+        meta: &crate::alert::CallMeta,
+    ) -> Option<Arc<crate::verdict::voice::Voiceprint>> {
+        self.config.voice.speaker_model.as_ref()?;
+        let matches = |re: &Option<String>, value: &str| {
+            re.as_deref()
+                .is_none_or(|re| regex::Regex::new(re).is_ok_and(|re| re.is_match(value)))
+        };
+        let name = meta.labels.get("claimed_identity").cloned().or_else(|| {
+            self.config
+                .voice
+                .claims
+                .iter()
+                .find(|c| matches(&c.ani, &meta.ani) && matches(&c.dnis, &meta.dnis))
+                .map(|c| c.identity.clone())
+        })?;
+        match self.log.voices(tenant, "protected") {
+            Ok(v) => match v.into_iter().find(|v| v.name == name) {
+                Some(v) => Some(Arc::new(v)),
+                None => {
+                    tracing::warn!(
+                        tenant,
+                        identity = name,
+                        "Claimed identity has no voiceprint (callguard enroll); not checked."
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(tenant, error = %e, "Protected voices cannot be read; the claim is not checked.");
+                None
             }
         }
     }

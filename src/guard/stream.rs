@@ -171,6 +171,7 @@ pub(super) fn open(
     let screened_as = std::cell::Cell::new((channel_class, 0.0));
     // Read before the registry is locked for the opening.
     let allowed = shared.allowed_voices(tenant);
+    let claimed = shared.claimed_identity(tenant, &spec.metadata);
     let (key, engine_call) = shared.registry.open(
         tenant,
         &spec.call_id,
@@ -186,6 +187,7 @@ pub(super) fn open(
                     timeline_limit: TIMELINE_LIMIT,
                     recorded: false,
                     allowed_voices: allowed.clone(),
+                    claimed: claimed.clone(),
                 })
             })??;
             screened_as.set((call.channel_class(), call.enter_threshold()));

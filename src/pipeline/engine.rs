@@ -25,7 +25,7 @@ use crate::transcribe::{
     CallTranscript, SegmentCounts, SegmentResult, SegmentSubmitter, TranscribeError,
     TranscribeStats, TranscriberPool, TranscriptSegment, WhisperModel,
 };
-use crate::verdict::voice::{AllowedVoice, VoiceTracker};
+use crate::verdict::voice::{VoiceTracker, Voiceprint};
 use crate::verdict::{
     Alert, AlertKind, CallEvidence, CallState, ChannelClass, EnterThreshold, FusionParams,
     WindowScore,
@@ -65,7 +65,9 @@ pub struct CallSpec {
     /// Live audio: transcription never holds the call up; over budget, segments are skipped.
     pub recorded: bool,
     /// The call's tenant's allowed synthetic voices (needs `[voice] speaker_model`).
-    pub allowed_voices: Arc<[AllowedVoice]>,
+    pub allowed_voices: Arc<[Voiceprint]>,
+    /// The protected person the call claims to be (`callguard enroll`), if any.
+    pub claimed: Option<Arc<Voiceprint>>,
 }
 
 /// What the engine reports, in order per call.
@@ -141,7 +143,8 @@ enum FusionInput {
         key: u64,
         id: Arc<str>,
         params: FusionParams,
-        allowed: Arc<[AllowedVoice]>,
+        allowed: Arc<[Voiceprint]>,
+        claimed: Option<Arc<Voiceprint>>,
     },
     Scored(ScoredWindow),
     Dropped {
@@ -333,6 +336,7 @@ impl Engine {
                 id: spec.id.into(),
                 params,
                 allowed: spec.allowed_voices,
+                claimed: spec.claimed,
             })
             .map_err(|_| EngineError::Stopped)?;
         Ok(Call {
@@ -587,9 +591,25 @@ struct CallFusion {
     voice_sum: Vec<f32>,
     voice_windows: u64,
     /// The tenant's allowed synthetic voices, and the windows each matched.
-    allowed: Arc<[AllowedVoice]>,
+    allowed: Arc<[Voiceprint]>,
     allowed_matches: BTreeMap<String, u64>,
     allow_above: f32,
+    /// The protected identity the call claims, and whether it was found wanting.
+    claim: Option<Claim>,
+}
+
+struct Claim {
+    voice: Arc<Voiceprint>,
+    below: f32,
+    min_windows: u64,
+    mismatched: bool,
+}
+
+impl Claim {
+    /// The cosine of the call's voice so far (`sum` of unit embeddings) with the voiceprint.
+    fn similarity(&self, sum: &[f32]) -> f32 {
+        crate::verdict::voice::cosine(sum, &self.voice.embedding)
+    }
 }
 
 fn fuse(
@@ -606,6 +626,7 @@ fn fuse(
                 id,
                 params,
                 allowed,
+                claimed,
             } => {
                 calls.insert(
                     key,
@@ -624,6 +645,12 @@ fn fuse(
                         allowed,
                         allowed_matches: BTreeMap::new(),
                         allow_above: voice.as_ref().map_or(1.0, |v| v.allow_above),
+                        claim: voice.as_ref().zip(claimed).map(|(v, c)| Claim {
+                            voice: c,
+                            below: v.identity_below,
+                            min_windows: v.identity_min_windows as u64,
+                            mismatched: false,
+                        }),
                     },
                 );
                 key
@@ -776,6 +803,18 @@ fn advance(
                     continue;
                 }
                 let (score, alert) = call.evidence.add(seq, start_ms, end_ms, p);
+                let claim_alert = match &mut call.claim {
+                    Some(c)
+                        if !c.mismatched
+                            && call.voice_windows >= c.min_windows
+                            && c.similarity(&call.voice_sum) < c.below =>
+                    {
+                        c.mismatched = true;
+                        let s = c.similarity(&call.voice_sum);
+                        Some(call.evidence.identity_mismatch(end_ms, s, c.below))
+                    }
+                    _ => None,
+                };
                 let change = call
                     .voice
                     .as_mut()
@@ -790,6 +829,19 @@ fn advance(
                     .map_err(|_| ())?;
                 if let Some(mut alert) = alert {
                     alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
+                    // Spoof-aware verification: a voice that matches the claimed person and
+                    // sounds synthetic is a clone of that person; its risk rises with both.
+                    if let Some(c) = call
+                        .claim
+                        .as_ref()
+                        .filter(|_| alert.kind == AlertKind::SuspectedClone)
+                    {
+                        let s = c.similarity(&call.voice_sum);
+                        if s >= c.below {
+                            alert.risk = alert.risk.max(1.0 - (1.0 - alert.p_spoof) * (1.0 - s));
+                            alert.voice_similarity = Some(s);
+                        }
+                    }
                     call.evidence.update_last(&alert);
                     let suspected = alert.kind == AlertKind::SuspectedClone;
                     context.prioritise(key, suspected);
@@ -798,6 +850,15 @@ fn advance(
                         // The first alert already carries the cues: no second one for them.
                         call.evidence.mark_escalated();
                     }
+                    events
+                        .send(EngineEvent::Alert { call: key, alert })
+                        .map_err(|_| ())?;
+                }
+                if let Some(mut alert) = claim_alert {
+                    alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
+                    alert.risk = 1.0;
+                    call.evidence.update_last(&alert);
+                    tracing::info!(call_id = %call.id, audio_ms = alert.audio_ms, similarity = alert.voice_similarity, "Caller is not the claimed identity.");
                     events
                         .send(EngineEvent::Alert { call: key, alert })
                         .map_err(|_| ())?;

@@ -11,7 +11,7 @@ use crate::audio::file::FileSource;
 use crate::audio::{AudioSource, ChannelPick};
 use crate::config::WhenFull;
 use crate::verdict::ChannelClass;
-use crate::verdict::voice::AllowedVoice;
+use crate::verdict::voice::Voiceprint;
 
 /// Files keep every window on their timeline up to this many (about 140 hours of speech).
 pub const FILE_TIMELINE_LIMIT: usize = 1_000_000;
@@ -40,7 +40,9 @@ pub fn score_files(
 #[derive(Debug, Clone, Default)]
 pub struct Screening {
     pub class: Option<ChannelClass>,
-    pub allowed_voices: Arc<[AllowedVoice]>,
+    pub allowed_voices: Arc<[Voiceprint]>,
+    /// A protected identity every file claims (`scan --claim`).
+    pub claimed: Option<Arc<Voiceprint>>,
 }
 
 /// [`score_files`], screened as `screening` says.
@@ -150,6 +152,7 @@ fn score_one(
         timeline_limit: FILE_TIMELINE_LIMIT,
         recorded: true,
         allowed_voices: screening.allowed_voices.clone(),
+        claimed: screening.claimed.clone(),
     };
     let call = engine.open_call(spec).map_err(|e| e.to_string())?;
     opened.fetch_add(1, Ordering::SeqCst);

@@ -37,6 +37,7 @@ fn name(kind: AlertKind) -> &'static str {
         AlertKind::Escalated => "Suspected cloned voice asking for a transfer or codes",
         AlertKind::Cleared => "Call no longer suspected",
         AlertKind::VoiceChanged => "Caller's voice changed mid-call",
+        AlertKind::IdentityMismatch => "Caller is not the protected person they claim to be",
     }
 }
 

@@ -341,6 +341,17 @@ impl CallEvidence {
         alert
     }
 
+    /// An `IdentityMismatch` alert at `audio_ms`: the call's voice has cosine `similarity` with
+    /// the claimed person's voiceprint, below `threshold`. The state stays; the risk is 1.
+    pub fn identity_mismatch(&mut self, audio_ms: u64, similarity: f32, threshold: f32) -> Alert {
+        let p = self.last_fused.unwrap_or(0.0);
+        let mut alert = self.alert(AlertKind::IdentityMismatch, audio_ms, p, threshold);
+        alert.voice_similarity = Some(similarity);
+        alert.risk = 1.0;
+        self.update_last(&alert);
+        alert
+    }
+
     /// An `Escalated` alert at `audio_ms`, once per suspicion: the call must be suspected,
     /// not yet escalated, and the caller's `intent` at or above `escalate_intent` (the alert's
     /// threshold).

@@ -67,6 +67,9 @@ pub enum AlertKind {
     /// taking over from a human, or the phone handed to someone else. Does not change the
     /// call's state; its risk rises with the clone score.
     VoiceChanged,
+    /// The call claims a protected identity (`callguard enroll`) and its voice is clearly not
+    /// that person's. Once per call; the state stays the clone detector's.
+    IdentityMismatch,
 }
 
 impl AlertKind {
@@ -76,6 +79,7 @@ impl AlertKind {
             Self::Cleared => "cleared",
             Self::Escalated => "escalated",
             Self::VoiceChanged => "voice_changed",
+            Self::IdentityMismatch => "identity_mismatch",
         }
     }
 }

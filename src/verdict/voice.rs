@@ -15,18 +15,19 @@ pub struct VoiceChange {
     pub similarity: f32,
 }
 
-/// A synthetic voice the tenant runs itself (IVR prompts, voicemail greetings, its own
-/// assistants), fingerprinted by `callguard allow-voice`: its mean speaker embedding and the
-/// detector's logit over its windows (mean and spread).
+/// A voice kept for a tenant, without audio: its mean speaker embedding (unit length) and the
+/// detector's logit over its windows (mean and spread). `allowed`: a synthetic voice the tenant
+/// runs itself (IVR prompts, greetings, its own assistants; `callguard allow-voice`);
+/// `protected`: a person a call may claim to be (`callguard enroll`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AllowedVoice {
+pub struct Voiceprint {
     pub name: String,
     pub embedding: Vec<f32>,
     pub logit_mean: f32,
     pub logit_std: f32,
 }
 
-impl AllowedVoice {
+impl Voiceprint {
     /// Whether a window (unit `embedding`, spoof probability `p`) is this voice: its cosine with
     /// the fingerprint at least `above`, and its detector logit within three spreads (at least
     /// one logit unit) of the fingerprint's, so a clone that merely resembles the voice but
@@ -50,6 +51,11 @@ pub struct VoiceTracker {
     /// The latest embeddings since the reference began (at most `recent_windows`).
     recent: std::collections::VecDeque<Vec<f32>>,
     below: usize,
+}
+
+/// The cosine of two vectors (sums of unit embeddings, or embeddings).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    cosine_of_sums(a, b)
 }
 
 fn cosine_of_sums(a: &[f32], b: &[f32]) -> f32 {

@@ -126,6 +126,7 @@ pub fn push_live_calls(
                         timeline_limit: 10_000,
                         recorded: false,
                         allowed_voices: Default::default(),
+                        claimed: None,
                     })
                     .unwrap();
                 let mut vad = engine.vad().unwrap();
