@@ -362,3 +362,120 @@ fn a_claimed_identity_is_checked_against_the_enrolled_voice() {
     ]);
     assert!(!ok && err.contains("no protected voice"), "{err}");
 }
+
+/// Over gRPC on the daemon: `EnrollVoice` keeps a protected voice from WAV bytes (refusing
+/// too little speech and what is not audio), and `ClaimIdentity` on a live call makes another
+/// person's voice raise `IDENTITY_MISMATCH`, counting the speech before the claim too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_voice_and_claim_identity_over_grpc() {
+    use callguard::grpc::proto as pb;
+    use common::grpc::*;
+    let dir = tempfile::tempdir().unwrap();
+    let speaker = common::root().join("models/speaker.onnx");
+    let config = common::daemon::write_config(
+        dir.path(),
+        1000.0,
+        false,
+        &format!("[voice]\nspeaker_model = \"{}\"", speaker.display()),
+    );
+    let daemon = common::daemon::Daemon::start(&config, &[], &["gRPC"]);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let enroll = |file: &str, name: &str| pb::EnrollVoiceRequest {
+        name: name.into(),
+        kind: pb::VoiceKind::Protected as i32,
+        recordings: vec![std::fs::read(common::audio(file)).unwrap()],
+    };
+    let short = client
+        .enroll_voice(enroll("genuine_2.wav", "allison"))
+        .await
+        .unwrap_err();
+    assert_eq!(short.code(), tonic::Code::InvalidArgument, "{short}");
+    let mut junk = enroll("genuine_2.wav", "allison");
+    junk.recordings = vec![b"not audio at all".to_vec()];
+    let junk = client.enroll_voice(junk).await.unwrap_err();
+    assert_eq!(junk.code(), tonic::Code::InvalidArgument, "{junk}");
+    // The first 60 s of the prompts (960 kB at 8 kHz): within server.max_message_bytes.
+    let mut long = enroll("prompts.wav", "allison");
+    let wav = &long.recordings[0];
+    let data = wav.windows(4).position(|w| w == b"data").unwrap() + 8;
+    let cut_path = dir.path().join("minute.wav");
+    let mut cut = hound::WavWriter::create(
+        &cut_path,
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
+    )
+    .unwrap();
+    for s in wav[data..].chunks_exact(2).take(8000 * 60) {
+        cut.write_sample(i16::from_le_bytes([s[0], s[1]])).unwrap();
+    }
+    cut.finalize().unwrap();
+    long.recordings = vec![std::fs::read(&cut_path).unwrap()];
+    let made = client.enroll_voice(long).await.unwrap().into_inner();
+    assert!(made.speech_seconds >= 30.0 && made.windows > 50, "{made:?}");
+
+    // Another person's call; the claim comes 4 s in.
+    let (x, rate) = decode("other_person.wav");
+    let frames = numbered(g711_frames(&x, rate, callguard::audio::g711::Law::MuLaw));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+    tx.send(open_frame("impostor", pb::Codec::G711Mulaw, rate, 1))
+        .await
+        .unwrap();
+    let mut updates = client.stream_audio(outbound).await.unwrap().into_inner();
+    let mut frames = frames.into_iter();
+    for f in frames.by_ref().take(200) {
+        tx.send(f).await.unwrap();
+    }
+    let unknown = client
+        .claim_identity(pb::ClaimIdentityRequest {
+            call_id: "impostor".into(),
+            identity: "nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    client
+        .claim_identity(pb::ClaimIdentityRequest {
+            call_id: "impostor".into(),
+            identity: "allison".into(),
+        })
+        .await
+        .unwrap();
+    for f in frames {
+        tx.send(f).await.unwrap();
+    }
+    drop(tx);
+    while updates.message().await.unwrap().is_some() {}
+    let mut alerts = client
+        .stream_alerts(pb::AlertSubscription {
+            call_id: "impostor".into(),
+            after_sequence: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mismatch = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            if let Some(pb::alert_event::Event::Alert(a)) =
+                alerts.message().await.unwrap().unwrap().event
+                && a.kind == pb::AlertKind::IdentityMismatch as i32
+            {
+                return a;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "an IDENTITY_MISMATCH alert; the daemon said:\n{}",
+            daemon.log.lock().unwrap().join("\n")
+        )
+    });
+    assert_eq!(mismatch.severity, pb::Severity::Critical as i32);
+    assert!(mismatch.voice_similarity.unwrap() < 0.7, "{mismatch:?}");
+}

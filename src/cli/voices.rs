@@ -8,10 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use callguard::alert::AlertLog;
-use callguard::audio::ChannelPick;
 use callguard::config::Config;
-use callguard::pipeline::{Engine, score_files};
-use callguard::verdict::voice::Voiceprint;
+use callguard::pipeline::{Engine, voiceprint};
 use serde_json::json;
 
 /// The kinds of voiceprint: `allowed` synthetic voices, `protected` people.
@@ -43,58 +41,15 @@ pub fn make(config: &Config, o: &Options) -> Result<ExitCode> {
     let mut scoring = config.clone();
     scoring.transcribe.enabled = false;
     let engine = Engine::start(&scoring)?;
-    let outcomes = score_files(
-        &engine,
-        &o.files,
-        ChannelPick::Mix,
-        scoring.detector_workers(),
-        &|_| {},
-    );
-    let mut sum = Vec::<f32>::new();
-    let (mut windows, mut speech_ms) = (0u64, 0u64);
-    let mut logits = Vec::new();
-    for outcome in &outcomes {
-        let s = outcome
-            .result
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", outcome.path.display()))?;
-        speech_ms += s.speech_ms;
-        if let Some(e) = &s.voice_embedding {
-            sum.resize(e.len(), 0.0);
-            for (a, x) in sum.iter_mut().zip(e) {
-                *a += x * s.voice_windows as f32;
-            }
-            windows += s.voice_windows;
-        }
-        logits.extend(s.timeline.iter().map(|w| {
-            let p = w.p_spoof.clamp(1e-6, 1.0 - 1e-6);
-            (p / (1.0 - p)).ln()
-        }));
-    }
-    let speech_s = speech_ms as f64 / 1000.0;
-    if speech_s < o.min_speech_s || windows == 0 {
-        bail!(
-            "{speech_s:.1} s of speech in {} file(s); a {} voiceprint needs at least {} s",
-            o.files.len(),
-            o.kind,
-            o.min_speech_s
-        );
-    }
-    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt() + 1e-9;
-    let mean = logits.iter().sum::<f32>() / logits.len().max(1) as f32;
-    let var = logits.iter().map(|l| (l - mean).powi(2)).sum::<f32>() / logits.len().max(1) as f32;
-    let voice = Voiceprint {
-        name: o.name.clone(),
-        embedding: sum.iter().map(|x| x / norm).collect(),
-        logit_mean: mean,
-        logit_std: var.sqrt(),
-    };
+    let made = voiceprint(&engine, &o.name, &o.files, o.min_speech_s)
+        .map_err(|e| anyhow::anyhow!("a {} voiceprint: {e}", o.kind))?;
+    let voice = made.voice;
     let log =
         AlertLog::open_store(&config.store).context("opening the store for the voiceprint")?;
     log.put_voice(&o.tenant, o.kind, &voice)?;
     let doc = json!({
         "tenant": o.tenant, "kind": o.kind, "name": o.name, "files": o.files.len(),
-        "speech_s": (speech_s * 10.0).round() / 10.0, "windows": windows,
+        "speech_s": (made.speech_s * 10.0).round() / 10.0, "windows": made.windows,
         "logit_mean": voice.logit_mean, "logit_std": voice.logit_std,
     });
     writeln!(std::io::stdout().lock(), "{doc}")?;

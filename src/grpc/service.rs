@@ -275,6 +275,84 @@ impl pb::call_guard_server::CallGuard for CallGuardService {
         }
     }
 
+    async fn enroll_voice(
+        &self,
+        req: Request<pb::EnrollVoiceRequest>,
+    ) -> Result<Response<pb::EnrollVoiceResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        if !crate::config::valid_name(&r.name) {
+            return Err(Status::invalid_argument(
+                "name: 1-64 letters, digits or -_.",
+            ));
+        }
+        let (kind, min_speech_s) = match pb::VoiceKind::try_from(r.kind) {
+            Ok(pb::VoiceKind::Protected) => ("protected", 30.0),
+            Ok(pb::VoiceKind::Allowed) => ("allowed", 5.0),
+            _ => return Err(Status::invalid_argument("kind: PROTECTED or ALLOWED")),
+        };
+        if r.recordings.is_empty() {
+            return Err(Status::invalid_argument("no recordings"));
+        }
+        let guard = self.guard.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            // The engine reads files: each recording goes to a private temporary folder,
+            // removed with it, named by its format.
+            let dir = tempfile::tempdir().map_err(|e| Status::internal(e.to_string()))?;
+            let mut files = Vec::new();
+            for (i, bytes) in r.recordings.iter().enumerate() {
+                let ext = match bytes.get(..4) {
+                    Some(b"RIFF") => "wav",
+                    Some(b"fLaC") => "flac",
+                    _ => {
+                        return Err(Status::invalid_argument(format!(
+                            "recording {i} is neither WAV nor FLAC"
+                        )));
+                    }
+                };
+                let path = dir.path().join(format!("{i}.{ext}"));
+                std::fs::write(&path, bytes).map_err(|e| Status::internal(e.to_string()))?;
+                files.push(path);
+            }
+            guard
+                .enroll_voice(&tenant, kind, &r.name, &files, min_speech_s)
+                .map_err(|e| match e {
+                    crate::guard::ClaimError::NoEncoder => {
+                        Status::failed_precondition(e.to_string())
+                    }
+                    crate::guard::ClaimError::Audio(_) => Status::invalid_argument(e.to_string()),
+                    _ => Status::unavailable(e.to_string()),
+                })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::EnrollVoiceResponse {
+            name: made.voice.name,
+            speech_seconds: made.speech_s as f32,
+            windows: made.windows,
+        }))
+    }
+
+    async fn claim_identity(
+        &self,
+        req: Request<pb::ClaimIdentityRequest>,
+    ) -> Result<Response<pb::ClaimIdentityResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let guard = self.guard.clone();
+        tokio::task::spawn_blocking(move || guard.claim_identity(&tenant, &r.call_id, &r.identity))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                crate::guard::ClaimError::NoEncoder => Status::failed_precondition(e.to_string()),
+                crate::guard::ClaimError::NoCall(_) | crate::guard::ClaimError::NoVoiceprint(_) => {
+                    Status::not_found(e.to_string())
+                }
+                _ => Status::unavailable(e.to_string()),
+            })?;
+        Ok(Response::new(pb::ClaimIdentityResponse {}))
+    }
+
     async fn end_call(
         &self,
         req: Request<pb::EndCallRequest>,

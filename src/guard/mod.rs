@@ -35,6 +35,21 @@ use crate::config::Config;
 use crate::ops::{Metrics, Readiness};
 use crate::pipeline::{Engine, EngineError};
 
+/// Why a voiceprint could not be made or a claim not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("voiceprints need the speaker encoder: set [voice] speaker_model")]
+    NoEncoder,
+    #[error("no live call {0:?}")]
+    NoCall(String),
+    #[error("no protected voice {0:?} (callguard enroll)")]
+    NoVoiceprint(String),
+    #[error("{0}")]
+    Audio(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error(transparent)]
@@ -242,6 +257,64 @@ impl Guard {
             .unwrap_or_else(|e| e.into_inner())
             .push((end, thread));
         Ok(())
+    }
+
+    /// The tenant's live call `call_id` claims to be the protected person `identity` from now on
+    /// (its speech so far counts too).
+    pub fn claim_identity(
+        &self,
+        tenant: &str,
+        call_id: &str,
+        identity: &str,
+    ) -> Result<(), ClaimError> {
+        if self.shared.config.voice.speaker_model.is_none() {
+            return Err(ClaimError::NoEncoder);
+        }
+        let key = self
+            .shared
+            .registry
+            .key_of(tenant, call_id)
+            .ok_or_else(|| ClaimError::NoCall(call_id.to_owned()))?;
+        let voice = self
+            .shared
+            .log
+            .voices(tenant, "protected")
+            .map_err(|e| ClaimError::Store(e.to_string()))?
+            .into_iter()
+            .find(|v| v.name == identity)
+            .ok_or_else(|| ClaimError::NoVoiceprint(identity.to_owned()))?;
+        self.shared
+            .with_engine(|e| e.claim(key, Arc::new(voice)))
+            .and_then(|r| r)
+            .map_err(|e| ClaimError::Store(e.to_string()))
+    }
+
+    /// Keeps a voiceprint made from recordings (`EnrollVoice`) by a short-lived engine of the
+    /// same config: `kind` is `protected` or `allowed`.
+    pub fn enroll_voice(
+        &self,
+        tenant: &str,
+        kind: &str,
+        name: &str,
+        files: &[std::path::PathBuf],
+        min_speech_s: f64,
+    ) -> Result<crate::pipeline::VoiceprintMade, ClaimError> {
+        if self.shared.config.voice.speaker_model.is_none() {
+            return Err(ClaimError::NoEncoder);
+        }
+        // An engine of its own: the running one's events belong to the dispatcher, and an
+        // enrolment is no call of the tenant's.
+        let mut config = self.shared.config.clone();
+        config.transcribe.enabled = false;
+        config.detector.workers = 1;
+        let engine = Engine::start(&config).map_err(|e| ClaimError::Store(e.to_string()))?;
+        let made = crate::pipeline::voiceprint(&engine, name, files, min_speech_s)
+            .map_err(ClaimError::Audio)?;
+        self.shared
+            .log
+            .put_voice(tenant, kind, &made.voice)
+            .map_err(|e| ClaimError::Store(e.to_string()))?;
+        Ok(made)
     }
 
     /// Asks the tenant's live call to end; false if there is none.

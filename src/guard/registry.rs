@@ -333,6 +333,14 @@ impl CallRegistry {
     }
 
     /// Runs `f` on the tenant's live call with this id, under one lock, without copying it.
+    /// The engine key of the tenant's live call `call_id`.
+    pub fn key_of(&self, tenant: &str, call_id: &str) -> Option<u64> {
+        self.lock()
+            .by_id
+            .get(&(Arc::<str>::from(tenant), Arc::<str>::from(call_id)))
+            .copied()
+    }
+
     pub fn with_id<R>(
         &self,
         tenant: &str,

@@ -157,6 +157,11 @@ enum FusionInput {
         stats: StreamStats,
     },
     Transcribed(SegmentResult),
+    /// The call now claims this protected identity (`ClaimIdentity` mid-call).
+    Claim {
+        key: u64,
+        voice: Arc<Voiceprint>,
+    },
 }
 
 impl From<SegmentResult> for FusionInput {
@@ -299,6 +304,17 @@ impl Engine {
     /// A new VAD session for a thread that drives calls.
     pub fn vad(&self) -> Result<SileroVad, EngineError> {
         Ok(SileroVad::new(&self.config.speech.vad_model)?)
+    }
+
+    /// The call `key` now claims the protected identity `voice`: its voice so far and from now
+    /// on is checked against it. Unknown or ended calls are ignored.
+    pub fn claim(&self, key: u64, voice: Arc<Voiceprint>) -> Result<(), EngineError> {
+        let Some(fusion) = &self.fusion_tx else {
+            return Err(EngineError::Stopped);
+        };
+        fusion
+            .send(FusionInput::Claim { key, voice })
+            .map_err(|_| EngineError::Stopped)
     }
 
     /// Opens a call; its audio is pushed through the returned [`Call`].
@@ -678,6 +694,24 @@ fn fuse(
                 }
                 key
             }
+            FusionInput::Claim {
+                key,
+                voice: claimed,
+            } => {
+                if let (Some(c), Some(v)) = (calls.get_mut(&key), &voice) {
+                    c.claim = Some(Claim {
+                        voice: claimed,
+                        below: v.identity_below,
+                        min_windows: v.identity_min_windows as u64,
+                        mismatched: false,
+                    });
+                    let at = c.evidence.last_window_end().unwrap_or(0);
+                    if check_claim(key, c, at, &context, &events).is_err() {
+                        return;
+                    }
+                }
+                key
+            }
             FusionInput::Transcribed(result) => {
                 let key = result.call;
                 if let Some(c) = calls.get_mut(&key)
@@ -748,6 +782,37 @@ fn transcribed(
     Ok(())
 }
 
+/// `IdentityMismatch` once the call's voice so far (enough windows of it) is clearly not the
+/// claimed person's; once per claim.
+fn check_claim(
+    key: u64,
+    call: &mut CallFusion,
+    at_ms: u64,
+    context: &TranscriptContext,
+    events: &Sender<EngineEvent>,
+) -> Result<(), ()> {
+    let Some(c) = &mut call.claim else {
+        return Ok(());
+    };
+    if c.mismatched || call.voice_windows < c.min_windows {
+        return Ok(());
+    }
+    let similarity = c.similarity(&call.voice_sum);
+    if similarity >= c.below {
+        return Ok(());
+    }
+    c.mismatched = true;
+    let below = c.below;
+    let mut alert = call.evidence.identity_mismatch(at_ms, similarity, below);
+    alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
+    alert.risk = 1.0;
+    call.evidence.update_last(&alert);
+    tracing::info!(call_id = %call.id, audio_ms = at_ms, similarity, "Caller is not the claimed identity.");
+    events
+        .send(EngineEvent::Alert { call: key, alert })
+        .map_err(|_| ())
+}
+
 /// Fuses the call's windows that are next in order.
 fn advance(
     key: u64,
@@ -803,18 +868,6 @@ fn advance(
                     continue;
                 }
                 let (score, alert) = call.evidence.add(seq, start_ms, end_ms, p);
-                let claim_alert = match &mut call.claim {
-                    Some(c)
-                        if !c.mismatched
-                            && call.voice_windows >= c.min_windows
-                            && c.similarity(&call.voice_sum) < c.below =>
-                    {
-                        c.mismatched = true;
-                        let s = c.similarity(&call.voice_sum);
-                        Some(call.evidence.identity_mismatch(end_ms, s, c.below))
-                    }
-                    _ => None,
-                };
                 let change = call
                     .voice
                     .as_mut()
@@ -854,15 +907,7 @@ fn advance(
                         .send(EngineEvent::Alert { call: key, alert })
                         .map_err(|_| ())?;
                 }
-                if let Some(mut alert) = claim_alert {
-                    alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
-                    alert.risk = 1.0;
-                    call.evidence.update_last(&alert);
-                    tracing::info!(call_id = %call.id, audio_ms = alert.audio_ms, similarity = alert.voice_similarity, "Caller is not the claimed identity.");
-                    events
-                        .send(EngineEvent::Alert { call: key, alert })
-                        .map_err(|_| ())?;
-                }
+                check_claim(key, call, end_ms, context, events)?;
                 if let Some((change, threshold)) = change {
                     let mut alert =
                         call.evidence

@@ -158,3 +158,69 @@ fn score_one(
     opened.fetch_add(1, Ordering::SeqCst);
     drive(call, vad, &mut source, stop).map_err(|e| e.to_string())
 }
+
+/// A voiceprint made from recordings, and what it was made of.
+#[derive(Debug, Clone)]
+pub struct VoiceprintMade {
+    pub voice: Voiceprint,
+    pub speech_s: f64,
+    pub windows: u64,
+}
+
+/// One voice from `files`, run through the engine as calls are (speech gate, windows, detector,
+/// speaker encoder): the mean of every window's embedding and the detector's logit profile.
+/// Needs a speaker encoder; an unreadable file, or less than `min_speech_s` of speech over all
+/// the files, is an error that says so.
+pub fn voiceprint(
+    engine: &Engine,
+    name: &str,
+    files: &[PathBuf],
+    min_speech_s: f64,
+) -> Result<VoiceprintMade, String> {
+    let outcomes = score_files(engine, files, ChannelPick::Mix, 2, &|_| {});
+    let mut sum = Vec::<f32>::new();
+    let (mut windows, mut speech_ms) = (0u64, 0u64);
+    let mut logits = Vec::new();
+    for outcome in &outcomes {
+        let s = outcome
+            .result
+            .as_ref()
+            .map_err(|e| format!("{}: {e}", outcome.path.display()))?;
+        speech_ms += s.speech_ms;
+        if let Some(e) = &s.voice_embedding {
+            sum.resize(e.len(), 0.0);
+            for (a, x) in sum.iter_mut().zip(e) {
+                *a += x * s.voice_windows as f32;
+            }
+            windows += s.voice_windows;
+        }
+        logits.extend(s.timeline.iter().map(|w| {
+            let p = w.p_spoof.clamp(1e-6, 1.0 - 1e-6);
+            (p / (1.0 - p)).ln()
+        }));
+    }
+    let speech_s = speech_ms as f64 / 1000.0;
+    if windows == 0 {
+        return Err("no speaker embedding: is [voice] speaker_model set?".into());
+    }
+    if speech_s < min_speech_s {
+        return Err(format!(
+            "{speech_s:.1} s of speech in {} file(s); this voiceprint needs at least {min_speech_s} s",
+            files.len()
+        ));
+    }
+    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt() + 1e-9;
+    let n = logits.len().max(1) as f32;
+    let mean = logits.iter().sum::<f32>() / n;
+    let var = logits.iter().map(|l| (l - mean).powi(2)).sum::<f32>() / n;
+    Ok(VoiceprintMade {
+        voice: Voiceprint {
+            name: name.to_owned(),
+            embedding: sum.iter().map(|x| x / norm).collect(),
+            logit_mean: mean,
+            logit_std: var.sqrt(),
+        },
+        speech_s,
+        windows,
+    })
+}

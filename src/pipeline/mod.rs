@@ -7,4 +7,4 @@ pub use engine::{Call, CallSpec, CallSummary, Engine, EngineError, EngineEvent, 
 pub use stream::{CallStream, PIPELINE_RATE, StreamError, StreamStats};
 pub mod files;
 
-pub use files::{FileOutcome, Screening, score_files, score_files_as};
+pub use files::{FileOutcome, Screening, VoiceprintMade, score_files, score_files_as, voiceprint};

@@ -341,6 +341,11 @@ impl CallEvidence {
         alert
     }
 
+    /// Call time where the latest fused window ended.
+    pub fn last_window_end(&self) -> Option<u64> {
+        self.recent.back().map(|w| w.end_ms)
+    }
+
     /// An `IdentityMismatch` alert at `audio_ms`: the call's voice has cosine `similarity` with
     /// the claimed person's voiceprint, below `threshold`. The state stays; the risk is 1.
     pub fn identity_mismatch(&mut self, audio_ms: u64, similarity: f32, threshold: f32) -> Alert {
