@@ -18,7 +18,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 APT_PACKAGES=(pkg-config libasound2-dev unzip sox espeak-ng flite pulseaudio pulseaudio-utils
   libasound2-plugins asterisk-core-sounds-en-wav asterisk-core-sounds-en fonts-dejavu-core python3-venv
   build-essential cmake libclang-dev festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-  python3-torch libopenblas0-pthread sip-tester chromium codec2-examples)
+  python3-torch libopenblas0-pthread sip-tester chromium codec2-examples libopus0)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -62,10 +62,12 @@ fi
 # grpcio and grpcio-tools: the independent gRPC client (clients/python) and its stubs.
 # pyworld-prebuilt: the WORLD vocoder (train/copysynth.py), prebuilt wheels of pyworld (MIT).
 # prometheus-client: the Prometheus project's own parser checks /metrics (tests/clients/scrape.py).
-# G722: sippy's libg722 (public domain), the G.722 encoder of the SIPREC tests' pcaps.
+# G722: sippy's libg722 (public domain), the G.722 encoder of the SIPREC tests' pcaps; opuslib:
+# ctypes over the system's libopus (BSD-3), their Opus encoder.
 want=(numpy scipy "soundfile>=0.12" onnx "onnxruntime==$ORT_VERSION" scikit-learn grpcio grpcio-tools
-  "pyworld-prebuilt==0.3.6.post1" websockets "prometheus-client==0.21.1" "G722==1.2.8")
-if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools, pyworld, websockets, prometheus_client, G722" 2>/dev/null; then
+  "pyworld-prebuilt==0.3.6.post1" websockets "prometheus-client==0.21.1" "G722==1.2.8"
+  "opuslib==3.0.1")
+if ! "$VENV/bin/python" -c "import numpy, scipy, soundfile, onnx, onnxruntime, sklearn, grpc, grpc_tools, pyworld, websockets, prometheus_client, G722, opuslib" 2>/dev/null; then
   log "installing Python packages: ${want[*]}"
   "$VENV/bin/pip" install -q "${want[@]}"
 fi

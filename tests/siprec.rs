@@ -674,3 +674,44 @@ async fn a_recording_over_the_session_limit_gets_503() {
     .unwrap();
     assert!(ok, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opus_call_is_screened_as_narrowband_through_a_lossy_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), "");
+    let made = pcap_with(
+        dir.path(),
+        "caller.pcap",
+        &["synthetic_espeak.wav"],
+        &[
+            "--law".into(),
+            "opus".into(),
+            "--rtcp-every".into(),
+            "50".into(),
+        ],
+    );
+    assert_eq!(made["packets"], 447);
+    pcap(dir.path(), "agent.pcap", &["genuine_1.wav"], 0.0);
+    let mut client = client(&daemon.grpc_url(), TOKEN_A).await;
+    let (ok, log) = sipp(
+        daemon.addr("SIPREC"),
+        dir.path(),
+        "opus.xml",
+        "opus",
+        10_000,
+        "127.0.0.1",
+        "u1",
+    );
+    assert!(ok, "{log}");
+    let info = ended_call(&mut client, "sip-opus-1").await;
+    assert_eq!(
+        info.channel_class,
+        pb::ChannelClass::NarrowbandLossy as i32,
+        "{info:?}"
+    );
+    let s = info.summary.unwrap();
+    // Opus frames on the 48 kHz clock, decoded to 8 kHz: call time is the audio's (8.94 s).
+    assert!(s.audio_ms.abs_diff(8_940) <= 90, "{s:?}");
+    assert_eq!(s.frames_rejected, 0, "{s:?}");
+    assert!(s.windows_scored >= 10, "{s:?}");
+}

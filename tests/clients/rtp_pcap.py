@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""G.711 and G.722 RTP for the SIPREC tests, written from RFC 3550 / RFC 3551 (independent of the
-Rust code; G.722 is encoded by the `G722` package, sippy's libg722).
+"""G.711, G.722 and Opus RTP for the SIPREC tests, written from RFC 3550 / RFC 3551 / RFC 7587
+(independent of the Rust code; G.722 is encoded by the `G722` package, sippy's libg722, and Opus by
+`opuslib` over the system's libopus).
 
-    rtp_pcap.py make WAV... --out caller.pcap [--law mu|a|g722] [--loss 0.02] [--reorder 0.02] [--seed 1]
+    rtp_pcap.py make WAV... --out caller.pcap [--law mu|a|g722|opus] [--loss 0.02] [--reorder 0.02] [--seed 1]
                 [--start S] [--seconds S] [--rtcp-every N]
     rtp_pcap.py send PCAP --to HOST:PORT          # plays a pcap's RTP in real time (the agent leg)
 
 `make`: the WAVs (any rate, mono 16-bit) joined, cut to `--start`/`--seconds`, resampled to 8 kHz
 and encoded mu-law or A-law (or to 16 kHz and G.722 at 64 kbit/s, payload type 9 on the 8 kHz
-RTP clock), and cut into 20 ms RTP packets (160 bytes, sequence and timestamp running from random
+RTP clock; or to 48 kHz and Opus, 20 ms frames, payload type 111 on its 48 kHz clock), and cut
+into 20 ms RTP packets (160 bytes, sequence and timestamp running from random
 starts, one SSRC) written as a pcap of Ethernet/IPv4/UDP frames 20 ms apart, for sipp's
 `play_pcap_audio` (which rewrites the addresses). `--loss` drops that share of packets,
 `--reorder` swaps that share with their successor, as a lossy network would. `--rtcp-every N`
@@ -90,20 +92,32 @@ def g722(x):
     return np.frombuffer(b"".join(enc.encode(x[i:i + 320]) for i in range(0, len(x), 320)), np.uint8)
 
 
+def opus_frames(x):
+    import opuslib
+
+    enc = opuslib.Encoder(48000, 1, "voip")
+    x = x[: len(x) // 960 * 960].astype(np.int16)
+    return [enc.encode(x[i:i + 960].tobytes(), 960) for i in range(0, len(x), 960)]
+
+
 def make(args):
     rng = random.Random(args.seed)
-    rate = 16000 if args.law == "g722" else RATE
+    rate = {"g722": 16000, "opus": 48000}.get(args.law, RATE)
     x = np.concatenate([read_wav(p, rate) for p in args.wavs])
     x = x[int(args.start * rate):][: int(args.seconds * rate) if args.seconds else None]
-    coded = {"mu": mulaw, "a": alaw, "g722": g722}[args.law](x)
-    pt = {"mu": 0, "a": 8, "g722": 9}[args.law]
+    pt = {"mu": 0, "a": 8, "g722": 9, "opus": 111}[args.law]
+    if args.law == "opus":
+        frames, ticks = opus_frames(x), 960  # 20 ms on the 48 kHz clock
+    else:
+        # 160 bytes and 160 ticks of the 8 kHz RTP clock per 20 ms, for G.711 and G.722 alike.
+        coded = {"mu": mulaw, "a": alaw, "g722": g722}[args.law](x)
+        frames, ticks = [coded[i:i + 160].tobytes() for i in range(0, len(coded) - 159, 160)], 160
     seq, ts, ssrc = rng.randrange(65536), rng.randrange(1 << 32), rng.randrange(1 << 32)
     packets = []
-    # 160 bytes and 160 ticks of the 8 kHz RTP clock per 20 ms, for G.711 and G.722 alike.
-    for i in range(0, len(coded) - 159, 160):
-        header = struct.pack("!BBHII", 0x80, pt | (0x80 if i == 0 else 0), (seq + i // 160) & 0xFFFF,
-                             (ts + i) & 0xFFFFFFFF, ssrc)
-        packets.append(header + coded[i:i + 160].tobytes())
+    for k, payload in enumerate(frames):
+        header = struct.pack("!BBHII", 0x80, pt | (0x80 if k == 0 else 0), (seq + k) & 0xFFFF,
+                             (ts + k * ticks) & 0xFFFFFFFF, ssrc)
+        packets.append(header + payload)
     dropped = swapped = 0
     if args.loss:
         kept = []
@@ -128,7 +142,7 @@ def make(args):
         records.append((t0 + k * PTIME, p))
         if args.rtcp_every and (k + 1) % args.rtcp_every == 0:
             # RTCP SR (RFC 3550 6.4.1, no report blocks): V=2, PT=200, length 6 words - 1.
-            sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, ssrc, 0, 0, (ts + k * 160) & 0xFFFFFFFF, k + 1,
+            sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, ssrc, 0, 0, (ts + k * ticks) & 0xFFFFFFFF, k + 1,
                              (k + 1) * 160)
             records += [(t0 + k * PTIME + 0.001, sr), (t0 + k * PTIME + 0.002, b"\x80\xc8\x00")]
             rtcp += 1
@@ -168,7 +182,7 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("wavs", nargs="+")
     m.add_argument("--out", required=True)
-    m.add_argument("--law", choices=["mu", "a", "g722"], default="mu")
+    m.add_argument("--law", choices=["mu", "a", "g722", "opus"], default="mu")
     m.add_argument("--start", type=float, default=0.0, help="seconds of the joined WAVs skipped")
     m.add_argument("--seconds", type=float, default=0.0, help="seconds kept (0: all)")
     m.add_argument("--rtcp-every", type=int, default=0)

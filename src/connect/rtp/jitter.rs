@@ -31,9 +31,11 @@ pub enum Out {
         payload_type: u8,
         payload: Vec<u8>,
     },
-    /// Samples of audio that never arrived.
+    /// Audio that never arrived: `ticks` of the RTP clock of `payload_type` (the packet after
+    /// the gap), whose clock and decoder say how many samples that is.
     Silence {
-        samples: u32,
+        ticks: u32,
+        payload_type: u8,
     },
 }
 
@@ -46,6 +48,9 @@ pub struct Packet<'a> {
     pub payload_type: u8,
     pub kind: Payload,
     pub payload: &'a [u8],
+    /// RTP clock ticks of audio the packet carries (its payload length for G.711 and G.722 at
+    /// 64 kbit/s; the frame duration for Opus).
+    pub ticks: u32,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,7 @@ struct Held {
     payload_type: u8,
     kind: Payload,
     payload: Vec<u8>,
+    ticks: u32,
 }
 
 pub struct JitterBuffer {
@@ -106,6 +112,7 @@ impl JitterBuffer {
             payload_type,
             kind,
             payload,
+            ticks,
         } = packet;
         self.counters.received += 1;
         if self.ssrc.is_some_and(|s| s != ssrc) {
@@ -139,6 +146,7 @@ impl JitterBuffer {
                 payload_type,
                 kind,
                 payload: payload.to_vec(),
+                ticks,
             },
         );
         while self.held.len() > self.depth {
@@ -198,10 +206,13 @@ impl JitterBuffer {
             let gap = held.timestamp.wrapping_sub(expected);
             if gap > 0 && gap <= MAX_FILL_SAMPLES {
                 self.counters.silence_samples += gap as u64;
-                out.push(Out::Silence { samples: gap });
+                out.push(Out::Silence {
+                    ticks: gap,
+                    payload_type: held.payload_type,
+                });
             }
         }
-        self.next_timestamp = Some(held.timestamp.wrapping_add(held.payload.len() as u32));
+        self.next_timestamp = Some(held.timestamp.wrapping_add(held.ticks));
         out.push(Out::Audio {
             payload_type: held.payload_type,
             payload: held.payload,
@@ -227,6 +238,7 @@ mod tests {
             payload_type: if kind == Payload::Audio { 0 } else { 101 },
             kind,
             payload,
+            ticks: payload.len() as u32,
         }
     }
 
@@ -246,7 +258,7 @@ mod tests {
         out.iter()
             .map(|o| match o {
                 Out::Audio { payload, .. } => format!("a{}", payload[0]),
-                Out::Silence { samples } => format!("s{samples}"),
+                Out::Silence { ticks, .. } => format!("s{ticks}"),
             })
             .collect()
     }

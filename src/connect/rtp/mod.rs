@@ -1,7 +1,7 @@
 //! RTP for SIPREC: a pool of ports, and one media task per recording session that reads its
 //! streams (RTP parsed with `rtp-rs`), puts the caller's packets through a jitter buffer,
-//! decodes G.711 or G.722 (`ezk-g722`, SpanDSP's decoder in Rust) and pushes 20 ms frames into
-//! the session's call. The other streams (the
+//! decodes G.711, G.722 (`ezk-g722`, SpanDSP's decoder in Rust) or Opus (`opus`, libopus) and
+//! pushes 20 ms frames into the session's call. The other streams (the
 //! agent's) are read and counted, never scored. RTCP, on the odd port or muxed, is read and
 //! ignored. Packets from anywhere but the SRC's media address cost a counter.
 
@@ -28,9 +28,6 @@ const PACKET_QUEUE: usize = 512;
 const MAX_DATAGRAM: usize = 2048;
 /// 20 ms: the frame pushed into the call.
 const FRAME_MS: usize = 20;
-/// The RTP clock of every codec taken (G.722's too, RFC 3551 section 4.5.2): the jitter
-/// buffer's silence is counted in its ticks.
-const RTP_CLOCK: u32 = 8_000;
 /// With no packet for this long, the jitter buffer plays out what it holds.
 const IDLE_FLUSH: Duration = Duration::from_millis(120);
 
@@ -286,13 +283,26 @@ impl MediaTask {
                     timed_out = false;
                     flushed = false;
                     let seq: u16 = r.sequence_number().into();
+                    let payload = r.payload();
+                    let ticks = match codec {
+                        // An Opus packet says how long it is; one that does not parse is lost.
+                        Codec::Opus => match opus::packet::get_nb_samples(payload, 48_000) {
+                            Ok(n) => n as u32,
+                            Err(_) => {
+                                counters.malformed += 1;
+                                continue;
+                            }
+                        },
+                        _ => payload.len() as u32,
+                    };
                     let packet = RtpPacket {
                         ssrc: r.ssrc(),
                         sequence: seq,
                         timestamp: r.timestamp(),
                         payload_type: pt,
                         kind: codec.payload(),
-                        payload: r.payload(),
+                        payload,
+                        ticks,
                     };
                     jitter.push(packet, &mut out);
                 }
@@ -361,10 +371,12 @@ impl MediaTask {
 /// The caller's audio decoded to the call's sample rate, whatever codec each packet has: a
 /// re-offer may change the codec mid-call. G.722 into an 8 kHz call is decoded from its lower
 /// sub-band only (the decoder's 8 kHz mode); G.711 into a 16 kHz call is interpolated to it (it
-/// has nothing above 4 kHz to lose). G.722's decoder keeps state between packets.
+/// has nothing above 4 kHz to lose); libopus decodes to either rate itself. G.722's and Opus's
+/// decoders keep state between packets.
 pub struct Decoder {
     rate: u32,
     g722: Option<ezk_g722::libg722::decoder::Decoder>,
+    opus: Option<opus::Decoder>,
     last: i16,
 }
 
@@ -373,6 +385,7 @@ impl Decoder {
         Self {
             rate,
             g722: None,
+            opus: None,
             last: 0,
         }
     }
@@ -391,6 +404,20 @@ impl Decoder {
                 });
                 return g722.decode(payload);
             }
+            Codec::Opus => {
+                let rate = self.rate;
+                if self.opus.is_none() {
+                    self.opus = opus::Decoder::new(rate, opus::Channels::Mono).ok();
+                }
+                let Some(dec) = self.opus.as_mut() else {
+                    return Vec::new();
+                };
+                // At most 120 ms per packet (RFC 6716).
+                let mut out = vec![0i16; rate as usize * 120 / 1000];
+                let n = dec.decode(payload, &mut out, false).unwrap_or(0);
+                out.truncate(n);
+                return out;
+            }
             Codec::TelephoneEvent | Codec::ComfortNoise => return Vec::new(),
         };
         if self.rate == 8_000 {
@@ -406,9 +433,9 @@ impl Decoder {
         wide
     }
 
-    /// Silence for `ticks` of the RTP clock, at the call's rate.
-    fn silence(&self, ticks: u32) -> Vec<i16> {
-        vec![0; (ticks as usize) * (self.rate / RTP_CLOCK) as usize]
+    /// Silence for `ticks` of `codec`'s RTP clock, at the call's rate.
+    fn silence(&self, ticks: u32, codec: Codec) -> Vec<i16> {
+        vec![0; (ticks as u64 * self.rate as u64 / codec.clock_rate() as u64) as usize]
     }
 }
 
@@ -429,7 +456,13 @@ fn push(
             Some(&codec) => decoder.decode(codec, &payload),
             None => return 0,
         },
-        Out::Silence { samples } => decoder.silence(samples),
+        Out::Silence {
+            ticks,
+            payload_type,
+        } => match codecs.get(&payload_type) {
+            Some(&codec) => decoder.silence(ticks, codec),
+            None => return 0,
+        },
     };
     let mut failed = 0;
     for chunk in pcm.chunks(decoder.rate as usize * FRAME_MS / 1000) {
@@ -512,8 +545,8 @@ mod tests {
         assert_eq!(out8.len(), wide.len() / 2);
         let narrow = tone(8_000, 1_000.0, 0.5);
         assert!(similarity(&narrow[200..], &out8[200..]) > 0.9);
-        assert_eq!(d8.silence(160).len(), 160);
-        assert_eq!(d.silence(160).len(), 320);
+        assert_eq!(d8.silence(160, Codec::G722).len(), 160);
+        assert_eq!(d.silence(160, Codec::G722).len(), 320);
     }
 
     #[test]
@@ -525,5 +558,29 @@ mod tests {
         assert_eq!(out.len(), narrow.len() * 2);
         assert!(similarity(&tone(16_000, 500.0, 0.2)[100..], &out[100..]) > 0.99);
         assert!(d.decode(Codec::TelephoneEvent, &[1, 2, 3, 4]).is_empty());
+    }
+
+    #[test]
+    fn opus_decodes_to_the_call_rate_and_its_silence_runs_on_its_48_khz_clock() {
+        let wide = tone(48_000, 700.0, 0.4);
+        let mut enc =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let mut d = Decoder::new(8_000);
+        let mut out = Vec::new();
+        for frame in wide.chunks(960) {
+            let mut buf = vec![0u8; 1500];
+            let n = enc.encode(frame, &mut buf).unwrap();
+            assert_eq!(
+                opus::packet::get_nb_samples(&buf[..n], 48_000).unwrap(),
+                960
+            );
+            let pcm = d.decode(Codec::Opus, &buf[..n]);
+            assert_eq!(pcm.len(), 160, "20 ms at 8 kHz");
+            out.extend(pcm);
+        }
+        assert!(similarity(&tone(8_000, 700.0, 0.4)[800..], &out[800..]) > 0.9);
+        assert_eq!(d.silence(960, Codec::Opus).len(), 160);
+        // A packet libopus cannot read decodes to nothing, never a panic.
+        assert!(d.decode(Codec::Opus, &[0xff; 3]).len() <= 960);
     }
 }

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use self::message::{ALLOW, Request, SipError};
 use self::metadata::{Caller, CallerRule, Recording};
 use self::peers::Peers;
-use self::sdp::Offer;
+use self::sdp::{Codec, Offer};
 use super::ConnectError;
 use super::rtp::{Lease, MediaCmd, MediaEvent, MediaTask, PortPool, StreamMedia};
 use crate::audio::push::Encoding;
@@ -661,7 +661,7 @@ impl Srs {
         if !offer.streams.iter().any(|s| s.usable()) {
             let mut r = Refusal::new(
                 488,
-                "Not Acceptable Here (no stream in PCMU, PCMA or G.722)",
+                "Not Acceptable Here (no stream in PCMU, PCMA, G.722 or Opus)",
             );
             r.2.push((
                 "Warning",
@@ -792,8 +792,9 @@ impl Srs {
         };
         // The call runs at its codec's rate: G.722 is wideband, G.711 narrowband. A later offer
         // that changes the codec is decoded to this rate (rtp::Decoder).
-        let (sample_rate, class) = match codec.sample_rate() {
-            16_000 => (16_000, ChannelClass::Wideband),
+        let (sample_rate, class) = match codec {
+            Codec::G722 => (16_000, ChannelClass::Wideband),
+            Codec::Opus => (8_000, ChannelClass::NarrowbandLossy),
             _ => (8_000, ChannelClass::NarrowbandG711),
         };
         let mut metadata = crate::alert::CallMeta {

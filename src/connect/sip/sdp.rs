@@ -1,7 +1,7 @@
 //! The SDP offer of a recording session and our answer (RFC 3264, RFC 7866 section 7), read
 //! and written with the `sdp` crate (webrtc-rs). An SRS only receives: every audio stream we
-//! take is answered `a=recvonly` on a port of ours with one codec we decode (PCMU, PCMA or
-//! G.722: the first of them in the offer's order, so each stream has one sample rate), plus
+//! take is answered `a=recvonly` on a port of ours with one codec we decode (PCMU, PCMA, G.722
+//! or Opus: the first of them in the offer's order, so each stream has one sample rate), plus
 //! `telephone-event` and comfort noise, which are skipped; anything else gets port 0.
 
 use std::collections::HashMap;
@@ -21,6 +21,9 @@ pub enum Codec {
     Pcma,
     /// G.722 (ITU-T), 16 kHz audio on an 8 kHz RTP clock (RFC 3551 section 4.5.2).
     G722,
+    /// Opus (RFC 7587): a 48 kHz RTP clock, any frame length; decoded to 8 kHz and screened
+    /// as narrowband audio through a lossy codec.
+    Opus,
     TelephoneEvent,
     ComfortNoise,
 }
@@ -31,14 +34,19 @@ impl Codec {
         self.payload() == Payload::Audio
     }
 
-    /// Samples per second of the decoded audio.
+    /// Samples per second of the decoded audio (the rate a call that opens with it runs at).
     pub fn sample_rate(self) -> u32 {
         if self == Self::G722 { 16_000 } else { 8_000 }
     }
 
+    /// Ticks per second of its RTP timestamps.
+    pub fn clock_rate(self) -> u32 {
+        if self == Self::Opus { 48_000 } else { 8_000 }
+    }
+
     pub fn payload(self) -> Payload {
         match self {
-            Self::Pcmu | Self::Pcma | Self::G722 => Payload::Audio,
+            Self::Pcmu | Self::Pcma | Self::G722 | Self::Opus => Payload::Audio,
             Self::TelephoneEvent | Self::ComfortNoise => Payload::Skip,
         }
     }
@@ -48,6 +56,7 @@ impl Codec {
             Self::Pcmu => "PCMU/8000",
             Self::Pcma => "PCMA/8000",
             Self::G722 => "G722/8000",
+            Self::Opus => "opus/48000/2",
             Self::TelephoneEvent => "telephone-event/8000",
             Self::ComfortNoise => "CN/8000",
         }
@@ -142,6 +151,7 @@ impl Offer {
                     Some(e) if e.starts_with("pcmu/8000") => Some(Codec::Pcmu),
                     Some(e) if e.starts_with("pcma/8000") => Some(Codec::Pcma),
                     Some(e) if e.starts_with("g722/8000") => Some(Codec::G722),
+                    Some(e) if e.starts_with("opus/48000") => Some(Codec::Opus),
                     Some(e) if e.starts_with("telephone-event/8000") => Some(Codec::TelephoneEvent),
                     Some(e) if e.starts_with("cn/8000") => Some(Codec::ComfortNoise),
                     Some(_) => None,
