@@ -19,7 +19,13 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cd fuzz
 echo "fuzz: building the targets (nightly, libFuzzer, optimised with debug assertions)" >&2
-cargo +nightly fuzz build -O 2>&1 | grep -E '^(error|warning: unused)' >&2 || true
+mkdir -p "$ROOT/.deps/fuzz"
+if ! cargo +nightly fuzz build -O >"$ROOT/.deps/fuzz/build.log" 2>&1; then
+  # A target that does not build fails here, with the compiler's words, not later per target.
+  echo "fuzz: the targets do not build; from $ROOT/.deps/fuzz/build.log:" >&2
+  grep -E -A12 '^error' "$ROOT/.deps/fuzz/build.log" >&2 || tail -40 "$ROOT/.deps/fuzz/build.log" >&2
+  exit 1
+fi
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
 declare -A dict=([sip_message]=sip [sdp_offer]=sip [rs_metadata]=sip [twilio_session]=json [audiohook_session]=json)
