@@ -954,6 +954,12 @@ impl Config {
                 *path = found;
             }
         }
+        // The speaker encoder is found like the detector (beside the config, or the project's).
+        if let Some(path) = &mut self.voice.speaker_model
+            && let Some(found) = assets::locate(path, base)
+        {
+            *path = found;
+        }
         let Some(base) = base else { return };
         let beside = |p: &mut PathBuf| {
             if p.is_relative() {

@@ -67,3 +67,16 @@ fn unknown_keys_name_the_key() {
     // Six, and the two TLS files that do not exist.
     assert!(err.contains("8 problem(s)"), "{err}");
 }
+
+#[test]
+fn the_speaker_encoder_is_found_like_the_detector_wherever_the_config_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callguard.toml");
+    std::fs::write(&path, "[voice]\nspeaker_model = \"models/speaker.onnx\"\n").unwrap();
+    let config = Config::load(&path).unwrap();
+    let model = config.voice.speaker_model.unwrap();
+    assert_eq!(model, common::root().join("models/speaker.onnx"));
+    std::fs::write(&path, "[voice]\nspeaker_model = \"nowhere/speaker.onnx\"\n").unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("voice.speaker_model"), "{err}");
+}
