@@ -84,6 +84,37 @@ fn call(engine: &Engine, id: &str, samples: &[f32]) -> CallSummary {
     }
 }
 
+/// Runs the `callguard` binary with `args` on a config in `dir` (the shipped detector and
+/// speaker encoder, a store in `dir`, no transcription): success, stdout, stderr.
+fn cli(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let config = dir.join("callguard.toml");
+    if !config.exists() {
+        std::fs::write(
+            &config,
+            format!(
+                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[store]\npath = \"{}\"\n\
+                 [transcribe]\nenabled = false\n[voice]\nspeaker_model = \"{}\"\n",
+                common::root().join(".deps/silero_vad.onnx").display(),
+                common::root().join("models/detector.onnx").display(),
+                dir.join("store.db").display(),
+                common::root().join("models/speaker.onnx").display(),
+            ),
+        )
+        .unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn changes(s: &CallSummary) -> Vec<(u64, f32)> {
     s.alerts
         .iter()
@@ -160,32 +191,7 @@ fn an_allowed_ivr_voice_raises_no_alert_and_an_unlisted_one_still_does() {
          not know your account number, press star to speak to one of our advisers.",
     );
     say("short.wav", "Press one.");
-    let config = d.join("callguard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[store]\npath = \"{}\"\n\
-             [transcribe]\nenabled = false\n[voice]\nspeaker_model = \"{}\"\n",
-            common::root().join(".deps/silero_vad.onnx").display(),
-            common::root().join("models/detector.onnx").display(),
-            d.join("store.db").display(),
-            common::root().join("models/speaker.onnx").display(),
-        ),
-    )
-    .unwrap();
-    let callguard = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let callguard = |args: &[&str]| cli(d, args);
     let path = |f: &str| d.join(f).display().to_string();
     // Too little speech is refused, with the reason.
     let (ok, _, err) = callguard(&[
@@ -256,32 +262,7 @@ fn an_allowed_ivr_voice_raises_no_alert_and_an_unlisted_one_still_does() {
 fn a_claimed_identity_is_checked_against_the_enrolled_voice() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let config = d.join("callguard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[store]\npath = \"{}\"\n\
-             [transcribe]\nenabled = false\n[voice]\nspeaker_model = \"{}\"\n",
-            common::root().join(".deps/silero_vad.onnx").display(),
-            common::root().join("models/detector.onnx").display(),
-            d.join("store.db").display(),
-            common::root().join("models/speaker.onnx").display(),
-        ),
-    )
-    .unwrap();
-    let callguard = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let callguard = |args: &[&str]| cli(d, args);
     let audio = |f: &str| common::audio(f).display().to_string();
     // 30 s of speech are needed; one short prompt file is refused.
     let (ok, _, err) = callguard(&[

@@ -25,6 +25,27 @@ pub(crate) fn open_session(
         .map_err(|e| load(e.to_string()))
 }
 
+/// [`open_session`], checked to have the input and output its sidecar names.
+pub(crate) fn open_checked(
+    path: &std::path::Path,
+    intra_threads: usize,
+    input: &str,
+    output: &str,
+) -> Result<Session, DetectError> {
+    let session = open_session(path, intra_threads)?;
+    let mismatch = |message: String| DetectError::Mismatch {
+        path: path.to_owned(),
+        message,
+    };
+    if !session.inputs().iter().any(|i| i.name() == input) {
+        return Err(mismatch(format!("no input named {input:?}")));
+    }
+    if !session.outputs().iter().any(|o| o.name() == output) {
+        return Err(mismatch(format!("no output named {output:?}")));
+    }
+    Ok(session)
+}
+
 /// Scores fixed-length windows of 16 kHz speech for synthesis.
 pub struct Detector {
     session: Session,
@@ -34,21 +55,12 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(card: &ModelCard, intra_threads: usize) -> Result<Self, DetectError> {
-        let session = open_session(&card.model_path, intra_threads)?;
-        let mismatch = |message: String| DetectError::Mismatch {
-            path: card.model_path.clone(),
-            message,
-        };
-        if !session.inputs().iter().any(|i| i.name() == card.input.name) {
-            return Err(mismatch(format!("no input named {:?}", card.input.name)));
-        }
-        if !session
-            .outputs()
-            .iter()
-            .any(|o| o.name() == card.output.name)
-        {
-            return Err(mismatch(format!("no output named {:?}", card.output.name)));
-        }
+        let session = open_checked(
+            &card.model_path,
+            intra_threads,
+            &card.input.name,
+            &card.output.name,
+        )?;
         Ok(Self {
             session,
             card: card.clone(),

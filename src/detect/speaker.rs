@@ -10,7 +10,7 @@ use ort::value::TensorRef;
 use serde::Deserialize;
 
 use super::DetectError;
-use super::session::open_session;
+use super::session::open_checked;
 
 /// The encoder's sidecar (`speaker.json`): what goes in and comes out.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,21 +70,12 @@ pub struct SpeakerEncoder {
 
 impl SpeakerEncoder {
     pub fn new(card: &SpeakerCard, intra_threads: usize) -> Result<Self, DetectError> {
-        let session = open_session(&card.model_path, intra_threads)?;
-        let mismatch = |message: String| DetectError::Mismatch {
-            path: card.model_path.clone(),
-            message,
-        };
-        if !session.inputs().iter().any(|i| i.name() == card.input.name) {
-            return Err(mismatch(format!("no input named {:?}", card.input.name)));
-        }
-        if !session
-            .outputs()
-            .iter()
-            .any(|o| o.name() == card.output.name)
-        {
-            return Err(mismatch(format!("no output named {:?}", card.output.name)));
-        }
+        let session = open_checked(
+            &card.model_path,
+            intra_threads,
+            &card.input.name,
+            &card.output.name,
+        )?;
         Ok(Self {
             session,
             card: card.clone(),
