@@ -803,11 +803,24 @@ fn check_claim(
     }
     c.mismatched = true;
     let below = c.below;
-    let mut alert = call.evidence.identity_mismatch(at_ms, similarity, below);
-    alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
-    alert.risk = 1.0;
-    call.evidence.update_last(&alert);
     tracing::info!(call_id = %call.id, audio_ms = at_ms, similarity, "Caller is not the claimed identity.");
+    let alert = call.evidence.identity_mismatch(at_ms, similarity, below);
+    send_voice_alert(key, call, alert, context, events)
+}
+
+/// A voice alert (`VoiceChanged`, `IdentityMismatch`) with the call's transcript context
+/// attached, keeping the risk its kind set when the cues' risk is lower, then sent.
+fn send_voice_alert(
+    key: u64,
+    call: &mut CallFusion,
+    mut alert: Alert,
+    context: &TranscriptContext,
+    events: &Sender<EngineEvent>,
+) -> Result<(), ()> {
+    let risk = alert.risk;
+    alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
+    alert.risk = alert.risk.max(risk);
+    call.evidence.update_last(&alert);
     events
         .send(EngineEvent::Alert { call: key, alert })
         .map_err(|_| ())
@@ -909,17 +922,11 @@ fn advance(
                 }
                 check_claim(key, call, end_ms, context, events)?;
                 if let Some((change, threshold)) = change {
-                    let mut alert =
+                    tracing::info!(call_id = %call.id, audio_ms = change.audio_ms, similarity = change.similarity, "Caller's voice changed.");
+                    let alert =
                         call.evidence
                             .voice_changed(change.audio_ms, change.similarity, threshold);
-                    let risk = alert.risk;
-                    alert.attach(&call.transcript, context.snippet_ms, context.cue_window_ms);
-                    alert.risk = alert.risk.max(risk);
-                    call.evidence.update_last(&alert);
-                    tracing::info!(call_id = %call.id, audio_ms = change.audio_ms, similarity = change.similarity, "Caller's voice changed.");
-                    events
-                        .send(EngineEvent::Alert { call: key, alert })
-                        .map_err(|_| ())?;
+                    send_voice_alert(key, call, alert, context, events)?;
                 }
             }
         }

@@ -48,8 +48,14 @@ pub struct VoiceTracker {
     /// Sum of the reference windows' embeddings, and how many.
     reference: Vec<f32>,
     reference_n: usize,
-    /// The latest embeddings since the reference began (at most `recent_windows`).
-    recent: std::collections::VecDeque<Vec<f32>>,
+    /// The latest embeddings since the reference began: a ring of `recent_windows` slots of
+    /// one embedding each, `recent_n` of them filled, the next written at `recent_at`. Buffers
+    /// are sized once, so the per-window path allocates nothing.
+    recent: Vec<f32>,
+    recent_n: usize,
+    recent_at: usize,
+    /// Scratch: the sum of the filled slots.
+    recent_sum: Vec<f32>,
     below: usize,
 }
 
@@ -70,7 +76,10 @@ impl VoiceTracker {
             params: params.clone(),
             reference: Vec::new(),
             reference_n: 0,
-            recent: std::collections::VecDeque::with_capacity(params.recent_windows),
+            recent: Vec::new(),
+            recent_n: 0,
+            recent_at: 0,
+            recent_sum: Vec::new(),
             below: 0,
         }
     }
@@ -83,27 +92,34 @@ impl VoiceTracker {
     /// Takes the next window's embedding (ending at `end_ms`); returns a change when one is
     /// decided at this window.
     pub fn add(&mut self, end_ms: u64, embedding: &[f32]) -> Option<VoiceChange> {
-        if self.recent.len() == self.params.recent_windows {
-            self.recent.pop_front();
+        let dim = embedding.len();
+        let slots = self.params.recent_windows;
+        if self.reference.len() != dim {
+            self.reference = vec![0.0; dim];
+            self.recent = vec![0.0; dim * slots];
+            self.recent_sum = vec![0.0; dim];
+            self.recent_n = 0;
+            self.recent_at = 0;
         }
-        self.recent.push_back(embedding.to_vec());
+        self.recent[self.recent_at * dim..(self.recent_at + 1) * dim].copy_from_slice(embedding);
+        self.recent_at = (self.recent_at + 1) % slots;
+        self.recent_n = (self.recent_n + 1).min(slots);
         if self.reference_n < self.params.reference_windows {
-            if self.reference.len() != embedding.len() {
-                self.reference = vec![0.0; embedding.len()];
-            }
             for (r, e) in self.reference.iter_mut().zip(embedding) {
                 *r += e;
             }
             self.reference_n += 1;
             return None;
         }
-        let mut recent = vec![0.0f32; embedding.len()];
-        for e in &self.recent {
-            for (r, x) in recent.iter_mut().zip(e) {
+        // The filled slots are the latest `recent_n` windows (the ring was emptied at the last
+        // change, and is full once it has wrapped).
+        self.recent_sum.iter_mut().for_each(|r| *r = 0.0);
+        for e in self.recent.chunks_exact(dim).take(self.recent_n) {
+            for (r, x) in self.recent_sum.iter_mut().zip(e) {
                 *r += x;
             }
         }
-        let similarity = cosine_of_sums(&recent, &self.reference);
+        let similarity = cosine_of_sums(&self.recent_sum, &self.reference);
         self.below = if similarity < self.params.change_below {
             self.below + 1
         } else {
@@ -115,7 +131,9 @@ impl VoiceTracker {
         // A new voice: it becomes the reference from the next windows on.
         self.reference_n = 0;
         self.reference.iter_mut().for_each(|r| *r = 0.0);
-        self.recent.clear();
+        self.recent.iter_mut().for_each(|r| *r = 0.0);
+        self.recent_n = 0;
+        self.recent_at = 0;
         self.below = 0;
         Some(VoiceChange {
             audio_ms: end_ms,
