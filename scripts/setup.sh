@@ -14,11 +14,12 @@ mkdir -p "$DEPS"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-# --- apt: build deps (cpal needs ALSA headers; whisper-rs builds whisper.cpp with cmake, bindgen needs libclang), audio tools for test audio, a virtual sound card, Festival voices (spoofed training audio), PyTorch (HiFi-GAN export, the fine-tuning probe), sipp (the SIPREC tests' recording client), chromium (the supervisor page's browser test), codec2-examples (a second human voice for the voice-identity tests, LGPL-2.1).
+# --- apt: build deps (cpal needs ALSA headers; whisper-rs builds whisper.cpp with cmake, bindgen needs libclang), audio tools for test audio, a virtual sound card, Festival voices (spoofed training audio), PyTorch (HiFi-GAN export, the fine-tuning probe), sipp (the SIPREC tests' recording client), chromium (the supervisor page's browser test), codec2-examples (a second human voice for the voice-identity tests, LGPL-2.1), nats-server, haproxy, iptables and iproute2 (the cluster test: three NATS servers and three nodes in network namespaces).
 APT_PACKAGES=(pkg-config libasound2-dev unzip sox espeak-ng flite pulseaudio pulseaudio-utils
   libasound2-plugins asterisk-core-sounds-en-wav asterisk-core-sounds-en fonts-dejavu-core python3-venv
   build-essential cmake libclang-dev festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-  python3-torch libopenblas0-pthread sip-tester chromium codec2-examples libopus0)
+  python3-torch libopenblas0-pthread sip-tester chromium codec2-examples libopus0
+  nats-server haproxy iptables iproute2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -905,6 +905,23 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
         }
     });
     let guard = Arc::new(Guard::start(config, Some(observer))?);
+    let cluster = if config.cluster.is_active() {
+        let local = Arc::new(callguard::cluster::GuardCalls(Arc::downgrade(&guard)));
+        let cluster = Arc::new(callguard::cluster::Cluster::start(
+            &config.cluster,
+            &config.store,
+            local,
+        )?);
+        guard.attach_cluster(cluster.clone());
+        eprintln!(
+            "callguard: cluster node {} (NATS {})",
+            cluster.node(),
+            config.cluster.nats.join(",")
+        );
+        Some(cluster)
+    } else {
+        None
+    };
     let mut devices = config.capture.devices.clone();
     if devices.is_empty()
         && config.server.listen.is_none()
@@ -943,12 +960,29 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
         Some(addr) => Some(start_ops(guard.clone(), addr, &STOP)?),
         None => None,
     };
-    let mut sinks = if config.sinks.webhook.is_empty() && config.sinks.syslog.is_empty() {
+    // The cluster's publisher is a sink like the others: the alert log is its outbox.
+    let publisher: Vec<_> = cluster
+        .iter()
+        .map(|c| callguard::sinks::Sink {
+            name: callguard::cluster::PUBLISHER.into(),
+            tenants: Vec::new(),
+            backoff: callguard::sinks::Backoff {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+            },
+            out: Box::new(c.publisher()),
+        })
+        .collect();
+    let mut sinks = if config.sinks.webhook.is_empty()
+        && config.sinks.syslog.is_empty()
+        && publisher.is_empty()
+    {
         None
     } else {
         let log = Arc::new(callguard::alert::AlertLog::open_store(&config.store)?);
         Some(callguard::sinks::Sinks::start(
             &config.sinks,
+            publisher,
             log,
             guard.metrics().clone(),
         )?)
@@ -991,6 +1025,9 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
     guard.shutdown();
     if let Some(s) = &mut sinks {
         s.shutdown();
+    }
+    if let Some(c) = &cluster {
+        c.shutdown();
     }
     log_stats(&guard, "Detector totals.");
     Ok(ExitCode::SUCCESS)

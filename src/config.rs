@@ -28,6 +28,117 @@ pub struct Config {
     pub log: LogConfig,
     pub sinks: SinksConfig,
     pub voice: VoiceConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several nodes sharing one alert stream and one view of live calls through NATS
+/// JetStream (`src/cluster/`, `docs/cluster.md`). Without `nats` the node is alone, exactly as
+/// it has always been: its SQLite store is the whole truth.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// NATS servers of the cluster (`nats://host:4222`); the client fails over among them.
+    /// Empty: a single node.
+    pub nats: Vec<String>,
+    /// This node's name in the cluster (its calls' owner, its request subject); unique.
+    pub node: String,
+    /// A file holding the NATS token this node authenticates with (nothing else in it).
+    pub token_file: Option<PathBuf>,
+    /// Copies JetStream keeps of the alert stream and the buckets (1, or 3 for a 3-server cluster).
+    pub replicas: usize,
+    /// How often the node says it is alive and writes its live calls' state.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long is lost: its calls are ended (node lost). Longer
+    /// than a JetStream leader election after a server dies (a few seconds), during which
+    /// heartbeats cannot be written.
+    pub node_timeout_ms: u64,
+    /// How long JetStream drops a republished alert (same id): covers a crash between the
+    /// publish and the cursor's commit.
+    pub duplicate_window_s: u64,
+    /// How long the alert stream keeps alerts.
+    pub retention_days: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats: Vec::new(),
+            node: String::new(),
+            token_file: None,
+            replicas: 3,
+            heartbeat_ms: 1000,
+            node_timeout_ms: 15_000,
+            duplicate_window_s: 600,
+            retention_days: 30,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn is_active(&self) -> bool {
+        !self.nats.is_empty()
+    }
+
+    fn validate(&self, bad: &mut impl FnMut(&str, String)) {
+        if !self.is_active() {
+            return;
+        }
+        for (i, url) in self.nats.iter().enumerate() {
+            if !(url.starts_with("nats://") || url.starts_with("tls://"))
+                || url.parse::<async_nats::ServerAddr>().is_err()
+            {
+                bad(
+                    &format!("cluster.nats[{i}]"),
+                    format!("{url:?} is not a nats:// or tls:// URL"),
+                );
+            }
+        }
+        if !valid_name(&self.node) {
+            bad(
+                "cluster.node",
+                format!(
+                    "{:?}: name this node (1-64 letters, digits or -_.)",
+                    self.node
+                ),
+            );
+        }
+        if let Some(f) = &self.token_file
+            && !f.is_file()
+        {
+            bad("cluster.token_file", format!("{} not found", f.display()));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            bad(
+                "cluster.replicas",
+                format!("{} is outside 1..=5", self.replicas),
+            );
+        }
+        if !(100..=60_000).contains(&self.heartbeat_ms) {
+            bad(
+                "cluster.heartbeat_ms",
+                format!("{} is outside 100..=60000", self.heartbeat_ms),
+            );
+        }
+        if self.node_timeout_ms < 3 * self.heartbeat_ms {
+            bad(
+                "cluster.node_timeout_ms",
+                format!(
+                    "{} must be at least three heartbeats ({})",
+                    self.node_timeout_ms,
+                    3 * self.heartbeat_ms
+                ),
+            );
+        }
+        if !(10..=86_400).contains(&self.duplicate_window_s) {
+            bad(
+                "cluster.duplicate_window_s",
+                format!("{} is outside 10..=86400", self.duplicate_window_s),
+            );
+        }
+        if self.retention_days == 0 {
+            bad("cluster.retention_days", "must be at least 1".into());
+        }
+    }
 }
 
 /// Who is speaking on the caller's channel (`src/verdict/voice.rs`): a speaker encoder embeds
@@ -245,6 +356,11 @@ impl SinksConfig {
                 bad(
                     &format!("{key}.name"),
                     format!("{name:?} is not 1-64 letters, digits or -_., or names two sinks"),
+                );
+            } else if name == crate::cluster::PUBLISHER {
+                bad(
+                    &format!("{key}.name"),
+                    format!("{name:?} is the cluster publisher's cursor; choose another"),
                 );
             }
         };
@@ -1184,6 +1300,7 @@ impl Config {
         self.siprec.validate(&mut bad);
         self.sinks.validate(&mut bad);
         self.voice.validate(&mut bad);
+        self.cluster.validate(&mut bad);
         for (key, n) in [
             ("verdict.smoothing_windows", v.smoothing_windows),
             ("verdict.enter_windows", v.enter_windows),

@@ -14,6 +14,7 @@
 pub mod alert;
 pub mod assets;
 pub mod audio;
+pub mod cluster;
 pub mod config;
 pub mod connect;
 pub mod detect;

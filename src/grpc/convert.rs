@@ -268,5 +268,21 @@ pub fn call_info(r: &CallRecord) -> pb::CallInfo {
         transcript: r.transcript.iter().map(transcript).collect(),
         channel_class: channel_class(r.channel_class),
         enter_threshold: r.enter_threshold,
+        node: r
+            .cluster
+            .as_ref()
+            .map(|c| c.node.clone())
+            .unwrap_or_default(),
+        end_reason: r
+            .cluster
+            .as_ref()
+            .and_then(|c| c.end_reason.clone())
+            .unwrap_or_default(),
+        resumed_from_node: r
+            .cluster
+            .as_ref()
+            .and_then(|c| c.resumed_from_node.clone())
+            .unwrap_or_default(),
+        resume_gap_ms: r.cluster.as_ref().map_or(0, |c| c.resume_gap_ms),
     }
 }

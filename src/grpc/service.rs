@@ -122,6 +122,37 @@ async fn run_call(
     }
 }
 
+/// The cluster's alerts as `StreamAlerts` events, until the client goes or the feed breaks.
+fn cluster_alerts(
+    mut feed: crate::cluster::ClusterFeed,
+) -> ReceiverStream<Result<pb::AlertEvent, Status>> {
+    let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                _ = tx.closed() => break,
+                item = feed.next() => item,
+            };
+            let event = match item {
+                Some(Ok(a)) => pb::alert_event::Event::Alert(convert::alert(&a)),
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                    break;
+                }
+                None => break,
+            };
+            if tx
+                .send(Ok(pb::AlertEvent { event: Some(event) }))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
 #[tonic::async_trait]
 impl pb::call_guard_server::CallGuard for CallGuardService {
     type StreamAudioStream = ReceiverStream<Result<pb::CallUpdate, Status>>;
@@ -174,6 +205,16 @@ impl pb::call_guard_server::CallGuard for CallGuardService {
             call_id: Some(sub.call_id).filter(|c| !c.is_empty()),
             min_severity: convert::severity_from(sub.min_severity),
         };
+        if let Some(cluster) = self.guard.cluster() {
+            let feed = cluster
+                .alerts(&tenant, filter, sub.after_sequence)
+                .await
+                .map_err(|e| match e {
+                    crate::cluster::ClusterError::Down => Status::unavailable(e.to_string()),
+                    _ => Status::internal(e.to_string()),
+                })?;
+            return Ok(Response::new(cluster_alerts(feed)));
+        }
         let guard = self.guard.clone();
         let mut feed =
             tokio::task::spawn_blocking(move || guard.alerts(&tenant, filter, sub.after_sequence))
@@ -226,7 +267,13 @@ impl pb::call_guard_server::CallGuard for CallGuardService {
         req: Request<pb::ListCallsRequest>,
     ) -> Result<Response<pb::ListCallsResponse>, Status> {
         let tenant = tenant(&req)?;
-        let calls = self.guard.list_calls(&tenant);
+        let mut calls = self.guard.list_calls(&tenant);
+        if let Some(cluster) = self.guard.cluster() {
+            for c in &mut calls {
+                c.cluster = Some(cluster.place_of(&c.tenant, &c.call_id));
+            }
+            calls.extend(cluster.remote_calls(&tenant));
+        }
         Ok(Response::new(pb::ListCallsResponse {
             calls: calls.iter().map(convert::call_info).collect(),
         }))
@@ -238,6 +285,36 @@ impl pb::call_guard_server::CallGuard for CallGuardService {
     ) -> Result<Response<pb::CallInfo>, Status> {
         let tenant = tenant(&req)?;
         let call_id = req.into_inner().call_id;
+        // In a cluster: where the call is (or was), as the shared bucket says.
+        let mut place = None;
+        if let Some(cluster) = self.guard.cluster() {
+            if let Some(mut live) = self
+                .guard
+                .registry()
+                .with_id(&tenant, &call_id, |e| e.record())
+            {
+                live.cluster = Some(cluster.place_of(&tenant, &call_id));
+                return Ok(Response::new(convert::call_info(&live)));
+            }
+            // Live on another node (asked of it), or ended there; this node's own ended calls
+            // are richer in its store (summary, transcript).
+            match cluster.get_call(&tenant, &call_id).await {
+                Ok(Some(r)) if r.cluster.as_ref().is_some_and(|c| c.node != cluster.node()) => {
+                    return Ok(Response::new(convert::call_info(&r)));
+                }
+                Ok(r) => {
+                    place = Some(r.and_then(|r| r.cluster).unwrap_or_else(|| {
+                        crate::guard::ClusterPlace {
+                            node: cluster.node().to_owned(),
+                            ..Default::default()
+                        }
+                    }));
+                }
+                Err(e) => {
+                    tracing::debug!(call_id, error = %e, "The cluster cannot say; the local store answers.")
+                }
+            }
+        }
         let guard = self.guard.clone();
         let id = call_id.clone();
         let found = tokio::task::spawn_blocking(move || guard.get_call(&tenant, &id))
@@ -245,7 +322,12 @@ impl pb::call_guard_server::CallGuard for CallGuardService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         match found {
-            Some(record) => Ok(Response::new(convert::call_info(&record))),
+            Some(mut record) => {
+                if record.cluster.is_none() {
+                    record.cluster = place;
+                }
+                Ok(Response::new(convert::call_info(&record)))
+            }
             None => Err(Status::not_found(format!("no call {call_id:?}"))),
         }
     }

@@ -23,8 +23,8 @@ pub use device::{BindError, DeviceSpec};
 pub use dispatch::Observer;
 pub use ingest::{IngestError, IngestPool, IngestStats};
 pub use registry::{
-    CallEntry, CallRecord, CallRegistry, CallSource, CallUpdate, Census, EndSignal, EndedSummary,
-    FrameCounters, RegisterError,
+    CallEntry, CallRecord, CallRegistry, CallSource, CallUpdate, Census, ClusterPlace, EndSignal,
+    EndedSummary, FrameCounters, RegisterError,
 };
 pub use stream::{
     AlertFeed, FeedError, FeedItem, FrameError, OpenError, OpenSpec, StreamCall, valid_call_id,
@@ -146,6 +146,8 @@ impl Shared {
 /// The running daemon core.
 pub struct Guard {
     shared: Arc<Shared>,
+    /// Set once by `callguard run` when `[cluster] nats` is configured.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
     devices: Mutex<Vec<(Arc<EndSignal>, JoinHandle<()>)>>,
 }
@@ -191,6 +193,7 @@ impl Guard {
         let guard = Self {
             shared,
             dispatcher: Mutex::new(Some(dispatcher)),
+            cluster: std::sync::OnceLock::new(),
             devices: Mutex::default(),
         };
         Ok(guard)
@@ -339,6 +342,15 @@ impl Guard {
 
     pub fn list_calls(&self, tenant: &str) -> Vec<CallRecord> {
         self.shared.registry.list(tenant)
+    }
+
+    /// Joins this node to a cluster (once); the gRPC face then answers for the whole cluster.
+    pub fn attach_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// The tenant's alerts: those logged after `after` (or only new ones when `None`), then

@@ -149,6 +149,23 @@ pub struct CallRecord {
     #[serde(default)]
     pub transcript: Vec<TranscriptSegment>,
     pub summary: Option<EndedSummary>,
+    /// Where the call ran in a cluster (`src/cluster/`); absent on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterPlace>,
+}
+
+/// A call's place in a cluster, as `GetCall` and `ListCalls` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPlace {
+    pub node: String,
+    /// Why the call ended when its source did not end it (`node_lost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+    /// The node the call ran on before its source continued it here, and the gap between.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_node: Option<String>,
+    #[serde(default)]
+    pub resume_gap_ms: u64,
 }
 
 /// One live call.
@@ -236,6 +253,7 @@ impl CallEntry {
             recent_windows: self.recent.iter().copied().collect(),
             transcript: self.transcript.iter().cloned().collect(),
             summary: None,
+            cluster: None,
         }
     }
 
@@ -368,6 +386,21 @@ impl CallRegistry {
             .by_id
             .remove(&(entry.tenant.clone(), entry.call_id.clone()));
         Some(entry)
+    }
+
+    /// Every tenant's live calls, without their windows and transcripts (what a cluster shares).
+    pub fn all_brief(&self) -> Vec<CallRecord> {
+        let inner = self.lock();
+        inner
+            .by_key
+            .values()
+            .map(|e| {
+                let mut r = e.record();
+                r.recent_windows.clear();
+                r.transcript.clear();
+                r
+            })
+            .collect()
     }
 
     pub fn list(&self, tenant: &str) -> Vec<CallRecord> {

@@ -1,6 +1,6 @@
 //! The operations HTTP listener (`[http] listen`): `/metrics` for Prometheus, `/healthz` (the
 //! process answers) and `/readyz` (model loaded, alert log writable, listeners bound) for
-//! Kubernetes probes and load balancers. Plain HTTP/1.1 via axum, as the connectors use.
+//! Kubernetes probes and load balancers; `/cluster`, a node's view of its cluster. Plain HTTP/1.1 via axum, as the connectors use.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +36,7 @@ pub fn router(guard: Arc<Guard>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/cluster", get(cluster))
         .with_state(ops.clone())
         .merge(super::supervisor::router(ops.guard.clone()))
 }
@@ -65,6 +66,25 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// The node's view of the cluster (JSON): 200 when connected with the stream set up, 503 while
+/// it is not (screening goes on; alerts wait in the local store), 404 on a single node.
+async fn cluster(State(ops): State<Arc<Ops>>) -> Response {
+    let Some(cluster) = ops.guard.cluster() else {
+        return (StatusCode::NOT_FOUND, "not in a cluster\n").into_response();
+    };
+    let code = if cluster.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        cluster.status().to_string(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {

@@ -77,13 +77,15 @@ const BATCH: usize = 256;
 const POLL: Duration = Duration::from_millis(200);
 
 impl Sinks {
-    /// The sinks `config` names, each started on a thread of its own from its cursor.
+    /// The sinks `config` names and `also` (the cluster's publisher), each started on a
+    /// thread of its own from its cursor.
     pub fn start(
         config: &SinksConfig,
+        also: Vec<Sink>,
         log: Arc<AlertLog>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SinkError> {
-        let mut sinks = Vec::new();
+        let mut sinks = also;
         for w in &config.webhook {
             sinks.push(Sink {
                 name: w.name.clone(),
