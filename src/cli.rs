@@ -973,15 +973,28 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
             out: Box::new(c.publisher()),
         })
         .collect();
-    let mut sinks = if config.sinks.webhook.is_empty()
-        && config.sinks.syslog.is_empty()
+    // On a single node the configured sinks deliver from the alert log; in a cluster from
+    // the stream, once for the whole cluster.
+    let mut cluster_sinks = match &cluster {
+        Some(c) => Some(c.start_sinks(
+            callguard::sinks::configured(&config.sinks)?,
+            guard.metrics().clone(),
+        )?),
+        None => None,
+    };
+    let local_sinks = match cluster {
+        Some(_) => callguard::config::SinksConfig::default(),
+        None => config.sinks.clone(),
+    };
+    let mut sinks = if local_sinks.webhook.is_empty()
+        && local_sinks.syslog.is_empty()
         && publisher.is_empty()
     {
         None
     } else {
         let log = Arc::new(callguard::alert::AlertLog::open_store(&config.store)?);
         Some(callguard::sinks::Sinks::start(
-            &config.sinks,
+            &local_sinks,
             publisher,
             log,
             guard.metrics().clone(),
@@ -1024,6 +1037,9 @@ fn run_daemon(config: &Config, as_json: bool) -> Result<ExitCode> {
     }
     guard.shutdown();
     if let Some(s) = &mut sinks {
+        s.shutdown();
+    }
+    if let Some(s) = &mut cluster_sinks {
         s.shutdown();
     }
     if let Some(c) = &cluster {

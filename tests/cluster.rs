@@ -23,6 +23,7 @@ use tokio::time::{Instant, sleep, timeout};
 const NODES: [&str; 3] = ["a", "b", "c"];
 const BRIDGE: &str = "cgbr0";
 const SUBNET: &str = "10.88.0";
+const WEBHOOK_SECRET: &str = "cluster-soc-secret";
 
 fn sh(args: &[&str]) -> bool {
     Command::new(args[0])
@@ -205,7 +206,7 @@ fn nats_server(dir: &Path, i: usize) -> Proc {
     Proc::spawn(cmd)
 }
 
-fn node_config(dir: &Path, i: usize) -> PathBuf {
+fn node_config(dir: &Path, i: usize, webhook: u16) -> PathBuf {
     let path = dir.join(format!("node-{i}.toml"));
     // Its own NATS server first; the client fails over to the others.
     let mut urls: Vec<String> = vec![format!("\"nats://{}:4222\"", ip(i))];
@@ -244,6 +245,13 @@ node = "{node}"
 replicas = 3
 heartbeat_ms = 500
 node_timeout_ms = 8000
+[[sinks.webhook]]
+name = "soc"
+url = "http://{SUBNET}.1:{webhook}/callguard"
+secret_env = "CALLGUARD_TEST_WEBHOOK_SECRET"
+retry_initial_ms = 100
+retry_max_ms = 400
+timeout_ms = 5000
 "#,
             vad = common::root().join(".deps/silero_vad.onnx").display(),
             model = common::root()
@@ -261,11 +269,12 @@ node_timeout_ms = 8000
     path
 }
 
-fn node(dir: &Path, i: usize) -> Proc {
+fn node(dir: &Path, i: usize, webhook: u16) -> Proc {
     let mut cmd = in_ns(i, env!("CARGO_BIN_EXE_callguard"));
+    cmd.env("CALLGUARD_TEST_WEBHOOK_SECRET", WEBHOOK_SECRET);
     cmd.args([
         "--config",
-        node_config(dir, i).to_str().unwrap(),
+        node_config(dir, i, webhook).to_str().unwrap(),
         "run",
         "--json",
     ])
@@ -559,6 +568,42 @@ async fn seen_by_clients(
     seen
 }
 
+/// The SOC's webhook receiver on the bridge (every node reaches it): its port, and each alert
+/// it accepted as (stream sequence, alert id), in arrival order.
+fn webhook_receiver() -> (Proc, u16, Arc<Mutex<Vec<(u64, String)>>>) {
+    let mut cmd = Command::new(common::root().join(".deps/venv/bin/python"));
+    cmd.arg(common::root().join("tests/clients/webhook_receiver.py"))
+        .args([
+            "--secret",
+            WEBHOOK_SECRET,
+            "--port",
+            "0",
+            "--host",
+            &format!("{SUBNET}.1"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("run scripts/setup.sh for .deps/venv");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let port = first["listening"].as_u64().unwrap() as u16;
+    let accepted: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let out = accepted.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["accepted"] == true && v["type"] == "alert" {
+                let id = v["id"].as_str().unwrap_or_default().to_owned();
+                out.lock()
+                    .unwrap()
+                    .push((v["sequence"].as_u64().unwrap_or(0), id));
+            }
+        }
+    });
+    let log = Arc::new(Mutex::new(Vec::new()));
+    (Proc { child, log }, port, accepted)
+}
+
 fn grpc(i: usize) -> String {
     format!("http://{}:50051", ip(i))
 }
@@ -570,7 +615,10 @@ async fn three_nodes_on_jetstream_lose_and_repeat_no_alert_through_node_and_serv
     let mut servers: Vec<Proc> = (0..NODES.len())
         .map(|i| nats_server(dir.path(), i))
         .collect();
-    let mut nodes: Vec<Proc> = (0..NODES.len()).map(|i| node(dir.path(), i)).collect();
+    let (_receiver, webhook, delivered) = webhook_receiver();
+    let mut nodes: Vec<Proc> = (0..NODES.len())
+        .map(|i| node(dir.path(), i, webhook))
+        .collect();
     let (_haproxy, lb) = haproxy(dir.path());
     wait_ready(&[0, 1, 2], &nodes).await;
     let heard = subscribe(grpc(0));
@@ -657,7 +705,7 @@ async fn three_nodes_on_jetstream_lose_and_repeat_no_alert_through_node_and_serv
         );
     }
     // C comes back: what it committed and had not published yet goes out now, still once.
-    nodes[2] = node(dir.path(), 2);
+    nodes[2] = node(dir.path(), 2, webhook);
     wait_ready(&[0, 1, 2], &nodes).await;
     sleep(Duration::from_secs(2)).await;
     all_heard_once(
@@ -718,4 +766,42 @@ async fn three_nodes_on_jetstream_lose_and_repeat_no_alert_through_node_and_serv
     )
     .await;
     assert_eq!(info.node, "c");
+
+    // The SOC's webhook got every alert from one node or another, in the cluster's order; an
+    // alert is delivered twice only if a node died (or was cut off) between delivering it and
+    // JetStream taking the acknowledgement (twice here at most: the kill and the cut).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got: HashSet<String> = delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect();
+        let missing: Vec<&String> = seen.iter().filter(|id| !got.contains(*id)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the webhook never got {missing:?}"
+        );
+        sleep(Duration::from_millis(300)).await;
+    }
+    let delivered = delivered.lock().unwrap().clone();
+    let mut first = Vec::new();
+    let mut ids = HashSet::new();
+    for (seq, id) in &delivered {
+        if ids.insert(id.clone()) {
+            first.push(*seq);
+        }
+    }
+    assert!(
+        delivered.len() - first.len() <= 2,
+        "delivered more than once: {delivered:?}"
+    );
+    assert!(
+        first.windows(2).all(|w| w[0] < w[1]),
+        "webhook order: {delivered:?}"
+    );
 }

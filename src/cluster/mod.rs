@@ -13,6 +13,7 @@
 //! serves what the gRPC face asks. Without `[cluster] nats` none of it runs.
 
 mod calls;
+mod deliver;
 mod feed;
 mod publish;
 pub mod subjects;
@@ -207,6 +208,32 @@ impl Cluster {
         Publisher::new(self.inner.clone(), self.handle.clone())
     }
 
+    /// Runs `sinks` (webhooks, syslog) from the stream: each alert delivered once by one node
+    /// of the cluster, in the cluster's order (`deliver.rs`).
+    pub fn start_sinks(
+        &self,
+        sinks: Vec<crate::sinks::Sink>,
+        metrics: Arc<crate::ops::Metrics>,
+    ) -> Result<ClusterSinks, crate::sinks::SinkError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for sink in sinks {
+            let name = sink.name.clone();
+            let (inner, handle, metrics, stop) = (
+                self.inner.clone(),
+                self.handle.clone(),
+                metrics.clone(),
+                stop.clone(),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("csink-{name}"))
+                .spawn(move || deliver::run(inner, handle, sink, metrics, stop))
+                .map_err(|e| crate::sinks::SinkError::Thread(name, e))?;
+            threads.push(thread);
+        }
+        Ok(ClusterSinks { stop, threads })
+    }
+
     /// The tenant's alerts of the whole cluster after the cluster sequence `after` (only new
     /// ones when `None`), in the stream's order.
     pub async fn alerts(
@@ -260,6 +287,29 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The sinks' delivery threads in a cluster.
+pub struct ClusterSinks {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ClusterSinks {
+    /// Stops after the attempt in flight; an alert fetched and not delivered goes to another
+    /// node (or to this one's next start) after the consumer's ack wait.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ClusterSinks {
     fn drop(&mut self) {
         self.shutdown();
     }

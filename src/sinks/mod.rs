@@ -86,34 +86,7 @@ impl Sinks {
         metrics: Arc<Metrics>,
     ) -> Result<Self, SinkError> {
         let mut sinks = also;
-        for w in &config.webhook {
-            sinks.push(Sink {
-                name: w.name.clone(),
-                tenants: w.tenants.clone(),
-                backoff: Backoff {
-                    initial: Duration::from_millis(w.retry_initial_ms),
-                    max: Duration::from_millis(w.retry_max_ms),
-                },
-                out: Box::new(WebhookSink::new(w).map_err(|message| SinkError::Setup {
-                    name: w.name.clone(),
-                    message,
-                })?),
-            });
-        }
-        for s in &config.syslog {
-            sinks.push(Sink {
-                name: s.name.clone(),
-                tenants: s.tenants.clone(),
-                backoff: Backoff {
-                    initial: Duration::from_millis(s.retry_initial_ms),
-                    max: Duration::from_millis(s.retry_max_ms),
-                },
-                out: Box::new(SyslogSink::new(s).map_err(|message| SinkError::Setup {
-                    name: s.name.clone(),
-                    message,
-                })?),
-            });
-        }
+        sinks.extend(configured(config)?);
         Self::run(sinks, log, metrics)
     }
 
@@ -154,8 +127,43 @@ impl Drop for Sinks {
     }
 }
 
+/// The sinks `config` names, ready to run (on a single node from the alert log, in a cluster
+/// from the stream).
+pub fn configured(config: &SinksConfig) -> Result<Vec<Sink>, SinkError> {
+    let mut sinks = Vec::new();
+    for w in &config.webhook {
+        sinks.push(Sink {
+            name: w.name.clone(),
+            tenants: w.tenants.clone(),
+            backoff: Backoff {
+                initial: Duration::from_millis(w.retry_initial_ms),
+                max: Duration::from_millis(w.retry_max_ms),
+            },
+            out: Box::new(WebhookSink::new(w).map_err(|message| SinkError::Setup {
+                name: w.name.clone(),
+                message,
+            })?),
+        });
+    }
+    for s in &config.syslog {
+        sinks.push(Sink {
+            name: s.name.clone(),
+            tenants: s.tenants.clone(),
+            backoff: Backoff {
+                initial: Duration::from_millis(s.retry_initial_ms),
+                max: Duration::from_millis(s.retry_max_ms),
+            },
+            out: Box::new(SyslogSink::new(s).map_err(|message| SinkError::Setup {
+                name: s.name.clone(),
+                message,
+            })?),
+        });
+    }
+    Ok(sinks)
+}
+
 /// Sleeps `d`, waking early when asked to stop; returns whether to go on.
-fn pause(d: Duration, stop: &AtomicBool) -> bool {
+pub fn pause(d: Duration, stop: &AtomicBool) -> bool {
     let step = Duration::from_millis(50);
     let mut left = d;
     while !left.is_zero() {

@@ -29,6 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--secret", required=True)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--fail-first", type=int, default=0)
     args = ap.parse_args()
     state = {"to_fail": args.fail_first}
@@ -73,7 +74,7 @@ def main() -> None:
             self.send_response(204)
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
     emit({"listening": server.server_address[1]})
     try:
         server.serve_forever()
