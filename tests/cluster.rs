@@ -569,8 +569,8 @@ async fn seen_by_clients(
 }
 
 /// The SOC's webhook receiver on the bridge (every node reaches it): its port, and each alert
-/// it accepted as (stream sequence, alert id), in arrival order.
-fn webhook_receiver() -> (Proc, u16, Arc<Mutex<Vec<(u64, String)>>>) {
+/// it accepted as (stream sequence, alert id), in arrival order (like a subscriber's).
+fn webhook_receiver() -> (Proc, u16, Heard) {
     let mut cmd = Command::new(common::root().join(".deps/venv/bin/python"));
     cmd.arg(common::root().join("tests/clients/webhook_receiver.py"))
         .args([
@@ -587,7 +587,7 @@ fn webhook_receiver() -> (Proc, u16, Arc<Mutex<Vec<(u64, String)>>>) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     let port = first["listening"].as_u64().unwrap() as u16;
-    let accepted: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let accepted: Heard = Arc::default();
     let out = accepted.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
