@@ -75,6 +75,14 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// The keys `validate` finds fault with (for tests).
+    #[cfg(test)]
+    fn validate_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        self.validate(&mut |k: &str, _| keys.push(k.to_owned()));
+        keys
+    }
+
     pub fn is_active(&self) -> bool {
         !self.nats.is_empty()
     }
@@ -1960,6 +1968,44 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn cluster_problems_are_reported_with_their_keys_and_a_single_node_has_none() {
+        assert!(Config::default().cluster.validate_keys().is_empty());
+        let mut c = ClusterConfig {
+            nats: vec!["nats://10.0.0.1:4222".into(), "http://x:4222".into()],
+            node: "has space".into(),
+            token_file: Some(PathBuf::from("/nonexistent/nats.token")),
+            replicas: 0,
+            ..ClusterConfig::default()
+        };
+        c.node_timeout_ms = 2 * c.heartbeat_ms;
+        let keys = c.validate_keys();
+        for key in [
+            "cluster.nats[1]",
+            "cluster.node",
+            "cluster.token_file",
+            "cluster.replicas",
+            "cluster.node_timeout_ms",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+        assert!(!keys.iter().any(|k| k == "cluster.nats[0]"), "{keys:?}");
+        // A sink may not take the cluster publisher's cursor.
+        let mut config = Config::default();
+        config.sinks.webhook.push(
+            toml::from_str(&format!(
+                "name = \"{}\"\nurl = \"http://127.0.0.1:9/x\"\nsecret_env = \"X\"",
+                crate::cluster::PUBLISHER
+            ))
+            .unwrap(),
+        );
+        let problems = config.validate().unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.key == "sinks.webhook[0].name"),
+            "{problems:?}"
+        );
     }
 
     #[test]

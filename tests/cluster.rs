@@ -193,7 +193,7 @@ fn nats_server(dir: &Path, i: usize) -> Proc {
     std::fs::write(
         &conf,
         format!(
-            "server_name: n{i}\nlisten: {ip}:4222\njetstream {{ store_dir: \"{store}\" }}\n\
+            "server_name: n{i}\nlisten: {ip}:4222\nhttp: {ip}:8222\njetstream {{ store_dir: \"{store}\" }}\n\
              cluster {{ name: cg, listen: {ip}:6222, routes: [{routes}] }}\n",
             ip = ip(i),
             store = dir.join(format!("js-{i}")).display(),
@@ -314,13 +314,18 @@ fn haproxy(dir: &Path) -> (Proc, String) {
 
 /// Node `i`'s `/cluster` when it answers 200.
 fn cluster_status(i: usize) -> Option<serde_json::Value> {
+    get_json(i, 9090, "/cluster")
+}
+
+/// A JSON document from an HTTP port in namespace `i` when it answers 200.
+fn get_json(i: usize, port: u16, path: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = format!("{}:9090", ip(i)).parse().unwrap();
+    let addr: std::net::SocketAddr = format!("{}:{port}", ip(i)).parse().unwrap();
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET /cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut out = String::new();
@@ -604,6 +609,30 @@ fn webhook_receiver() -> (Proc, u16, Heard) {
     (Proc { child, log }, port, accepted)
 }
 
+fn varz() -> Vec<Option<serde_json::Value>> {
+    (0..NODES.len())
+        .map(|i| get_json(i, 8222, "/varz"))
+        .collect()
+}
+
+/// For `bench/cluster.sh` and the capacity model in `docs/cluster.md`: what NATS carried up
+/// during the load phase (6 calls, `audio_ms` of audio, `alerts` alerts), from the
+/// servers' `/varz` and `/jsz` and the nodes' `/cluster`.
+fn report(path: &str, before: Vec<Option<serde_json::Value>>, audio_ms: u64, alerts: usize) {
+    let jsz = get_json(0, 8222, "/jsz?streams=true");
+    let nodes: Vec<_> = (0..NODES.len()).map(cluster_status).collect();
+    let doc = serde_json::json!({
+        "phase": "load: 6 calls through haproxy, loudness test model",
+        "call_audio_ms": audio_ms,
+        "alerts": alerts,
+        "varz_before": before,
+        "varz": varz(),
+        "jsz": jsz,
+        "nodes": nodes,
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+}
+
 fn grpc(i: usize) -> String {
     format!("http://{}:50051", ip(i))
 }
@@ -625,12 +654,14 @@ async fn three_nodes_on_jetstream_lose_and_repeat_no_alert_through_node_and_serv
     let none = Arc::new(Mutex::new(HashSet::new()));
 
     // 1. Load through haproxy: every node's alerts reach the subscriber on A, once, in order.
+    let before = varz();
     let calls = spawn_calls(&lb, "load", 6, 1, Duration::ZERO, &none);
     let ids: Vec<String> = calls.iter().map(|(id, _)| id.clone()).collect();
     let mut seen = seen_by_clients(calls).await;
     assert_eq!(seen.len(), 12, "each call alerts and clears: {seen:?}");
     all_heard_once(&heard, &seen, "load", &nodes.iter().collect::<Vec<_>>()).await;
     let mut owners = HashSet::new();
+    let mut load_audio_ms = 0;
     for id in &ids {
         let info = call_becomes(
             &grpc(0),
@@ -640,6 +671,7 @@ async fn three_nodes_on_jetstream_lose_and_repeat_no_alert_through_node_and_serv
         )
         .await;
         assert_eq!(info.alerts, 2, "{info:?}");
+        load_audio_ms += info.audio_ms;
         owners.insert(info.node);
     }
     assert_eq!(
@@ -647,6 +679,9 @@ async fn three_nodes_on_jetstream_lose_and_repeat_no_alert_through_node_and_serv
         3,
         "haproxy spread the calls over every node: {owners:?}"
     );
+    if let Ok(path) = std::env::var("CALLGUARD_CLUSTER_REPORT") {
+        report(&path, before, load_audio_ms, seen.len());
+    }
 
     // 2. kill -9 node C mid-call: one of its calls is continued through haproxy on another
     //    node under the same id, the others are abandoned and must be reported ended.

@@ -72,14 +72,20 @@ pub(super) fn run(
         };
         while !stop.load(Ordering::SeqCst) {
             let message = runtime.block_on(async {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(1)
-                    .expires(Duration::from_secs(1))
-                    .messages()
+                let fetch = async {
+                    let mut batch = consumer
+                        .fetch()
+                        .max_messages(1)
+                        .expires(Duration::from_secs(1))
+                        .messages()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    batch.next().await.transpose().map_err(|e| e.to_string())
+                };
+                // A server that died mid-fetch never expires it: bounded here too.
+                tokio::time::timeout(Duration::from_secs(4), fetch)
                     .await
-                    .map_err(|e| e.to_string())?;
-                batch.next().await.transpose().map_err(|e| e.to_string())
+                    .unwrap_or_else(|_| Err("no answer to a fetch".into()))
             });
             let message = match message {
                 Ok(Some(m)) => m,

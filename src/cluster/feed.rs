@@ -108,9 +108,18 @@ impl ClusterFeed {
                 .map_err(|e| nats(&e))?;
             self.consumer = Some(consumer);
         }
-        let Some(consumer) = &self.consumer else {
+        let Some(consumer) = self.consumer.clone() else {
             return Err(ClusterError::Down);
         };
+        // The server's expiry ends a fetch; a server that died mid-fetch does not, so the
+        // client bounds it too.
+        tokio::time::timeout(FETCH_WAIT + Duration::from_secs(3), self.drain(&consumer))
+            .await
+            .map_err(|_| ClusterError::Nats("no answer to a fetch".into()))?
+    }
+
+    async fn drain(&mut self, consumer: &PullConsumer) -> Result<(), ClusterError> {
+        let nats = |e: &dyn std::fmt::Display| ClusterError::Nats(e.to_string());
         let mut batch = consumer
             .fetch()
             .max_messages(BATCH)
