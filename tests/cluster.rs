@@ -325,13 +325,13 @@ fn get_json(i: usize, port: u16, path: &str) -> Option<serde_json::Value> {
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
+    (head.split_whitespace().nth(1) == Some("200"))
         .then(|| serde_json::from_str(body).ok())
         .flatten()
 }
@@ -619,7 +619,7 @@ fn varz() -> Vec<Option<serde_json::Value>> {
 /// during the load phase (6 calls, `audio_ms` of audio, `alerts` alerts), from the
 /// servers' `/varz` and `/jsz` and the nodes' `/cluster`.
 fn report(path: &str, before: Vec<Option<serde_json::Value>>, audio_ms: u64, alerts: usize) {
-    let jsz = get_json(0, 8222, "/jsz?streams=true");
+    let jsz = get_json(0, 8222, "/jsz?accounts=true&streams=true");
     let nodes: Vec<_> = (0..NODES.len()).map(cluster_status).collect();
     let doc = serde_json::json!({
         "phase": "load: 6 calls through haproxy, loudness test model",
