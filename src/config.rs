@@ -57,6 +57,9 @@ pub struct ClusterConfig {
     pub duplicate_window_s: u64,
     /// How long the alert stream keeps alerts.
     pub retention_days: u64,
+    /// How long the calls bucket keeps a call's entry after its last write (ended calls stay
+    /// in each node's store regardless).
+    pub call_history_hours: u64,
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +73,7 @@ impl Default for ClusterConfig {
             node_timeout_ms: 15_000,
             duplicate_window_s: 600,
             retention_days: 30,
+            call_history_hours: 24,
         }
     }
 }
@@ -145,6 +149,12 @@ impl ClusterConfig {
         }
         if self.retention_days == 0 {
             bad("cluster.retention_days", "must be at least 1".into());
+        }
+        if !(1..=168).contains(&self.call_history_hours) {
+            bad(
+                "cluster.call_history_hours",
+                format!("{} is outside 1..=168", self.call_history_hours),
+            );
         }
     }
 }

@@ -1,8 +1,9 @@
-//! The shared view of calls: each node writes its live calls to the calls bucket (only what
-//! changed, once per heartbeat), writes them again as ended, says it is alive in the nodes
-//! bucket, and watches both buckets. When a node falls silent for `node_timeout_ms`, the first
-//! node to notice ends its calls (a compare-and-set on each entry's revision, so exactly one
-//! node does it) from their last shared state, with the end reason `node_lost`.
+//! The shared view of calls: each node writes its live calls to the calls bucket (at the next
+//! heartbeat when their state or alerts change, else every 10 s), writes them again as ended,
+//! says it is alive in the nodes bucket, and watches both buckets. When a node falls silent for
+//! `node_timeout_ms`, the first node to notice marks it lost and ends its calls (compare-and-set
+//! on each entry's revision, so exactly one node does it) from their last shared state, with the
+//! end reason `node_lost`.
 //!
 //! A source that reconnects to another node with the same call id continues the call there:
 //! the new node finds the old entry, records where the call came from and the wall-clock gap,
@@ -39,15 +40,21 @@ pub(super) struct Mine {
     tenant: String,
     call_id: String,
     place: ClusterPlace,
-    /// What was last written; `None` before the first write.
-    last: Option<(u8, u64, u32, u64)>,
+    /// What was last written and when; `None` before the first write.
+    last: Option<((u8, u32), Instant)>,
     /// Heartbeats since the call left the registry without an ended record in the store.
     waits: u32,
 }
 
-fn fingerprint(r: &CallRecord) -> (u8, u64, u32, u64) {
-    (r.state as u8, r.windows_scored, r.alerts, r.audio_ms / 1000)
+/// What makes a live call's entry worth writing at once: its state and its alert count. The
+/// score and counters go out every `REFRESH` (the owner answers `GetCall` with the live record
+/// anyway); writing them every heartbeat would send every node every call's entry each second.
+fn fingerprint(r: &CallRecord) -> (u8, u32) {
+    (r.state as u8, r.alerts)
 }
+
+/// How often a live call's entry is rewritten when nothing urgent changed.
+const REFRESH: Duration = Duration::from_secs(10);
 
 /// A record as the bucket holds it: no windows or transcript (those stay on the node).
 fn brief(mut r: CallRecord, place: ClusterPlace) -> CallRecord {
@@ -177,7 +184,11 @@ async fn setup(inner: &Inner) -> Result<Handles, ClusterError> {
                 .map_err(|e| nats(&e)),
         }
     };
-    let calls = bucket(subjects::CALLS_BUCKET, Duration::from_secs(86_400)).await?;
+    let calls = bucket(
+        subjects::CALLS_BUCKET,
+        Duration::from_secs(c.call_history_hours * 3600),
+    )
+    .await?;
     let nodes = bucket(subjects::NODES_BUCKET, Duration::from_secs(7 * 86_400)).await?;
     Ok(Handles {
         stream,
@@ -363,7 +374,7 @@ async fn beat(inner: &Inner, local: &dyn LocalCalls, started_ms: i64) -> Result<
         }
         let ended_as_lost = cached_place.is_some_and(|p| p.end_reason.is_some());
         let now = fingerprint(&record);
-        if last == Some(now) && !ended_as_lost {
+        if last.is_some_and(|(f, at)| f == now && at.elapsed() < REFRESH) && !ended_as_lost {
             continue;
         }
         let body = inner.seal(serde_json::to_string(&brief(record, place))?, "calls")?;
@@ -375,7 +386,7 @@ async fn beat(inner: &Inner, local: &dyn LocalCalls, started_ms: i64) -> Result<
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(&key)
         {
-            m.last = Some(now);
+            m.last = Some((now, Instant::now()));
         }
     }
 
