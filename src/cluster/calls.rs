@@ -8,7 +8,8 @@
 //! A source that reconnects to another node with the same call id continues the call there:
 //! the new node finds the old entry, records where the call came from and the wall-clock gap,
 //! and owns the call from then on. If the old node comes back (a partition healed) and finds
-//! its call owned by another node or ended as lost, it ends its own copy: one owner per call.
+//! its call owned by another node, it ends its own copy: one owner per call. (Found ended as
+//! lost but not taken over, it writes the call live again.)
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +19,7 @@ use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 
-use super::{ClusterError, Handles, Inner, NodeBeat, Seen, subjects};
+use super::{Cache, ClusterError, Handles, Inner, NodeBeat, Seen, subjects};
 use crate::alert::now_ms;
 use crate::guard::{CallRecord, ClusterPlace};
 
@@ -95,50 +96,8 @@ pub(super) async fn run(inner: Arc<Inner>, local: Arc<dyn LocalCalls>) {
         node = inner.config.node,
         "Cluster stream and buckets ready."
     );
-    tokio::spawn(watch(
-        inner.clone(),
-        calls,
-        |inner, key, value: Option<(CallRecord, u64)>| {
-            let mut map = inner.calls.lock().unwrap_or_else(|e| e.into_inner());
-            match value {
-                Some((value, revision)) => {
-                    map.insert(
-                        key,
-                        Seen {
-                            value,
-                            revision,
-                            at: Instant::now(),
-                        },
-                    );
-                }
-                None => {
-                    map.remove(&key);
-                }
-            }
-        },
-    ));
-    tokio::spawn(watch(
-        inner.clone(),
-        nodes,
-        |inner, key, value: Option<(NodeBeat, u64)>| {
-            let mut map = inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
-            match value {
-                Some((value, revision)) => {
-                    map.insert(
-                        key,
-                        Seen {
-                            value,
-                            revision,
-                            at: Instant::now(),
-                        },
-                    );
-                }
-                None => {
-                    map.remove(&key);
-                }
-            }
-        },
-    ));
+    tokio::spawn(watch(inner.clone(), calls, |i| &i.calls));
+    tokio::spawn(watch(inner.clone(), nodes, |i| &i.nodes));
     tokio::spawn(answer(inner.clone(), local.clone()));
     let started_ms = now_ms();
     let mut tick = tokio::time::interval(Duration::from_millis(inner.config.heartbeat_ms));
@@ -202,7 +161,7 @@ async fn setup(inner: &Inner) -> Result<Handles, ClusterError> {
 async fn watch<T: serde::de::DeserializeOwned>(
     inner: Arc<Inner>,
     store: kv::Store,
-    apply: impl Fn(&Inner, String, Option<(T, u64)>),
+    cache: fn(&Inner) -> &Cache<T>,
 ) {
     while !inner.stopping.load(Ordering::SeqCst) {
         let mut entries = match store.watch_with_history(">").await {
@@ -221,17 +180,32 @@ async fn watch<T: serde::de::DeserializeOwned>(
                     break;
                 }
             };
-            match entry.operation {
+            let value = match entry.operation {
                 kv::Operation::Put => match inner
                     .open(&entry.value, "calls")
                     .and_then(|body| Ok(serde_json::from_str::<T>(&body)?))
                 {
-                    Ok(value) => apply(&inner, entry.key, Some((value, entry.revision))),
+                    Ok(value) => Some(value),
                     Err(e) => {
-                        tracing::warn!(key = entry.key, error = %e, "Unreadable cluster entry.")
+                        tracing::warn!(key = entry.key, error = %e, "Unreadable cluster entry.");
+                        continue;
                     }
                 },
-                kv::Operation::Delete | kv::Operation::Purge => apply(&inner, entry.key, None),
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            let mut map = cache(&inner).lock().unwrap_or_else(|e| e.into_inner());
+            match value {
+                Some(value) => {
+                    let seen = Seen {
+                        value,
+                        revision: entry.revision,
+                        at: Instant::now(),
+                    };
+                    map.insert(entry.key, seen);
+                }
+                None => {
+                    map.remove(&entry.key);
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

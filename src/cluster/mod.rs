@@ -79,6 +79,9 @@ struct Seen<T> {
     at: Instant,
 }
 
+/// A bucket as this node last saw it, by key.
+type Cache<T> = Mutex<HashMap<String, Seen<T>>>;
+
 /// What the node has set up in JetStream.
 struct Handles {
     stream: jetstream::stream::Stream,
@@ -103,8 +106,8 @@ pub(crate) struct Inner {
     js: jetstream::Context,
     handles: OnceLock<Handles>,
     sealer: Option<Sealer>,
-    calls: Mutex<HashMap<String, Seen<CallRecord>>>,
-    nodes: Mutex<HashMap<String, Seen<NodeBeat>>>,
+    calls: Cache<CallRecord>,
+    nodes: Cache<NodeBeat>,
     /// Calls this node has written to the bucket and not yet written as ended, by key, with
     /// what was last written (to write only changes).
     mine: Mutex<HashMap<String, calls::Mine>>,
