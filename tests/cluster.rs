@@ -470,29 +470,40 @@ fn subscribe(url: String) -> Heard {
     heard
 }
 
-/// Waits until the subscriber has heard every alert in `seen`, then checks that it heard none
-/// twice and in strictly increasing cluster order.
-async fn all_heard_once(heard: &Heard, seen: &[String], what: &str, procs: &[&Proc]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Waits up to `within` until `got` holds every alert in `seen`; the ones still missing if not.
+async fn wait_for_all(got: &Heard, seen: &[String], within: Duration) -> Result<(), Vec<String>> {
+    let deadline = Instant::now() + within;
     loop {
-        let got: HashSet<String> = heard
+        let have: HashSet<String> = got
             .lock()
             .unwrap()
             .iter()
             .map(|(_, id)| id.clone())
             .collect();
-        let missing: Vec<&String> = seen.iter().filter(|id| !got.contains(*id)).collect();
+        let missing: Vec<String> = seen
+            .iter()
+            .filter(|id| !have.contains(*id))
+            .cloned()
+            .collect();
         if missing.is_empty() {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
-            let logs: Vec<String> = procs.iter().map(|p| p.tail()).collect();
-            panic!(
-                "{what}: the subscriber never heard {missing:?}\n{}",
-                logs.join("\n---\n")
-            );
+            return Err(missing);
         }
         sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the subscriber has heard every alert in `seen`, then checks that it heard none
+/// twice and in strictly increasing cluster order.
+async fn all_heard_once(heard: &Heard, seen: &[String], what: &str, procs: &[&Proc]) {
+    if let Err(missing) = wait_for_all(heard, seen, Duration::from_secs(60)).await {
+        let logs: Vec<String> = procs.iter().map(|p| p.tail()).collect();
+        panic!(
+            "{what}: the subscriber never heard {missing:?}\n{}",
+            logs.join("\n---\n")
+        );
     }
     let heard = heard.lock().unwrap();
     let ids: HashSet<&String> = heard.iter().map(|(_, id)| id).collect();
@@ -805,23 +816,8 @@ async fn three_nodes_on_jetstream_lose_and_repeat_no_alert_through_node_and_serv
     // The SOC's webhook got every alert from one node or another, in the cluster's order; an
     // alert is delivered twice only if a node died (or was cut off) between delivering it and
     // JetStream taking the acknowledgement (twice here at most: the kill and the cut).
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let got: HashSet<String> = delivered
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, id)| id.clone())
-            .collect();
-        let missing: Vec<&String> = seen.iter().filter(|id| !got.contains(*id)).collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the webhook never got {missing:?}"
-        );
-        sleep(Duration::from_millis(300)).await;
+    if let Err(missing) = wait_for_all(&delivered, &seen, Duration::from_secs(90)).await {
+        panic!("the webhook never got {missing:?}");
     }
     let delivered = delivered.lock().unwrap().clone();
     let mut first = Vec::new();

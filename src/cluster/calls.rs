@@ -307,10 +307,10 @@ async fn beat(inner: &Inner, local: &dyn LocalCalls, started_ms: i64) -> Result<
         .map_err(|e| nats(&e))?;
 
     // Live calls: what changed since the last write.
-    let mut seen_keys = Vec::with_capacity(live.len());
+    let mut seen_keys = std::collections::HashSet::with_capacity(live.len());
     for record in live {
         let key = subjects::call_key(&record.tenant, &record.call_id);
-        seen_keys.push(key.clone());
+        seen_keys.insert(key.clone());
         let Some((place, last)) = inner
             .mine
             .lock()
@@ -370,7 +370,7 @@ async fn beat(inner: &Inner, local: &dyn LocalCalls, started_ms: i64) -> Result<
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .keys()
-        .filter(|k| !seen_keys.contains(k))
+        .filter(|k| !seen_keys.contains(*k))
         .cloned()
         .collect();
     for key in gone {

@@ -235,6 +235,16 @@ impl CallEntry {
 
     pub fn record(&self) -> CallRecord {
         CallRecord {
+            recent_windows: self.recent.iter().copied().collect(),
+            transcript: self.transcript.iter().cloned().collect(),
+            ..self.brief()
+        }
+    }
+
+    /// The record without its windows and transcript (what a cluster shares each heartbeat:
+    /// nothing is copied only to be thrown away under the registry's lock).
+    pub fn brief(&self) -> CallRecord {
+        CallRecord {
             call_id: self.call_id.to_string(),
             tenant: self.tenant.to_string(),
             state: self.state,
@@ -250,8 +260,8 @@ impl CallEntry {
             started_wall_time_ms: self.started_wall_time_ms,
             ended_wall_time_ms: None,
             metadata: self.metadata.clone(),
-            recent_windows: self.recent.iter().copied().collect(),
-            transcript: self.transcript.iter().cloned().collect(),
+            recent_windows: Vec::new(),
+            transcript: Vec::new(),
             summary: None,
             cluster: None,
         }
@@ -391,16 +401,7 @@ impl CallRegistry {
     /// Every tenant's live calls, without their windows and transcripts (what a cluster shares).
     pub fn all_brief(&self) -> Vec<CallRecord> {
         let inner = self.lock();
-        inner
-            .by_key
-            .values()
-            .map(|e| {
-                let mut r = e.record();
-                r.recent_windows.clear();
-                r.transcript.clear();
-                r
-            })
-            .collect()
+        inner.by_key.values().map(CallEntry::brief).collect()
     }
 
     pub fn list(&self, tenant: &str) -> Vec<CallRecord> {
