@@ -103,7 +103,7 @@ if ! echo "$WHISPER_GGML_SHA256  $WHISPER_MODEL" | sha256sum -c --quiet >/dev/nu
 fi
 
 # --- Small ONNX graphs for behaviour tests (tests/models/make_test_models.py says what they compute).
-[ -f "$DEPS/test-models/loudness.onnx" ] || "$VENV/bin/python" tests/models/make_test_models.py "$DEPS/test-models" >/dev/null
+[ -f "$DEPS/test-models/loudness-cascade.onnx" ] || "$VENV/bin/python" tests/models/make_test_models.py "$DEPS/test-models" >/dev/null
 
 # --- Test audio: genuine prompts (Asterisk, 8 kHz) and synthetic speech (espeak-ng, flite).
 scripts/make-test-audio.sh

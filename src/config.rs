@@ -612,6 +612,9 @@ pub struct DetectorConfig {
     pub queue_windows: usize,
     /// What live calls do when the window queue is full (`scan` and `eval` always block).
     pub when_full: WhenFull,
+    /// Run the sidecar's cascade (a cheap first stage in front of the model) when it has one;
+    /// false: the model scores every window.
+    pub cascade: bool,
 }
 
 /// Evidence fusion, hysteresis and debounce.
@@ -725,6 +728,7 @@ impl Default for DetectorConfig {
             max_batch: 16,
             queue_windows: 256,
             when_full: WhenFull::DropNewest,
+            cascade: true,
         }
     }
 }

@@ -1,14 +1,16 @@
 //! Where audio is scored: the model's sidecar, ONNX Runtime sessions for the detector and the
 //! Silero VAD, and the pool of detector workers that batches windows across calls.
 
+pub mod cascade;
 pub mod model;
 pub mod pool;
 pub mod session;
 pub mod speaker;
 pub mod vad;
 
-pub use model::{ModelCard, OutputKind};
-pub use pool::{DetectorPool, PoolStats, ScoredWindow, WindowJob};
+pub use cascade::{Scorer, Stage, StagedScore};
+pub use model::{CascadeCard, ModelCard, OutputKind};
+pub use pool::{DetectorPool, PoolStats, ScoredWindow, WindowBuffers, WindowJob};
 pub use session::Detector;
 pub use speaker::{SpeakerCard, SpeakerEncoder};
 pub use vad::{SileroVad, VadState};

@@ -51,8 +51,39 @@ pub struct ModelCard {
     pub input: ModelInput,
     pub output: ModelOutput,
     pub threshold: Threshold,
+    /// A cheaper first stage in front of this model (`src/detect/cascade.rs`).
+    #[serde(default)]
+    pub cascade: Option<CascadeCard>,
+    /// The first stage's own card, read from its sidecar at load.
+    #[serde(skip)]
+    pub first_stage: Option<Box<ModelCard>>,
     #[serde(skip)]
     pub model_path: PathBuf,
+}
+
+/// The sidecar's `cascade` section: every window is scored by `first_stage`, and goes on to this
+/// model when the first stage's calibrated log-odds reach `escalate_logit` or when the window's
+/// position in its call is a multiple of `sample_every`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeCard {
+    /// The first stage's model, relative to this model's folder; its sidecar beside it.
+    pub first_stage: PathBuf,
+    /// First-stage log-odds (calibrated) at or above which a window goes on to this model.
+    pub escalate_logit: f32,
+    /// Every Nth window of a call, its first included, goes on whatever the first stage says, so
+    /// a clone the first stage misses is still looked at; 0: never.
+    pub sample_every: u64,
+    /// How `escalate_logit` was chosen (documentation).
+    #[serde(default)]
+    pub chosen_on: Option<String>,
+}
+
+impl CascadeCard {
+    /// `escalate_logit` as a probability, which is what [`super::Detector::score`] gives.
+    pub fn escalate_p(&self) -> f32 {
+        1.0 / (1.0 + (-self.escalate_logit).exp())
+    }
 }
 
 impl ModelCard {
@@ -103,7 +134,46 @@ impl ModelCard {
             )));
         }
         card.model_path = model.to_owned();
+        if let Some(cascade) = &card.cascade {
+            card.first_stage = Some(Box::new(card.load_first_stage(cascade)?));
+        }
         Ok(card)
+    }
+
+    /// The cascade's first stage: its own sidecar, checked to take this model's windows.
+    fn load_first_stage(&self, cascade: &CascadeCard) -> Result<ModelCard, DetectError> {
+        let folder = self.model_path.parent().unwrap_or(Path::new("."));
+        let path = folder.join(&cascade.first_stage);
+        let mismatch = |message: String| DetectError::Mismatch {
+            path: self.model_path.clone(),
+            message,
+        };
+        if !cascade.escalate_logit.is_finite() {
+            return Err(mismatch(format!(
+                "cascade.escalate_logit {} is not a number",
+                cascade.escalate_logit
+            )));
+        }
+        let first = Self::load(&path)?;
+        if first.cascade.is_some() {
+            return Err(mismatch(format!(
+                "the first stage {} has a cascade of its own",
+                path.display()
+            )));
+        }
+        if (first.input.sample_rate, first.input.window_samples)
+            != (self.input.sample_rate, self.input.window_samples)
+        {
+            return Err(mismatch(format!(
+                "the first stage {} takes {} samples at {} Hz, this model {} at {} Hz",
+                path.display(),
+                first.input.window_samples,
+                first.input.sample_rate,
+                self.input.window_samples,
+                self.input.sample_rate
+            )));
+        }
+        Ok(first)
     }
 
     /// Window length in milliseconds.
@@ -111,9 +181,13 @@ impl ModelCard {
         (self.input.window_samples as u64 * 1000 / self.input.sample_rate as u64) as u32
     }
 
-    /// `name@version`, as alerts report it.
+    /// `name@version`, as alerts report it; a cascade adds its first stage's
+    /// (`name@version+first@version`).
     pub fn id(&self) -> String {
-        format!("{}@{}", self.name, self.version)
+        match &self.first_stage {
+            Some(first) => format!("{}@{}+{}", self.name, self.version, first.id()),
+            None => format!("{}@{}", self.name, self.version),
+        }
     }
 }
 

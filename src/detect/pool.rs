@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
+use super::cascade::{Scorer, Stage, StagedScore};
 use super::speaker::{SpeakerCard, SpeakerEncoder};
-use super::{DetectError, Detector, ModelCard};
+use super::{DetectError, ModelCard};
 use crate::config::WhenFull;
 
 /// Internal key of a call inside one engine.
@@ -28,6 +29,60 @@ pub struct WindowJob {
     pub samples: Vec<f32>,
 }
 
+/// Window sample buffers handed back by the detector workers once scored, for the streams to
+/// fill again: a window costs no allocation once the pool has as many buffers as windows in
+/// flight. Bounded; a buffer with nowhere to go is freed, and one made afresh is counted.
+#[derive(Clone, Debug)]
+pub struct WindowBuffers {
+    back: Sender<Vec<f32>>,
+    free: Receiver<Vec<f32>>,
+    made: Arc<AtomicU64>,
+}
+
+impl WindowBuffers {
+    /// Keeps at most `keep` buffers for reuse.
+    pub fn new(keep: usize) -> Self {
+        let (back, free) = bounded(keep.max(1));
+        Self {
+            back,
+            free,
+            made: Arc::default(),
+        }
+    }
+
+    /// An empty buffer of at least `samples` capacity: a returned one, or a new one.
+    pub fn take(&self, samples: usize) -> Vec<f32> {
+        match self.free.try_recv() {
+            Ok(mut buffer) => {
+                buffer.reserve(samples);
+                buffer
+            }
+            Err(_) => {
+                self.made.fetch_add(1, Ordering::Relaxed);
+                Vec::with_capacity(samples)
+            }
+        }
+    }
+
+    /// Hands a buffer back for reuse (freed when enough are kept already).
+    pub fn give(&self, mut buffer: Vec<f32>) {
+        buffer.clear();
+        let _ = self.back.try_send(buffer);
+    }
+
+    /// Buffers allocated because none was free.
+    pub fn made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for WindowBuffers {
+    /// A small private set, for a stream outside an engine.
+    fn default() -> Self {
+        Self::new(4)
+    }
+}
+
 /// The detector's answer for one window.
 #[derive(Debug, Clone)]
 pub struct ScoredWindow {
@@ -37,6 +92,8 @@ pub struct ScoredWindow {
     pub end_ms: u64,
     /// Calibrated spoof probability, or why the window could not be scored.
     pub p_spoof: Result<f32, String>,
+    /// Which model of a cascade gave the score (`Full` without a cascade).
+    pub stage: Stage,
     /// The voice embedding of the window (unit length), with a speaker encoder configured.
     pub embedding: Option<Box<[f32]>>,
 }
@@ -47,6 +104,8 @@ pub struct PoolStats {
     pub windows_failed: AtomicU64,
     /// Windows dropped because the queue was full (the intentional, live-call policy).
     pub windows_dropped_full: AtomicU64,
+    /// Windows a cascade's first stage cleared, so the full model never ran on them.
+    pub windows_cleared_first_stage: AtomicU64,
     pub batches: AtomicU64,
     pub inference_ns: AtomicU64,
     /// Inference time per window (a batch's time shared by its windows).
@@ -55,6 +114,7 @@ pub struct PoolStats {
 
 pub struct DetectorPool {
     jobs: Option<Sender<WindowJob>>,
+    buffers: WindowBuffers,
     workers: Vec<JoinHandle<()>>,
     stats: Arc<PoolStats>,
     card: Arc<ModelCard>,
@@ -76,6 +136,8 @@ impl DetectorPool {
         M: From<ScoredWindow> + Send + 'static,
     {
         let (jobs_tx, jobs_rx) = bounded::<WindowJob>(queue_windows.max(1));
+        // Every window that can be in flight at once: queued, in a batch, or being filled.
+        let buffers = WindowBuffers::new(queue_windows + workers.max(1) * max_batch.max(1) + 16);
         let stats = Arc::new(PoolStats::default());
         // Sessions are created here so that a broken model fails start(), not a worker.
         let detectors = (0..workers.max(1))
@@ -83,7 +145,7 @@ impl DetectorPool {
                 let encoder = speaker
                     .map(|s| SpeakerEncoder::new(s, intra_threads))
                     .transpose()?;
-                Ok((Detector::new(&card, intra_threads)?, encoder))
+                Ok((Scorer::new(&card, intra_threads)?, encoder))
             })
             .collect::<Result<Vec<_>, DetectError>>()?;
         let workers = detectors
@@ -91,9 +153,10 @@ impl DetectorPool {
             .enumerate()
             .map(|(i, detector)| {
                 let (rx, tx, stats) = (jobs_rx.clone(), results.clone(), stats.clone());
+                let buffers = buffers.clone();
                 std::thread::Builder::new()
                     .name(format!("detector-{i}"))
-                    .spawn(move || worker(detector, rx, tx, stats, max_batch.max(1)))
+                    .spawn(move || worker(detector, rx, tx, stats, buffers, max_batch.max(1)))
                     .map_err(|e| DetectError::Load {
                         path: card.model_path.clone(),
                         message: format!("cannot start worker thread: {e}"),
@@ -102,6 +165,7 @@ impl DetectorPool {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             jobs: Some(jobs_tx),
+            buffers,
             workers,
             stats,
             card,
@@ -114,6 +178,11 @@ impl DetectorPool {
 
     pub fn stats(&self) -> &Arc<PoolStats> {
         &self.stats
+    }
+
+    /// The window buffers the workers hand back, for the streams that feed this pool.
+    pub fn buffers(&self) -> &WindowBuffers {
+        &self.buffers
     }
 
     /// A handle for submitting windows from stream threads.
@@ -175,14 +244,15 @@ impl WindowSubmitter {
 }
 
 fn worker<M: From<ScoredWindow>>(
-    (mut detector, mut encoder): (Detector, Option<SpeakerEncoder>),
+    (mut scorer, mut encoder): (Scorer, Option<SpeakerEncoder>),
     jobs: Receiver<WindowJob>,
     results: Sender<M>,
     stats: Arc<PoolStats>,
+    buffers: WindowBuffers,
     max_batch: usize,
 ) {
     let mut batch: Vec<WindowJob> = Vec::with_capacity(max_batch);
-    let mut scores = Vec::with_capacity(max_batch);
+    let mut scores: Vec<StagedScore> = Vec::with_capacity(max_batch);
     let mut embeddings = Vec::new();
     while let Ok(first) = jobs.recv() {
         batch.clear();
@@ -194,7 +264,10 @@ fn worker<M: From<ScoredWindow>>(
             }
         }
         let started = Instant::now();
-        let outcome = detector.score(batch.iter().map(|j| j.samples.as_slice()), &mut scores);
+        let outcome = scorer.score(
+            batch.iter().map(|j| (j.seq, j.samples.as_slice())),
+            &mut scores,
+        );
         // The voice of each window; a failure costs the embeddings, never the scores.
         let dim = encoder.as_ref().map_or(0, SpeakerEncoder::dim);
         let embedded = encoder.as_mut().is_some_and(|e| {
@@ -219,17 +292,32 @@ fn worker<M: From<ScoredWindow>>(
             &stats.windows_failed
         };
         counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if outcome.is_ok() {
+            let cleared = scores.iter().filter(|s| s.stage == Stage::First).count();
+            stats
+                .windows_cleared_first_stage
+                .fetch_add(cleared as u64, Ordering::Relaxed);
+        }
         for (i, job) in batch.drain(..).enumerate() {
-            let p_spoof = match &outcome {
-                Ok(()) => Ok(scores[i]),
-                Err(e) => Err(e.to_string()),
+            let (p_spoof, stage) = match &outcome {
+                Ok(()) => (Ok(scores[i].p_spoof), scores[i].stage),
+                Err(e) => (Err(e.to_string()), Stage::Full),
             };
+            let WindowJob {
+                call,
+                seq,
+                start_ms,
+                end_ms,
+                samples,
+            } = job;
+            buffers.give(samples);
             let scored = ScoredWindow {
-                call: job.call,
-                seq: job.seq,
-                start_ms: job.start_ms,
-                end_ms: job.end_ms,
+                call,
+                seq,
+                start_ms,
+                end_ms,
                 p_spoof,
+                stage,
                 embedding: embedded.then(|| embeddings[i * dim..(i + 1) * dim].into()),
             };
             if results.send(scored.into()).is_err() {

@@ -366,6 +366,13 @@ impl Collector for GuardCollector {
                 )?;
                 counter(
                     &mut e,
+                    "windows_cleared_first_stage",
+                    "Windows the detector cascade's first stage cleared (the full model did not run).",
+                    None,
+                    relaxed(&p.windows_cleared_first_stage),
+                )?;
+                counter(
+                    &mut e,
                     "windows_dropped",
                     "Windows dropped because the detector queue was full (intentional).",
                     None,

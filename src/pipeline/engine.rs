@@ -6,7 +6,7 @@
 //!      └──────────── opened / dropped / closed ─────────────────────┴─► fusion thread ──► events
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -193,7 +193,19 @@ pub struct Engine {
 impl Engine {
     /// Loads the model named in `config` and starts the workers.
     pub fn start(config: &Config) -> Result<Self, EngineError> {
-        let card = Arc::new(ModelCard::load(&config.detector.model)?);
+        let mut card = ModelCard::load(&config.detector.model)?;
+        if !config.detector.cascade {
+            card.first_stage = None;
+        }
+        let card = Arc::new(card);
+        if let (Some(first), Some(cascade)) = (&card.first_stage, &card.cascade) {
+            tracing::info!(
+                first_stage = first.id(),
+                escalate_logit = cascade.escalate_logit,
+                sample_every = cascade.sample_every,
+                "Detector cascade on."
+            );
+        }
         if card.input.sample_rate != super::PIPELINE_RATE {
             return Err(EngineError::ModelRate {
                 model: card.id(),
@@ -339,6 +351,10 @@ impl Engine {
                 }
             }),
         )?;
+        let stream = match &self.pool {
+            Some(pool) => stream.with_window_buffers(pool.buffers().clone()),
+            None => stream,
+        };
         let params = FusionParams::from_config(
             &self.config.verdict,
             &self.card,
@@ -592,12 +608,57 @@ pub fn drive(
     Ok(call.finish(vad)?)
 }
 
+/// Items by sequence number, handed out in order: those that arrive ahead of the next one due
+/// wait in a slot by their distance from it. A call's windows reach fusion nearly in order (a
+/// few detector workers), so the slots stay few and, once grown, take no allocation per window
+/// (a map would allocate a node for each).
+struct Reorder<T> {
+    next: u64,
+    slots: VecDeque<Option<T>>,
+}
+
+impl<T> Default for Reorder<T> {
+    fn default() -> Self {
+        Self {
+            next: 0,
+            slots: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Reorder<T> {
+    /// Files item `seq`; one already handed out (or a repeat) is ignored.
+    fn insert(&mut self, seq: u64, item: T) {
+        let Some(slot) = seq.checked_sub(self.next).map(|d| d as usize) else {
+            return;
+        };
+        if slot >= self.slots.len() {
+            self.slots.resize_with(slot + 1, || None);
+        }
+        self.slots[slot].get_or_insert(item);
+    }
+
+    /// The next item due, if it has arrived.
+    fn pop_next(&mut self) -> Option<T> {
+        if !matches!(self.slots.front(), Some(Some(_))) {
+            return None;
+        }
+        self.next += 1;
+        self.slots.pop_front().flatten()
+    }
+
+    /// The sequence number of the next item due: how many were handed out.
+    fn next_seq(&self) -> u64 {
+        self.next
+    }
+}
+
 struct CallFusion {
     id: Arc<str>,
     evidence: CallEvidence,
     transcript: CallTranscript,
-    next_seq: u64,
-    waiting: BTreeMap<u64, Option<ScoredWindow>>,
+    /// Windows scored (or dropped: `None`) ahead of the next one due.
+    waiting: Reorder<Option<ScoredWindow>>,
     closed: Option<(u64, StreamStats)>,
     dropped: u64,
     failed: u64,
@@ -650,8 +711,7 @@ fn fuse(
                         evidence: CallEvidence::new(id.to_string(), params),
                         transcript: CallTranscript::new(context.limit),
                         id,
-                        next_seq: 0,
-                        waiting: BTreeMap::new(),
+                        waiting: Reorder::default(),
                         closed: None,
                         dropped: 0,
                         failed: 0,
@@ -729,7 +789,7 @@ fn fuse(
             return;
         }
         if let Some((windows, stats)) = &call.closed
-            && call.next_seq >= *windows
+            && call.waiting.next_seq() >= *windows
             && call.transcript.accounted() >= stats.segments_emitted
         {
             context.prioritise(key, false);
@@ -833,8 +893,7 @@ fn advance(
     context: &TranscriptContext,
     events: &Sender<EngineEvent>,
 ) -> Result<(), ()> {
-    while let Some(entry) = call.waiting.remove(&call.next_seq) {
-        call.next_seq += 1;
+    while let Some(entry) = call.waiting.pop_next() {
         match entry {
             None => call.dropped += 1,
             Some(ScoredWindow {
@@ -970,5 +1029,26 @@ fn summary(key: u64, call: CallFusion) -> CallSummary {
         }),
         voice_windows: call.voice_windows,
         allowed_voice_windows: call.allowed_matches,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reorder;
+
+    #[test]
+    fn reorder_hands_items_out_in_sequence_whatever_order_they_arrive_in() {
+        let mut r = Reorder::default();
+        r.insert(2, 'c');
+        assert_eq!(r.pop_next(), None, "0 is not there yet");
+        r.insert(0, 'a');
+        r.insert(3, 'd');
+        assert_eq!(r.pop_next(), Some('a'));
+        assert_eq!(r.pop_next(), None, "1 is missing");
+        r.insert(1, 'b');
+        r.insert(0, 'x'); // handed out already: ignored
+        let out: Vec<char> = std::iter::from_fn(|| r.pop_next()).collect();
+        assert_eq!(out, ['b', 'c', 'd']);
+        assert_eq!(r.next_seq(), 4);
     }
 }

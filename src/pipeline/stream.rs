@@ -7,7 +7,7 @@ use crate::audio::resample::Resampler;
 use crate::audio::{AudioError, ChannelPick, SourceFormat};
 use crate::config::{SpeechConfig, WindowConfig};
 use crate::detect::vad::FRAME;
-use crate::detect::{DetectError, SileroVad, VadState, WindowJob};
+use crate::detect::{DetectError, SileroVad, VadState, WindowBuffers, WindowJob};
 use crate::transcribe::SpeechSegment;
 
 /// The pipeline's sample rate (Silero VAD and the detector both run at 16 kHz).
@@ -173,6 +173,7 @@ struct Windower {
     since_last: usize,
     speech_total: u64,
     next_seq: u64,
+    buffers: WindowBuffers,
 }
 
 impl Windower {
@@ -187,6 +188,7 @@ impl Windower {
             since_last: 0,
             speech_total: 0,
             next_seq: 0,
+            buffers: WindowBuffers::default(),
         }
     }
 
@@ -205,7 +207,8 @@ impl Windower {
         }
         self.since_last = 0;
         let skip = self.speech.len() - self.window;
-        let samples: Vec<f32> = self.speech.iter().skip(skip).copied().collect();
+        let mut samples = self.buffers.take(self.window);
+        samples.extend(self.speech.iter().skip(skip));
         let start_sample = self.frame_starts.front().copied().unwrap_or(0) + skip as u64;
         Some(self.job(call, start_sample, start + frame.len() as u64, samples))
     }
@@ -216,13 +219,8 @@ impl Windower {
         {
             return None;
         }
-        let samples: Vec<f32> = self
-            .speech
-            .iter()
-            .copied()
-            .cycle()
-            .take(self.window)
-            .collect();
+        let mut samples = self.buffers.take(self.window);
+        samples.extend(self.speech.iter().cycle().take(self.window));
         let start = self.frame_starts.front().copied().unwrap_or(0);
         let end = self.frame_starts.back().copied().unwrap_or(0) + FRAME as u64;
         Some(self.job(call, start, end, samples))
@@ -296,6 +294,13 @@ impl CallStream {
             input_frames: 0,
             stats: StreamStats::default(),
         })
+    }
+
+    /// Fills windows into buffers from (and handed back to) `buffers`, e.g. the detector
+    /// pool's, instead of allocating one per window.
+    pub fn with_window_buffers(mut self, buffers: WindowBuffers) -> Self {
+        self.windower.buffers = buffers;
+        self
     }
 
     pub fn key(&self) -> u64 {
