@@ -108,4 +108,17 @@ fi
 # --- Test audio: genuine prompts (Asterisk, 8 kHz) and synthetic speech (espeak-ng, flite).
 scripts/make-test-audio.sh
 
+# --- A real two-speaker phone call (30 s, 16 kHz), the sample of pyannote-audio (MIT), for the
+# speech-gate test: the wheel holds it, nothing of the package is installed. After the test
+# audio, which starts .deps/audio afresh when its version changes.
+if [ ! -f "$DEPS/audio/pyannote_call.wav" ]; then
+  log "fetching the pyannote-audio sample call from PyPI"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps "pyannote-audio==4.0.7" -d "$tmp"
+  mkdir -p "$DEPS/audio"
+  unzip -q -o -j "$tmp"/pyannote_audio-*.whl "pyannote/audio/sample/sample.wav" -d "$tmp"
+  mv "$tmp/sample.wav" "$DEPS/audio/pyannote_call.wav"
+  rm -rf "$tmp"
+fi
+
 log "ready (.deps: $(du -sh "$DEPS" | cut -f1))"

@@ -573,6 +573,9 @@ pub struct SpeechConfig {
     /// A frame whose level (RMS, dB full scale) is below this is silence without asking the VAD
     /// (the caller's channel is quiet while the agent talks); `-200` asks the VAD about every frame.
     pub energy_floor_dbfs: f32,
+    /// Outside speech, a frame less than this many dB above the call's noise level (tracked per
+    /// call) is silence without asking the VAD; 0 asks the VAD about every frame over the floor.
+    pub noise_margin_db: f32,
 }
 
 /// Sliding windows over gated speech.
@@ -706,6 +709,7 @@ impl Default for SpeechConfig {
             continue_threshold: 0.35,
             hangover_ms: 160,
             energy_floor_dbfs: -60.0,
+            noise_margin_db: 6.0,
         }
     }
 }
@@ -1212,6 +1216,12 @@ impl Config {
                     "{} is outside -200..=-20 (dB full scale)",
                     s.energy_floor_dbfs
                 ),
+            );
+        }
+        if !(0.0..=30.0).contains(&s.noise_margin_db) {
+            bad(
+                "speech.noise_margin_db",
+                format!("{} is outside 0..=30 (dB)", s.noise_margin_db),
             );
         }
         if s.hangover_ms > 5_000 {

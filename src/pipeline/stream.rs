@@ -28,7 +28,8 @@ pub struct StreamStats {
     pub audio_ms: u64,
     /// Speech kept by the gate, in milliseconds.
     pub speech_ms: u64,
-    /// Audio below the energy floor, taken as silence without running the VAD, in milliseconds.
+    /// Audio taken as silence without running the VAD (below the energy floor, or outside
+    /// speech and within `speech.noise_margin_db` of the call's noise level), in milliseconds.
     pub quiet_ms: u64,
     /// NaN or infinite input samples replaced by silence.
     pub non_finite_samples: u64,
@@ -107,17 +108,27 @@ impl Segmenter {
     }
 }
 
-/// Speech gate with hysteresis and hangover over 32 ms VAD frames.
+/// Speech gate with hysteresis and hangover over 32 ms VAD frames, and a pre-gate that spares
+/// the VAD the frames that cannot be speech.
 #[derive(Debug, Clone)]
 struct Gate {
     /// Mean square below which a frame is silence without asking the VAD.
     floor: f32,
+    /// The call's noise level in dB (minimum tracking: down at once, up [`NOISE_RISE_DB`] a
+    /// frame), and how far above it a frame must be for the VAD to be asked (0: always asked).
+    noise_db: f32,
+    margin_db: f32,
     start: f32,
     keep: f32,
     hangover_frames: u32,
     in_speech: bool,
     hangover_left: u32,
 }
+
+/// How fast the noise estimate climbs, per 32 ms frame (about 6 dB a second): a word cannot lift
+/// it to the speech's level (and inside speech the VAD is always asked), and it reaches a noisy
+/// line's level from the energy floor within seconds.
+const NOISE_RISE_DB: f32 = 0.2;
 
 impl Gate {
     fn new(c: &SpeechConfig) -> Self {
@@ -128,6 +139,9 @@ impl Gate {
             } else {
                 10f32.powf(c.energy_floor_dbfs / 10.0)
             },
+            // From the floor (below any line's noise), so the call's first frames reach the VAD.
+            noise_db: c.energy_floor_dbfs.max(-120.0),
+            margin_db: c.noise_margin_db,
             start: c.start_threshold,
             keep: c.continue_threshold,
             hangover_frames: (c.hangover_ms as usize * PIPELINE_RATE as usize / 1000 / FRAME)
@@ -137,10 +151,24 @@ impl Gate {
         }
     }
 
-    /// Whether a frame is too quiet to be speech, whatever the VAD would say.
-    fn quiet(&self, frame: &[f32]) -> bool {
+    /// Whether a frame is silence without asking the VAD: below the energy floor, or, outside
+    /// speech and its hangover, less than `margin_db` above the call's noise level. Tracks the
+    /// noise level, so every frame passes through here once, in order.
+    fn quiet(&mut self, frame: &[f32]) -> bool {
         let power = frame.iter().map(|x| x * x).sum::<f32>() / frame.len().max(1) as f32;
-        power < self.floor
+        if self.margin_db > 0.0 {
+            let db = 10.0 * power.max(1e-12).log10();
+            self.noise_db = if db < self.noise_db {
+                db
+            } else {
+                (self.noise_db + NOISE_RISE_DB).min(db)
+            };
+        }
+        if power < self.floor {
+            return true;
+        }
+        let listening = self.in_speech || self.hangover_left > 0;
+        self.margin_db > 0.0 && !listening && 10.0 * power.log10() < self.noise_db + self.margin_db
     }
 
     /// Whether a frame with speech probability `p` is kept.
@@ -498,8 +526,9 @@ mod tests {
 
     #[test]
     fn frames_below_the_energy_floor_are_quiet() {
-        let g = Gate::new(&SpeechConfig {
+        let mut g = Gate::new(&SpeechConfig {
             energy_floor_dbfs: -60.0,
+            noise_margin_db: 0.0,
             ..SpeechConfig::default()
         });
         // A sine of amplitude a has an RMS of a / sqrt(2).
@@ -509,11 +538,45 @@ mod tests {
         assert!(g.quiet(&sine(0.001)), "-63 dBFS");
         assert!(!g.quiet(&sine(0.002)), "-57 dBFS");
         assert!(!g.quiet(&sine(0.3)));
-        let off = Gate::new(&SpeechConfig {
+        let mut off = Gate::new(&SpeechConfig {
             energy_floor_dbfs: -200.0,
+            noise_margin_db: 0.0,
             ..SpeechConfig::default()
         });
         assert!(!off.quiet(&sine(0.001)));
         assert!(!off.quiet(&[0.0; FRAME]));
+    }
+
+    #[test]
+    fn steady_noise_stops_reaching_the_vad_but_louder_frames_and_speech_do() {
+        let mut g = Gate::new(&SpeechConfig {
+            energy_floor_dbfs: -60.0,
+            noise_margin_db: 6.0,
+            ..SpeechConfig::default()
+        });
+        let mut seed = 7u32;
+        let mut noise = |rms: f32| -> Vec<f32> {
+            (0..FRAME)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                    ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * rms * 12f32.sqrt()
+                })
+                .collect()
+        };
+        // -40 dBFS hiss: asked about at first, while the estimate climbs from the floor...
+        let asked: Vec<bool> = (0..200).map(|_| !g.quiet(&noise(0.01))).collect();
+        assert!(
+            asked[..20].iter().all(|&a| a),
+            "the first frames reach the VAD"
+        );
+        // ...then spared, once the estimate has reached it (20 dB at 6 dB a second).
+        assert!(asked[150..].iter().all(|&a| !a), "steady noise is spared");
+        // A frame 10 dB over the noise is asked about.
+        assert!(!g.quiet(&noise(0.0316)));
+        // Inside speech every frame is asked about, however quiet (above the floor).
+        assert!(g.keep(0.9));
+        assert!(!g.quiet(&noise(0.01)));
+        // Digital silence is under the floor, in speech or not.
+        assert!(g.quiet(&[0.0; FRAME]));
     }
 }
