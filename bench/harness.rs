@@ -135,15 +135,18 @@ pub struct Daemon {
 impl Daemon {
     /// `callguard run` on a free port with the shipped models, transcription on or off, and
     /// `extra` config appended.
-    pub fn start(transcribe: bool, extra: &str) -> Self {
+    /// Starts `callguard run` on a bench config: transcription on or off, the detector's cascade
+    /// on or off, and `extra` TOML appended.
+    pub fn start(transcribe: bool, cascade: bool, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("load.toml");
         std::fs::write(
             &config,
             format!(
-                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nmax_calls_per_tenant = 100000\n[[server.tenants]]\nname = \"load\"\ntoken_sha256 = \"{}\"\n[store]\npath = \"alerts.db\"\n[transcribe]\nenabled = {}\n{}",
+                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\ncascade = {}\n[server]\nlisten = \"127.0.0.1:0\"\nmax_calls_per_tenant = 100000\n[[server.tenants]]\nname = \"load\"\ntoken_sha256 = \"{}\"\n[store]\npath = \"alerts.db\"\n[transcribe]\nenabled = {}\n{}",
                 root().join(".deps/silero_vad.onnx").display(),
                 root().join("models/detector.onnx").display(),
+                cascade,
                 callguard::grpc::token_sha256(TOKEN),
                 transcribe,
                 extra,

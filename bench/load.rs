@@ -12,6 +12,8 @@
 //!   cargo bench --bench load -- --hop-ms 1000    # a detector window every 1000 ms of speech
 //!                                                # (default: the config's 500), the fusion
 //!                                                # still averaging 2 s of speech
+//!   cargo bench --bench load -- --no-cascade     # the full detector on every window (default:
+//!                                                # the sidecar's cascade, when it has one)
 //!
 //! Run without `--bench` (as test runners do) it does nothing.
 //!
@@ -46,6 +48,7 @@ struct Options {
     transcribe: bool,
     turns: bool,
     hop_ms: Option<u64>,
+    cascade: bool,
 }
 
 fn run(n: usize, options: Options) -> bool {
@@ -54,6 +57,7 @@ fn run(n: usize, options: Options) -> bool {
         transcribe,
         turns,
         hop_ms,
+        cascade,
     } = options;
     let extra = hop_ms.map_or(String::new(), |hop| {
         format!(
@@ -61,7 +65,7 @@ fn run(n: usize, options: Options) -> bool {
             (FUSED_SPEECH_MS / hop).max(1)
         )
     });
-    let daemon = Daemon::start(transcribe, &extra);
+    let daemon = Daemon::start(transcribe, cascade, &extra);
     std::thread::sleep(Duration::from_millis(500));
     let (cpu0, rss0) = daemon.usage();
     let plans = plans(n, seconds, turns);
@@ -187,6 +191,7 @@ fn run(n: usize, options: Options) -> bool {
         "calls": n,
         "transcribe": transcribe,
         "caller_talks_in_turns": turns,
+        "cascade": cascade,
         "hop_ms": hop_ms.unwrap_or(callguard::config::WindowConfig::default().hop_ms.into()),
         "speech_segments": { "cut": segments, "transcribed": transcribed, "skipped_over_budget": skipped },
         "seconds_per_call": seconds,
@@ -245,6 +250,7 @@ fn main() {
         transcribe: args.iter().any(|a| a == "--transcribe"),
         turns: args.iter().any(|a| a == "--turns"),
         hop_ms: value("--hop-ms"),
+        cascade: !args.iter().any(|a| a == "--no-cascade"),
     };
     assert!(Path::new(env!("CARGO_BIN_EXE_callguard")).exists());
     if let Some(n) = value("--calls") {

@@ -190,6 +190,26 @@ t = json.load(open(sys.argv[1]))["threshold"]["by_class"]
 assert set(t) <= {"wideband", "narrowband_g711", "narrowband_lossy"} and t and all(0 < p < 1 for p in t.values()), t
 print(f"class thresholds smoke: {t}")
 PY
+# The cascade (issue 23): replayed on the tiny CNN's and Whisper arm's window logits, and the
+# class thresholds set with the tiny CNN as the first stage in front of the tiny model.
+.deps/venv/bin/python train/cascade.py --tiny --cache "$tiny/cnn" --keep 0.5 >/dev/null
+cp "$tiny/cnn/model/detector.onnx" "$tiny/first.onnx"
+.deps/venv/bin/python - "$tiny/detector.json" <<'PY'
+import json, sys
+card = json.load(open(sys.argv[1]))
+card["cascade"] = {"first_stage": "first.onnx", "escalate_logit": 0.0, "sample_every": 4}
+open(sys.argv[1], "w").write(json.dumps(card))
+PY
+.deps/venv/bin/python train/class_thresholds.py "$tiny" --tiny --write >/dev/null
+.deps/venv/bin/python - "$tiny/detector.json" "$tiny/cnn/cascade/cascade.json" <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1]))["validation"]["by_class"]
+shares = [c["to_full_model"] for cls in v.values() for c in cls["channels"].values()]
+assert shares and all(0 <= s <= 1 for d in shares for s in d.values()), shares
+arms = json.load(open(sys.argv[2]))["arms"]
+assert {"second alone", "first alone", "keep0.5-every8"} <= set(arms), arms.keys()
+print(f"cascade smoke: {len(arms)} arms replayed; thresholds set with {len(shares)} channels' shares to the full model")
+PY
 rm -rf "$tiny"
 # The deployment files: the image built (or its Dockerfile linted), the unit verified, the
 # manifest and dashboard checked, the packaged config validated.

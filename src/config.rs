@@ -576,6 +576,9 @@ pub struct SpeechConfig {
     /// Outside speech, a frame less than this many dB above the call's noise level (tracked per
     /// call) is silence without asking the VAD; 0 asks the VAD about every frame over the floor.
     pub noise_margin_db: f32,
+    /// 8 kHz calls are gated by the VAD's own 8 kHz mode on the call's audio (cheaper, and no
+    /// upsampled band); false: every call at 16 kHz.
+    pub narrowband_vad: bool,
 }
 
 /// Sliding windows over gated speech.
@@ -710,6 +713,7 @@ impl Default for SpeechConfig {
             hangover_ms: 160,
             energy_floor_dbfs: -60.0,
             noise_margin_db: 6.0,
+            narrowband_vad: true,
         }
     }
 }

@@ -23,6 +23,12 @@ Pools, for a model trained on 0.5.0's data (real/ + demo/, its split by `train.g
   which such a model trained on), before (the one threshold `threshold.p_spoof`) and after.
 
 `--write` puts `threshold.by_class` and `validation.by_class` into DIR/detector.json.
+
+A sidecar with a `cascade` section is scored as the daemon runs it (src/detect/cascade.rs): the
+first stage scores every window, the model only the windows whose first-stage log-odds reach
+`escalate_logit` and every `sample_every`-th window of the file (its first included); a window's
+score is the model's where it ran, the first stage's otherwise. The share of windows that reached
+the model is reported per channel and kind.
 """
 
 import argparse
@@ -77,6 +83,9 @@ def main():
     card_path = args.model_dir / "detector.json"
     card = json.loads(card_path.read_text())
     session = ort.InferenceSession(str(args.model_dir / "detector.onnx"))
+    cascade = card.get("cascade")
+    first = ort.InferenceSession(str(args.model_dir / cascade["first_stage"])) if cascade else None
+    escalated = {}  # (channel, kind) -> [windows escalated, windows]
     smoothing, enter = product_check.verdict_rule()
     channels = [ch for chs in CLASSES.values() for ch in chs]
     rows = []  # (pool, kind, real2, channel, peak, call seconds)
@@ -86,7 +95,20 @@ def main():
         crng = np.random.default_rng(T.SEED + 1)
         seconds = min(len(x), T.WINDOW + (MAX_WINDOWS - 1) * T.WINDOW // 2) / T.SR
         for ch, ws in T.channel_windows(x, channels, crng, narrowband, MAX_WINDOWS):
-            logits = session.run(None, {"waveform": np.stack(ws).astype(np.float32)})[0]
+            batch = np.stack(ws).astype(np.float32)
+            if first is None:
+                logits = session.run(None, {"waveform": batch})[0]
+            else:
+                logits = first.run(None, {"waveform": batch})[0].copy()
+                every = cascade["sample_every"]
+                up = logits >= cascade["escalate_logit"]
+                if every:
+                    up |= np.arange(len(ws)) % every == 0
+                if up.any():
+                    logits[up] = session.run(None, {"waveform": batch[up]})[0]
+                count = escalated.setdefault((ch, kind), [0, 0])
+                count[0] += int(up.sum())
+                count[1] += len(ws)
             rows.append((pool, kind, real2, ch, product_check.peak(logits, smoothing, enter), seconds))
         if (n + 1) % 200 == 0:
             print(f"{n + 1}/{len(items)} files scored, {time.time() - t0:.0f} s", flush=True)
@@ -113,6 +135,9 @@ def main():
                 entry[name] = e
             entry["n"] = {k: sum(r[1] == k for r in rep) for k in ("genuine", "clone_test", "clone_demo2")}
             entry["real2_genuine_hours"] = round(sum(r[5] for r in rep if r[1] == "genuine" and r[2]) / 3600, 3)
+            if escalated:
+                entry["to_full_model"] = {k: round(escalated[(ch, k)][0] / escalated[(ch, k)][1], 4)
+                                          for k in ("genuine", "clone_test", "clone_demo2") if (ch, k) in escalated}
             per_channel[ch] = entry
         validation[cls] = {"threshold_p_spoof": by_class[cls], "calibration_files": len(cal),
                            "channels": per_channel}
@@ -123,6 +148,7 @@ def main():
     if args.write:
         card["threshold"]["by_class"] = by_class
         card["threshold"]["by_class_chosen_on"] = (
+            ("the cascade as the daemon runs it: " if cascade else "") +
             f"per channel class, the {QUANTILE:.0%} quantile of genuine files' peak under the daemon's rule "
             f"(mean of {smoothing} windows, {enter} in a row): real/ and demo/ calibration-split genuine files "
             "and real2/ speakers of the train and calibration splits (train/class_thresholds.py)")

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use crate::audio::resample::Resampler;
 use crate::audio::{AudioError, ChannelPick, SourceFormat};
 use crate::config::{SpeechConfig, WindowConfig};
-use crate::detect::vad::FRAME;
+use crate::detect::vad::{FRAME, FRAME_8K};
 use crate::detect::{DetectError, SileroVad, VadState, WindowBuffers, WindowJob};
 use crate::transcribe::SpeechSegment;
 
@@ -285,8 +285,31 @@ pub struct CallStream {
     gated: usize,
     /// Call time, in 16 kHz samples, of `pending[gated]`.
     position: u64,
+    /// An 8 kHz call's own samples, for the VAD's 8 kHz mode (`speech.narrowband_vad`).
+    narrow: Option<NarrowFrames>,
     input_frames: u64,
     stats: StreamStats,
+}
+
+/// An 8 kHz call's samples as they came, kept beside the 16 kHz ones so the VAD can gate each
+/// 32 ms frame from the call's own audio: frame k is `pending[256k..]` here and `[512k..]` at
+/// 16 kHz (the resampler's delay is removed, so they line up).
+struct NarrowFrames {
+    pending: Vec<f32>,
+    gated: usize,
+}
+
+/// The samples the VAD reads for the frame `frame` of `pending`: the 8 kHz ones of a narrowband
+/// call's, the 16 kHz ones otherwise.
+fn vad_input<'a>(
+    narrow: &'a Option<NarrowFrames>,
+    pending: &'a [f32],
+    frame: std::ops::Range<usize>,
+) -> &'a [f32] {
+    match narrow {
+        Some(n) => &n.pending[n.gated..n.gated + FRAME_8K],
+        None => &pending[frame],
+    }
 }
 
 impl CallStream {
@@ -301,13 +324,18 @@ impl CallStream {
     ) -> Result<Self, StreamError> {
         let format = format.validate()?;
         let pick = pick.check(format.channels)?;
+        let narrow = speech.narrowband_vad && format.sample_rate == 8_000;
         let ms = |v: u32| v as usize * PIPELINE_RATE as usize / 1000;
         Ok(Self {
             key,
             format,
             pick,
             resampler: Resampler::new(format.sample_rate, PIPELINE_RATE)?,
-            vad: VadState::default(),
+            vad: if narrow {
+                VadState::narrowband()
+            } else {
+                VadState::default()
+            },
             gate: Gate::new(speech),
             windower: Windower::new(
                 window_samples,
@@ -319,6 +347,10 @@ impl CallStream {
             pending: Vec::with_capacity(FRAME * 4),
             gated: 0,
             position: 0,
+            narrow: narrow.then(|| NarrowFrames {
+                pending: Vec::with_capacity(FRAME_8K * 4),
+                gated: 0,
+            }),
             input_frames: 0,
             stats: StreamStats::default(),
         })
@@ -367,17 +399,30 @@ impl CallStream {
         self.stats.audio_ms = self.input_frames * 1000 / self.format.sample_rate as u64;
         self.let_go_of_gated();
         self.resampler.process(&self.mono, &mut self.pending)?;
+        if let Some(n) = &mut self.narrow {
+            n.pending.extend_from_slice(&self.mono);
+        }
         Ok(())
     }
 
     fn let_go_of_gated(&mut self) {
         self.pending.drain(..self.gated);
         self.gated = 0;
+        if let Some(n) = &mut self.narrow {
+            n.pending.drain(..n.gated);
+            n.gated = 0;
+        }
     }
 
-    /// The next whole frame not yet gated, as a range of `pending`.
+    /// The next whole frame not yet gated, as a range of `pending` (with an 8 kHz call, once
+    /// both rates hold it).
     fn next_frame(&self) -> Option<std::ops::Range<usize>> {
-        (self.pending.len() - self.gated >= FRAME).then(|| self.gated..self.gated + FRAME)
+        let narrow_ready = self
+            .narrow
+            .as_ref()
+            .is_none_or(|n| n.pending.len() - n.gated >= FRAME_8K);
+        (self.pending.len() - self.gated >= FRAME && narrow_ready)
+            .then(|| self.gated..self.gated + FRAME)
     }
 
     /// Ends the call: drains the resampler and scores what is left.
@@ -392,6 +437,9 @@ impl CallStream {
         if self.pending.len() > self.gated {
             // The last partial frame, padded with silence.
             self.pending.resize(self.gated + FRAME, 0.0);
+            if let Some(n) = &mut self.narrow {
+                n.pending.resize(n.gated + FRAME_8K, 0.0);
+            }
             self.drain(vad, emit)?;
         }
         if let Some(job) = self.windower.finish(self.key) {
@@ -423,12 +471,13 @@ impl CallStream {
     /// that does and returns its VAD state (`None`: no whole frame is waiting).
     pub fn stage(&mut self, emit: &mut dyn FnMut(StreamOutput)) -> Option<&mut VadState> {
         while let Some(frame) = self.next_frame() {
-            if self.gate.quiet(&self.pending[frame.clone()]) {
+            let input = vad_input(&self.narrow, &self.pending, frame.clone());
+            if self.gate.quiet(&self.pending[frame]) {
                 self.stats.quiet_ms += (FRAME as u64 * 1000) / PIPELINE_RATE as u64;
-                self.vad.pass(&self.pending[frame]);
+                self.vad.pass(input);
                 self.gate_frame(0.0, emit);
             } else {
-                self.vad.stage(&self.pending[frame]);
+                self.vad.stage(input);
                 return Some(&mut self.vad);
             }
         }
@@ -467,6 +516,9 @@ impl CallStream {
         }
         self.position += FRAME as u64;
         self.gated += FRAME;
+        if let Some(n) = &mut self.narrow {
+            n.gated += FRAME_8K;
+        }
     }
 }
 
