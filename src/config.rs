@@ -614,6 +614,9 @@ pub struct DetectorConfig {
     pub intra_threads: usize,
     /// Most windows (of any calls) scored in one model run.
     pub max_batch: usize,
+    /// How long a worker holding fewer than `max_batch` windows waits for more before it runs
+    /// the model (0: it runs on what is queued).
+    pub batch_wait_ms: u32,
     /// Windows waiting for a worker, over all calls.
     pub queue_windows: usize,
     /// What live calls do when the window queue is full (`scan` and `eval` always block).
@@ -734,6 +737,7 @@ impl Default for DetectorConfig {
             workers: 0,
             intra_threads: 1,
             max_batch: 16,
+            batch_wait_ms: 0,
             queue_windows: 256,
             when_full: WhenFull::DropNewest,
             cascade: true,
@@ -1273,6 +1277,12 @@ impl Config {
             bad(
                 "detector.max_batch",
                 format!("{} is outside 1..=1024", d.max_batch),
+            );
+        }
+        if d.batch_wait_ms > 1_000 {
+            bad(
+                "detector.batch_wait_ms",
+                format!("{} is over 1000 (it delays every alert)", d.batch_wait_ms),
             );
         }
         if !(1..=1_000_000).contains(&d.queue_windows) {

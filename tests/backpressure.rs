@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use callguard::config::WhenFull;
 use callguard::detect::{DetectorPool, ModelCard, ScoredWindow, WindowJob};
@@ -26,7 +27,7 @@ fn a_full_detector_queue_drops_newest_and_counts() {
     // Results go to a rendezvous channel nobody reads yet: the one worker blocks after its first
     // window, so the queue (one slot) fills deterministically.
     let (results_tx, results_rx) = crossbeam_channel::bounded::<ScoredWindow>(0);
-    let pool = DetectorPool::start(card, None, 1, 1, 1, 1, results_tx).unwrap();
+    let pool = DetectorPool::start(card, None, 1, 1, (1, Duration::ZERO), 1, results_tx).unwrap();
     let submit = pool.submitter();
     submit.submit(job(0), WhenFull::DropNewest).unwrap();
     // Wait until the worker holds window 0 (the queue is empty again), then fill the one slot.
@@ -85,4 +86,33 @@ fn every_window_of_a_live_call_is_accounted_for() {
     }
     let stats = engine.pool_stats().unwrap();
     assert_eq!(stats.windows_dropped_full.load(Ordering::Relaxed), dropped);
+}
+
+#[test]
+fn a_worker_waits_up_to_batch_wait_for_a_fuller_batch() {
+    let card =
+        Arc::new(ModelCard::load(&common::root().join(".deps/test-models/loudness.onnx")).unwrap());
+    let (results_tx, results_rx) = crossbeam_channel::unbounded::<ScoredWindow>();
+    // A wait far longer than the windows' spacing: the four windows make one batch.
+    let pool = DetectorPool::start(
+        card,
+        None,
+        1,
+        1,
+        (16, Duration::from_secs(2)),
+        16,
+        results_tx,
+    )
+    .unwrap();
+    let submit = pool.submitter();
+    for seq in 0..4 {
+        submit.submit(job(seq), WhenFull::Block).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seqs: Vec<u64> = (0..4).map(|_| results_rx.recv().unwrap().seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
+    assert_eq!(pool.stats().batches.load(Ordering::Relaxed), 1);
+    assert_eq!(pool.stats().windows_scored.load(Ordering::Relaxed), 4);
+    drop(submit);
+    pool.shutdown();
 }

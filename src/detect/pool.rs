@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
@@ -128,7 +128,7 @@ impl DetectorPool {
         speaker: Option<&SpeakerCard>,
         workers: usize,
         intra_threads: usize,
-        max_batch: usize,
+        (max_batch, batch_wait): (usize, Duration),
         queue_windows: usize,
         results: Sender<M>,
     ) -> Result<Self, DetectError>
@@ -156,7 +156,16 @@ impl DetectorPool {
                 let buffers = buffers.clone();
                 std::thread::Builder::new()
                     .name(format!("detector-{i}"))
-                    .spawn(move || worker(detector, rx, tx, stats, buffers, max_batch.max(1)))
+                    .spawn(move || {
+                        worker(
+                            detector,
+                            rx,
+                            tx,
+                            stats,
+                            buffers,
+                            (max_batch.max(1), batch_wait),
+                        )
+                    })
                     .map_err(|e| DetectError::Load {
                         path: card.model_path.clone(),
                         message: format!("cannot start worker thread: {e}"),
@@ -249,7 +258,7 @@ fn worker<M: From<ScoredWindow>>(
     results: Sender<M>,
     stats: Arc<PoolStats>,
     buffers: WindowBuffers,
-    max_batch: usize,
+    (max_batch, batch_wait): (usize, Duration),
 ) {
     let mut batch: Vec<WindowJob> = Vec::with_capacity(max_batch);
     let mut scores: Vec<StagedScore> = Vec::with_capacity(max_batch);
@@ -257,10 +266,17 @@ fn worker<M: From<ScoredWindow>>(
     while let Ok(first) = jobs.recv() {
         batch.clear();
         batch.push(first);
+        // Whatever is queued joins the batch; then, up to `batch_wait` after the first window,
+        // windows still arriving do (a fuller batch costs less per window).
+        let deadline = Instant::now() + batch_wait;
         while batch.len() < max_batch {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
-                Err(_) => break,
+                Err(_) if batch_wait.is_zero() => break,
+                Err(_) => match jobs.recv_deadline(deadline) {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                },
             }
         }
         let started = Instant::now();

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
@@ -238,7 +239,7 @@ impl Engine {
             speaker.as_ref(),
             config.detector_workers(),
             d.intra_threads,
-            d.max_batch,
+            (d.max_batch, Duration::from_millis(d.batch_wait_ms.into())),
             d.queue_windows,
             fusion_tx.clone(),
         )?;
