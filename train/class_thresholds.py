@@ -78,6 +78,9 @@ def main():
     ap.add_argument("--cache", type=Path, default=T.ROOT / ".deps" / "train-cache")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--write", action="store_true", help="write the thresholds into DIR/detector.json")
+    ap.add_argument("--rule", help="SMOOTHING,ENTER: the alert rule to set thresholds for (default config.toml's)")
+    ap.add_argument("--save-scores", type=Path, help="keep every file-channel's window log-odds here (JSON)")
+    ap.add_argument("--scores", type=Path, help="reuse the window log-odds of --save-scores instead of scoring")
     args = ap.parse_args()
     t0 = time.time()
     card_path = args.model_dir / "detector.json"
@@ -86,32 +89,42 @@ def main():
     cascade = card.get("cascade")
     first = ort.InferenceSession(str(args.model_dir / cascade["first_stage"])) if cascade else None
     escalated = {}  # (channel, kind) -> [windows escalated, windows]
-    smoothing, enter = product_check.verdict_rule()
+    smoothing, enter = (tuple(int(v) for v in args.rule.split(",")) if args.rule
+                        else product_check.verdict_rule())
     channels = [ch for chs in CLASSES.values() for ch in chs]
-    rows = []  # (pool, kind, real2, channel, peak, call seconds)
-    items = pools(args.data, args.tiny, args.cache)
-    for n, ((path, pool, kind, real2, label), x) in enumerate(T.loaded(items)):
-        narrowband = sf.info(str(path)).samplerate < T.SR
-        crng = np.random.default_rng(T.SEED + 1)
-        seconds = min(len(x), T.WINDOW + (MAX_WINDOWS - 1) * T.WINDOW // 2) / T.SR
-        for ch, ws in T.channel_windows(x, channels, crng, narrowband, MAX_WINDOWS):
-            batch = np.stack(ws).astype(np.float32)
-            if first is None:
-                logits = session.run(None, {"waveform": batch})[0]
-            else:
-                logits = first.run(None, {"waveform": batch})[0].copy()
-                every = cascade["sample_every"]
-                up = logits >= cascade["escalate_logit"]
-                if every:
-                    up |= np.arange(len(ws)) % every == 0
-                if up.any():
-                    logits[up] = session.run(None, {"waveform": batch[up]})[0]
-                count = escalated.setdefault((ch, kind), [0, 0])
-                count[0] += int(up.sum())
-                count[1] += len(ws)
-            rows.append((pool, kind, real2, ch, product_check.peak(logits, smoothing, enter), seconds))
-        if (n + 1) % 200 == 0:
-            print(f"{n + 1}/{len(items)} files scored, {time.time() - t0:.0f} s", flush=True)
+    scored = []  # (pool, kind, real2, channel, window log-odds, call seconds)
+    if args.scores:
+        saved = json.loads(args.scores.read_text())
+        scored, escalated = saved["rows"], {tuple(k.split("|")): v for k, v in saved["escalated"].items()}
+    else:
+        items = pools(args.data, args.tiny, args.cache)
+        for n, ((path, pool, kind, real2, label), x) in enumerate(T.loaded(items)):
+            narrowband = sf.info(str(path)).samplerate < T.SR
+            crng = np.random.default_rng(T.SEED + 1)
+            seconds = min(len(x), T.WINDOW + (MAX_WINDOWS - 1) * T.WINDOW // 2) / T.SR
+            for ch, ws in T.channel_windows(x, channels, crng, narrowband, MAX_WINDOWS):
+                batch = np.stack(ws).astype(np.float32)
+                if first is None:
+                    logits = session.run(None, {"waveform": batch})[0]
+                else:
+                    logits = first.run(None, {"waveform": batch})[0].copy()
+                    every = cascade["sample_every"]
+                    up = logits >= cascade["escalate_logit"]
+                    if every:
+                        up |= np.arange(len(ws)) % every == 0
+                    if up.any():
+                        logits[up] = session.run(None, {"waveform": batch[up]})[0]
+                    count = escalated.setdefault((ch, kind), [0, 0])
+                    count[0] += int(up.sum())
+                    count[1] += len(ws)
+                scored.append((pool, kind, real2, ch, [round(float(v), 4) for v in logits], seconds))
+            if (n + 1) % 200 == 0:
+                print(f"{n + 1}/{len(items)} files scored, {time.time() - t0:.0f} s", flush=True)
+    if args.save_scores:
+        args.save_scores.write_text(json.dumps(
+            {"rows": scored, "escalated": {"|".join(k): v for k, v in escalated.items()}}))
+    rows = [(pool, kind, real2, ch, product_check.peak(np.array(logits), smoothing, enter), seconds)
+            for pool, kind, real2, ch, logits, seconds in scored]
     old = float(np.log(card["threshold"]["p_spoof"] / (1 - card["threshold"]["p_spoof"])))
     by_class, validation = {}, {}
     for cls, chs in CLASSES.items():
