@@ -154,6 +154,10 @@ fn corrupt_or_missing_models_are_clear_errors() {
         )
         .unwrap();
     }
+    // The shipped sidecar names its cascade's first stage beside it: bring it along whole.
+    for file in ["first-stage.onnx", "first-stage.json"] {
+        std::fs::copy(root.join("models").join(file), dir.path().join(file)).unwrap();
+    }
     let missing = dir.path().join("missing.onnx");
     for (what, det, v) in [
         ("cut detector", &cut, &vad),
@@ -172,6 +176,26 @@ fn corrupt_or_missing_models_are_clear_errors() {
             "{what}: the error should name {name}: {err}"
         );
     }
+    // A whole detector whose cascade's first stage was cut off names the first stage.
+    std::fs::copy(&detector, dir.path().join("whole.onnx")).unwrap();
+    std::fs::copy(
+        root.join("models/detector.json"),
+        dir.path().join("whole.json"),
+    )
+    .unwrap();
+    let first = std::fs::read(root.join("models/first-stage.onnx")).unwrap();
+    std::fs::write(
+        dir.path().join("first-stage.onnx"),
+        &first[..first.len() / 2],
+    )
+    .unwrap();
+    let config = model_config(dir.path(), &dir.path().join("whole.onnx"), &vad);
+    let (code, err) = scan_with(&config, &[]);
+    assert_ne!(code, 0, "cut first stage: {err}");
+    assert!(
+        err.contains("first-stage"),
+        "cut first stage: the error should name first-stage: {err}"
+    );
 }
 
 #[test]
