@@ -5,10 +5,10 @@
 
 mod common;
 
-use callguard::audio::{ChannelPick, SourceFormat};
-use callguard::config::{Config, WhenFull};
+use callguard::audio::SourceFormat;
+use callguard::config::Config;
 use callguard::detect::{ModelCard, Scorer, Stage};
-use callguard::pipeline::{CallSpec, CallSummary, Engine, EngineEvent};
+use callguard::pipeline::{CallSummary, Engine, EngineEvent};
 use callguard::verdict::AlertKind;
 
 fn cascade_model() -> std::path::PathBuf {
@@ -99,19 +99,7 @@ fn call(engine: &Engine, id: &str, samples: &[f32], rate: u32) -> CallSummary {
         sample_rate: rate,
         channels: 1,
     };
-    let mut call = engine
-        .open_call(CallSpec {
-            id: id.into(),
-            format,
-            pick: ChannelPick::Mix,
-            channel_class: engine.classify(rate, false),
-            when_full: WhenFull::Block,
-            timeline_limit: 10_000,
-            recorded: true,
-            allowed_voices: Default::default(),
-            claimed: None,
-        })
-        .unwrap();
+    let mut call = common::open_mono_call(engine, id, format, false);
     let mut vad = engine.vad().unwrap();
     for chunk in samples.chunks(rate as usize / 50) {
         call.push(&mut vad, chunk).unwrap();

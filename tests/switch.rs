@@ -7,27 +7,10 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
+use callguard::audio::SourceFormat;
 use callguard::audio::push::{self, Encoding};
-use callguard::audio::{ChannelPick, SourceFormat};
-use callguard::config::WhenFull;
-use callguard::pipeline::{CallSpec, CallSummary, Engine, EngineEvent, drive};
+use callguard::pipeline::{CallSummary, Engine, EngineEvent, drive};
 use callguard::verdict::AlertKind;
-
-fn open_mono_call(engine: &Engine, id: &str, format: SourceFormat) -> callguard::pipeline::Call {
-    engine
-        .open_call(CallSpec {
-            id: id.into(),
-            format,
-            pick: ChannelPick::Mix,
-            channel_class: engine.classify(format.sample_rate, false),
-            when_full: WhenFull::Block,
-            timeline_limit: 10_000,
-            recorded: true,
-            allowed_voices: Default::default(),
-            claimed: None,
-        })
-        .unwrap()
-}
 
 fn call(engine: &Engine, id: &str, samples: &[f32], rate: u32) -> CallSummary {
     let format = SourceFormat {
@@ -35,7 +18,7 @@ fn call(engine: &Engine, id: &str, samples: &[f32], rate: u32) -> CallSummary {
         channels: 1,
     };
     let (handle, mut source) = push::channel(format, Encoding::Pcm16Le, 64).unwrap();
-    let call = open_mono_call(engine, id, format);
+    let call = common::open_mono_call(engine, id, format, false);
     let mut vad = engine.vad().unwrap();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -176,7 +159,7 @@ fn call_with_own_listener(engine: &Engine, id: &str, samples: &[f32], rate: u32)
         }
         source
     };
-    let call = open_mono_call(engine, id, format);
+    let call = common::open_mono_call(engine, id, format, false);
     let mut vad = engine.vad().unwrap();
     drive(call, &mut vad, &mut source, &AtomicBool::new(false)).unwrap();
     loop {

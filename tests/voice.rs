@@ -7,11 +7,10 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
+use callguard::audio::SourceFormat;
 use callguard::audio::g711::{Law, decode_into, encode_into};
 use callguard::audio::push::{self, Encoding};
-use callguard::audio::{ChannelPick, SourceFormat};
-use callguard::config::WhenFull;
-use callguard::pipeline::{CallSpec, CallSummary, Engine, EngineEvent, drive};
+use callguard::pipeline::{CallSummary, Engine, EngineEvent, drive};
 use callguard::verdict::AlertKind;
 
 const RATE: u32 = 8_000;
@@ -48,19 +47,7 @@ fn call(engine: &Engine, id: &str, samples: &[f32]) -> CallSummary {
         channels: 1,
     };
     let (handle, mut source) = push::channel(format, Encoding::Pcm16Le, 64).unwrap();
-    let call = engine
-        .open_call(CallSpec {
-            id: id.into(),
-            format,
-            pick: ChannelPick::Mix,
-            channel_class: engine.classify(RATE, true),
-            when_full: WhenFull::Block,
-            timeline_limit: 10_000,
-            recorded: true,
-            allowed_voices: Default::default(),
-            claimed: None,
-        })
-        .unwrap();
+    let call = common::open_mono_call(engine, id, format, true);
     let mut vad = engine.vad().unwrap();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 pub mod daemon;
 pub mod grpc;
 
-use callguard::config::Config;
+use callguard::audio::{ChannelPick, SourceFormat};
+use callguard::config::{Config, WhenFull};
+use callguard::pipeline::{Call, CallSpec, Engine};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -217,4 +219,22 @@ pub fn loud_quiet_frames(cycles: usize) -> (Vec<Vec<u8>>, u32) {
         .copied()
         .collect();
     (pcm16_frames(&x, rate), rate)
+}
+
+/// Opens a recorded mono call on `engine` (channels mixed, blocking when full), classed by its
+/// rate and whether it was G.711-coded.
+pub fn open_mono_call(engine: &Engine, id: &str, format: SourceFormat, g711: bool) -> Call {
+    engine
+        .open_call(CallSpec {
+            id: id.into(),
+            format,
+            pick: ChannelPick::Mix,
+            channel_class: engine.classify(format.sample_rate, g711),
+            when_full: WhenFull::Block,
+            timeline_limit: 10_000,
+            recorded: true,
+            allowed_voices: Default::default(),
+            claimed: None,
+        })
+        .unwrap()
 }
