@@ -137,16 +137,18 @@ impl Daemon {
     /// `extra` config appended.
     /// Starts `callguard run` on a bench config: transcription on or off, the detector's cascade
     /// on or off, and `extra` TOML appended.
-    pub fn start(transcribe: bool, cascade: bool, extra: &str) -> Self {
+    /// `detector`: lines of the `[detector]` table (`cascade = true`, thread and batch settings);
+    /// `extra`: whole tables appended to the config.
+    pub fn start(transcribe: bool, detector: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("load.toml");
         std::fs::write(
             &config,
             format!(
-                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\ncascade = {}\n[server]\nlisten = \"127.0.0.1:0\"\nmax_calls_per_tenant = 100000\n[[server.tenants]]\nname = \"load\"\ntoken_sha256 = \"{}\"\n[store]\npath = \"alerts.db\"\n[transcribe]\nenabled = {}\n{}",
+                "[speech]\nvad_model = \"{}\"\n[detector]\nmodel = \"{}\"\n{}\n[server]\nlisten = \"127.0.0.1:0\"\nmax_calls_per_tenant = 100000\n[[server.tenants]]\nname = \"load\"\ntoken_sha256 = \"{}\"\n[store]\npath = \"alerts.db\"\n[transcribe]\nenabled = {}\n{}",
                 root().join(".deps/silero_vad.onnx").display(),
                 root().join("models/detector.onnx").display(),
-                cascade,
+                detector.trim_end(),
                 callguard::grpc::token_sha256(TOKEN),
                 transcribe,
                 extra,

@@ -14,6 +14,10 @@
 //!                                                # still averaging 2 s of speech
 //!   cargo bench --bench load -- --no-cascade     # the full detector on every window (default:
 //!                                                # the sidecar's cascade, when it has one)
+//!   cargo bench --bench load -- --workers 1 --intra-threads 2 --batch-wait-ms 5
+//!                                                # the [detector] pool's settings (default:
+//!                                                # the config's: a worker per core, 1 ORT
+//!                                                # thread each, no batch wait)
 //!
 //! Run without `--bench` (as test runners do) it does nothing.
 //!
@@ -49,6 +53,9 @@ struct Options {
     turns: bool,
     hop_ms: Option<u64>,
     cascade: bool,
+    workers: Option<u64>,
+    intra_threads: Option<u64>,
+    batch_wait_ms: Option<u64>,
 }
 
 fn run(n: usize, options: Options) -> bool {
@@ -58,14 +65,27 @@ fn run(n: usize, options: Options) -> bool {
         turns,
         hop_ms,
         cascade,
+        workers,
+        intra_threads,
+        batch_wait_ms,
     } = options;
+    let mut detector = format!("cascade = {cascade}\n");
+    for (key, value) in [
+        ("workers", workers),
+        ("intra_threads", intra_threads),
+        ("batch_wait_ms", batch_wait_ms),
+    ] {
+        if let Some(v) = value {
+            detector += &format!("{key} = {v}\n");
+        }
+    }
     let extra = hop_ms.map_or(String::new(), |hop| {
         format!(
             "[windows]\nhop_ms = {hop}\n[verdict]\nsmoothing_windows = {}\n",
             (FUSED_SPEECH_MS / hop).max(1)
         )
     });
-    let daemon = Daemon::start(transcribe, cascade, &extra);
+    let daemon = Daemon::start(transcribe, &detector, &extra);
     std::thread::sleep(Duration::from_millis(500));
     let (cpu0, rss0) = daemon.usage();
     let plans = plans(n, seconds, turns);
@@ -192,6 +212,7 @@ fn run(n: usize, options: Options) -> bool {
         "transcribe": transcribe,
         "caller_talks_in_turns": turns,
         "cascade": cascade,
+        "detector_settings": detector.trim_end().replace('\n', "; "),
         "hop_ms": hop_ms.unwrap_or(callguard::config::WindowConfig::default().hop_ms.into()),
         "speech_segments": { "cut": segments, "transcribed": transcribed, "skipped_over_budget": skipped },
         "seconds_per_call": seconds,
@@ -251,6 +272,9 @@ fn main() {
         turns: args.iter().any(|a| a == "--turns"),
         hop_ms: value("--hop-ms"),
         cascade: !args.iter().any(|a| a == "--no-cascade"),
+        workers: value("--workers"),
+        intra_threads: value("--intra-threads"),
+        batch_wait_ms: value("--batch-wait-ms"),
     };
     assert!(Path::new(env!("CARGO_BIN_EXE_callguard")).exists());
     if let Some(n) = value("--calls") {

@@ -117,7 +117,7 @@ fn main() {
     std::fs::create_dir_all(&out).unwrap();
     let duration = Duration::from_secs_f64(minutes * 60.0);
 
-    let daemon = Daemon::start(false, true, "");
+    let daemon = Daemon::start(false, "cascade = true", "");
     let db = daemon.dir.path().join("alerts.db");
     let pid = daemon.child.id();
     // Calls of 8 to 30 s, genuine and switching to a clone, the caller talking in turns.
