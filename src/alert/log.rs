@@ -527,6 +527,29 @@ impl AlertLog {
         Ok(out)
     }
 
+    /// Every tenant's calls that ended at or after `since_ms`, oldest first, at most `limit`.
+    pub fn calls_ended_since<T: DeserializeOwned>(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT body FROM calls WHERE ended_wall_time_ms >= ?1
+             ORDER BY ended_wall_time_ms, rowid LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![since_ms, limit as i64], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for body in rows {
+            out.push(serde_json::from_str(&seal::open(
+                self.sealer.as_ref(),
+                body?,
+                "calls",
+            )?)?);
+        }
+        Ok(out)
+    }
+
     /// How many alerts above `after` belong to `tenants` (every tenant when empty).
     pub fn count_after(&self, after: u64, tenants: &[String]) -> Result<u64, StoreError> {
         let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
@@ -936,5 +959,26 @@ mod tests {
         assert_eq!(got.unwrap()["n"], 2);
         let other: Option<serde_json::Value> = log.get_call("b", "c1").unwrap();
         assert!(other.is_none());
+    }
+
+    #[test]
+    fn calls_ended_since_span_tenants_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AlertLog::open(&dir.path().join("a.db")).unwrap();
+        for (tenant, call, ended) in [("a", "late", 30), ("b", "mid", 20), ("a", "early", 10)] {
+            log.put_call(tenant, call, ended, &serde_json::json!({ "id": call }))
+                .unwrap();
+        }
+        let ids = |since, limit| -> Vec<String> {
+            log.calls_ended_since::<serde_json::Value>(since, limit)
+                .unwrap()
+                .into_iter()
+                .map(|v| v["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(ids(0, 10), ["early", "mid", "late"]);
+        assert_eq!(ids(20, 10), ["mid", "late"]);
+        assert_eq!(ids(0, 2), ["early", "mid"]);
+        assert!(ids(31, 10).is_empty());
     }
 }

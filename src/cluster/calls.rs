@@ -32,6 +32,9 @@ pub trait LocalCalls: Send + Sync {
     fn live_one(&self, tenant: &str, call_id: &str) -> Option<CallRecord>;
     /// The call's record once it has ended (from the store); `None` until it is written.
     fn ended(&self, tenant: &str, call_id: &str) -> Option<CallRecord>;
+    /// Calls of every tenant that ended at or after `since_ms` (from the store), oldest first,
+    /// at most `limit`.
+    fn ended_since(&self, since_ms: i64, limit: usize) -> Vec<CallRecord>;
     /// Ends a live call (the cluster gave it to another node).
     fn end(&self, tenant: &str, call_id: &str);
 }
@@ -75,6 +78,8 @@ struct CallQuery {
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Heartbeats a gone call waits for its ended record before its last state is written instead.
 const ENDED_WAITS: u32 = 10;
+/// Ended calls read from the store per heartbeat (the rest wait for the next one).
+const ENDED_BATCH: usize = 256;
 
 /// Sets the cluster up (retrying until NATS answers), then keeps the shared state until stopped.
 pub(super) async fn run(inner: Arc<Inner>, local: Arc<dyn LocalCalls>) {
@@ -100,11 +105,13 @@ pub(super) async fn run(inner: Arc<Inner>, local: Arc<dyn LocalCalls>) {
     tokio::spawn(watch(inner.clone(), nodes, |i| &i.nodes));
     tokio::spawn(answer(inner.clone(), local.clone()));
     let started_ms = now_ms();
+    // Calls that ended at or after this are checked against the bucket (see `beat`).
+    let mut ended_since = started_ms;
     let mut tick = tokio::time::interval(Duration::from_millis(inner.config.heartbeat_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !inner.stopping.load(Ordering::SeqCst) {
         tick.tick().await;
-        if let Err(e) = beat(&inner, local.as_ref(), started_ms).await {
+        if let Err(e) = beat(&inner, local.as_ref(), started_ms, &mut ended_since).await {
             tracing::debug!(error = %e, "Cluster heartbeat failed; next one retries.");
         }
     }
@@ -255,8 +262,13 @@ async fn answer(inner: Arc<Inner>, local: Arc<dyn LocalCalls>) {
 }
 
 /// One heartbeat: say this node is alive, write what changed of its calls, and end the calls
-/// of nodes that fell silent.
-async fn beat(inner: &Inner, local: &dyn LocalCalls, started_ms: i64) -> Result<(), ClusterError> {
+/// of nodes that fell silent. `ended_since` is how far the store's ended calls were checked.
+async fn beat(
+    inner: &Inner,
+    local: &dyn LocalCalls,
+    started_ms: i64,
+    ended_since: &mut i64,
+) -> Result<(), ClusterError> {
     let me = inner.config.node.clone();
     let live = local.live();
     // Every new call is noted first, connected or not, so one that starts and ends while NATS
@@ -362,6 +374,38 @@ async fn beat(inner: &Inner, local: &dyn LocalCalls, started_ms: i64) -> Result<
         {
             m.last = Some((now, Instant::now()));
         }
+    }
+
+    // Calls that began and ended between two heartbeats were never seen live (a short call, or
+    // any call while NATS is away, when each heartbeat waits on it): their ended records come
+    // from the store. Those still in `mine` are the loop below's; a call another node has live
+    // (given to it while this node was cut off) is left to that node.
+    for record in local.ended_since(*ended_since, ENDED_BATCH) {
+        let ended_ms = record.ended_wall_time_ms.unwrap_or(*ended_since);
+        let key = subjects::call_key(&record.tenant, &record.call_id);
+        let noted = inner
+            .mine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key);
+        let cached = inner
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .map(|s| s.value.clone());
+        let written = cached.as_ref().is_some_and(|c| {
+            c.ended_wall_time_ms.is_some_and(|t| t >= ended_ms)
+                || (c.ended_wall_time_ms.is_none()
+                    && c.cluster.as_ref().is_some_and(|p| p.node != me))
+        });
+        if !noted && !written {
+            let place = inner.take_over(&record, cached.as_ref());
+            let body = inner.seal(serde_json::to_string(&brief(record, place))?, "calls")?;
+            h.calls.put(&key, body.into()).await.map_err(|e| nats(&e))?;
+            inner.stats.calls_written.fetch_add(1, Ordering::Relaxed);
+        }
+        *ended_since = ended_ms;
     }
 
     // Calls that left the registry: written once more, as ended.

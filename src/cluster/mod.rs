@@ -348,6 +348,19 @@ impl LocalCalls for GuardCalls {
         }
     }
 
+    fn ended_since(&self, since_ms: i64, limit: usize) -> Vec<CallRecord> {
+        let Some(guard) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        guard
+            .log()
+            .calls_ended_since(since_ms, limit)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "Cannot read ended calls for the cluster.");
+                Vec::new()
+            })
+    }
+
     fn end(&self, tenant: &str, call_id: &str) {
         if let Some(g) = self.0.upgrade() {
             g.end_call(tenant, call_id);
