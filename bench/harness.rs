@@ -133,12 +133,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// `callguard run` on a free port with the shipped models, transcription on or off, and
-    /// `extra` config appended.
-    /// Starts `callguard run` on a bench config: transcription on or off, the detector's cascade
-    /// on or off, and `extra` TOML appended.
-    /// `detector`: lines of the `[detector]` table (`cascade = true`, thread and batch settings);
-    /// `extra`: whole tables appended to the config.
+    /// `callguard run` on a free port with the shipped models: transcription on or off,
+    /// `detector` the lines of its `[detector]` table (`cascade = true`, thread and batch
+    /// settings), and `extra` whole tables appended.
     pub fn start(transcribe: bool, detector: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("load.toml");

@@ -147,7 +147,8 @@ fn corrupt_or_missing_models_are_clear_errors() {
     let text = dir.path().join("text.onnx");
     std::fs::write(&text, "<html>404 Not Found</html>\n").unwrap();
     // Their sidecars are the shipped one: only the graph is at fault.
-    for stem in ["cut", "text"] {
+    std::fs::copy(&detector, dir.path().join("whole.onnx")).unwrap();
+    for stem in ["cut", "text", "whole"] {
         std::fs::copy(
             root.join("models/detector.json"),
             dir.path().join(format!("{stem}.json")),
@@ -177,12 +178,6 @@ fn corrupt_or_missing_models_are_clear_errors() {
         );
     }
     // A whole detector whose cascade's first stage was cut off names the first stage.
-    std::fs::copy(&detector, dir.path().join("whole.onnx")).unwrap();
-    std::fs::copy(
-        root.join("models/detector.json"),
-        dir.path().join("whole.json"),
-    )
-    .unwrap();
     let first = std::fs::read(root.join("models/first-stage.onnx")).unwrap();
     std::fs::write(
         dir.path().join("first-stage.onnx"),

@@ -516,15 +516,7 @@ impl AlertLog {
         let rows = stmt.query_map(params![tenant, since_ms, search, limit as i64], |r| {
             r.get::<_, String>(0)
         })?;
-        let mut out = Vec::new();
-        for body in rows {
-            out.push(serde_json::from_str(&seal::open(
-                self.sealer.as_ref(),
-                body?,
-                "calls",
-            )?)?);
-        }
-        Ok(out)
+        self.open_calls(rows)
     }
 
     /// Every tenant's calls that ended at or after `since_ms`, oldest first, at most `limit`.
@@ -539,15 +531,23 @@ impl AlertLog {
              ORDER BY ended_wall_time_ms, rowid LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![since_ms, limit as i64], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for body in rows {
-            out.push(serde_json::from_str(&seal::open(
-                self.sealer.as_ref(),
-                body?,
-                "calls",
-            )?)?);
-        }
-        Ok(out)
+        self.open_calls(rows)
+    }
+
+    /// Call records as stored (sealed JSON bodies), opened and parsed.
+    fn open_calls<T: DeserializeOwned>(
+        &self,
+        bodies: impl Iterator<Item = rusqlite::Result<String>>,
+    ) -> Result<Vec<T>, StoreError> {
+        bodies
+            .map(|body| {
+                Ok(serde_json::from_str(&seal::open(
+                    self.sealer.as_ref(),
+                    body?,
+                    "calls",
+                )?)?)
+            })
+            .collect()
     }
 
     /// How many alerts above `after` belong to `tenants` (every tenant when empty).

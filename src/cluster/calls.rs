@@ -271,24 +271,14 @@ async fn beat(
 ) -> Result<(), ClusterError> {
     let me = inner.config.node.clone();
     let live = local.live();
-    // Every new call is noted first, connected or not, so one that starts and ends while NATS
-    // is away is still written (as ended) once it is back.
+    // Every new call is noted first, connected or not, so one seen live while NATS is away is
+    // still written (as ended) once it is back; one never seen live is the store pass's below.
     for record in &live {
         let key = subjects::call_key(&record.tenant, &record.call_id);
-        if inner
-            .mine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&key)
-        {
+        if inner.is_mine(&key) {
             continue;
         }
-        let cached = inner
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .map(|s| s.value.clone());
+        let cached = inner.cached_call(&key);
         let place = inner.take_over(record, cached.as_ref());
         inner.mine.lock().unwrap_or_else(|e| e.into_inner()).insert(
             key,
@@ -383,17 +373,8 @@ async fn beat(
     for record in local.ended_since(*ended_since, ENDED_BATCH) {
         let ended_ms = record.ended_wall_time_ms.unwrap_or(*ended_since);
         let key = subjects::call_key(&record.tenant, &record.call_id);
-        let noted = inner
-            .mine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&key);
-        let cached = inner
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .map(|s| s.value.clone());
+        let noted = inner.is_mine(&key);
+        let cached = inner.cached_call(&key);
         let written = cached.as_ref().is_some_and(|c| {
             c.ended_wall_time_ms.is_some_and(|t| t >= ended_ms)
                 || (c.ended_wall_time_ms.is_none()
@@ -437,14 +418,7 @@ async fn beat(
         };
         let ended = local.ended(&tenant, &call_id).or_else(|| {
             (waits >= ENDED_WAITS)
-                .then(|| {
-                    inner
-                        .calls
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&key)
-                        .map(|s| s.value.clone())
-                })
+                .then(|| inner.cached_call(&key))
                 .flatten()
                 .map(|mut r| {
                     r.ended_wall_time_ms = Some(now_ms());
@@ -602,6 +576,23 @@ pub(super) async fn get(
 }
 
 impl Inner {
+    /// The bucket's entry for `key`, as this node last heard it.
+    fn cached_call(&self, key: &str) -> Option<CallRecord> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .map(|s| s.value.clone())
+    }
+
+    /// Whether this node has noted the call `key` as its own.
+    fn is_mine(&self, key: &str) -> bool {
+        self.mine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
+    }
+
     /// The place of a call that has just appeared in this node's registry: continued from the
     /// entry another node left (lost, or its source gone), or new.
     fn take_over(&self, record: &CallRecord, previous: Option<&CallRecord>) -> ClusterPlace {
