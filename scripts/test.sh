@@ -139,6 +139,23 @@ y = ort.InferenceSession(f"{d}/model/detector.onnx").run(None, {"waveform": np.z
 assert y.shape == (3,), y.shape
 print(f"cnn smoke: {len(r['folds'])} folds scored by the rule, candidate exported")
 PY
+# Training-only spoofs beside the folds: copy-synthesis of the genuine train files and Kokoro clips.
+.deps/venv/bin/python train/cnn.py prepare-extra --tiny --extra copysynth,kokoro --cache "$tiny/cnn" >/dev/null
+/usr/bin/python3 train/cnn.py fit --tiny --extra copysynth,kokoro --cache "$tiny/cnn" >/dev/null
+.deps/venv/bin/python train/cnn.py report --tiny --extra copysynth,kokoro --cache "$tiny/cnn" >/dev/null
+test -s "$tiny/cnn/cnn-copysynth+kokoro.json"
+# The vocoder trained here for copy-synthesis: a few steps, exported, and run as copysynth runs it.
+.deps/venv/bin/python train/vocoder.py prepare --tiny --work "$tiny/vocoder" >/dev/null
+/usr/bin/python3 train/vocoder.py fit --tiny --work "$tiny/vocoder" --cache-train "$tiny/vocoder" >/dev/null 2>&1
+.deps/venv/bin/python - "$tiny/vocoder" <<'PY'
+import sys, numpy as np, onnxruntime as ort
+sys.path.insert(0, "train")
+import vocoder
+x = np.sin(np.arange(24000) * 0.05).astype(np.float32) * 0.3
+y = vocoder.resynthesise(ort.InferenceSession(str(vocoder.onnx_path(__import__("pathlib").Path(sys.argv[1])))), x)
+assert y.shape == x.shape and np.all(np.isfinite(y)), y.shape
+print("vocoder smoke: trained a few steps, exported, resynthesised")
+PY
 # Speaker verification and the voice-change rule (train/speaker.py) on generated voices.
 .deps/venv/bin/python train/speaker.py eval --tiny --out "$tiny/speaker" >/dev/null
 .deps/venv/bin/python - "$tiny/speaker/speaker.json" <<'PY'

@@ -7,7 +7,8 @@ project's venv (codecs, onnxruntime, sklearn) has numpy 2:
     .deps/venv/bin/python train/cnn.py prepare             # crops, channels, features (~15 min, 2 cores)
     /usr/bin/python3      train/cnn.py fit --seeds 0,1,2   # one CNN per fold and seed (checkpointed, resumable)
     .deps/venv/bin/python train/cnn.py report              # Platt, thresholds, EERs, alert rates: OUT/cnn.json
-    .deps/venv/bin/python train/cnn.py prepare-extra       # Kokoro clips' crops; then fit/report --extra kokoro
+    .deps/venv/bin/python train/cnn.py prepare-extra --extra kokoro,copysynth   # training-only spoofs;
+                                                           # then fit/report --extra kokoro,copysynth
 
     ... prepare --tiny / fit --tiny / report --tiny        # seconds, generated clips (CI smoke)
 
@@ -243,21 +244,60 @@ def fit_whisper(args):
             print(f"fit-whisper: {tag} in {time.time() - args.t0:.0f} s", flush=True)
 
 
+EXTRAS = ("kokoro", "copysynth", "vocoder-here")
+COPYSYNTH_VOCODERS = ("hifigan", "griffin-lim", "world")
+
+
 def prepare_extra(args):
-    """Training crops of generated voices that only ever train (Kokoro), into extra_NAME.npy:
-    `fit --extra NAME` adds them as one more spoof system."""
+    """Training crops of spoofs that only ever train and no fold holds out, into extra_NAME.npy
+    (with extra_NAME_system.npy: each row's system): `fit --extra NAME[,NAME]` adds each of their
+    systems as one more spoof system of every fold.
+    - kokoro: Kokoro-82M clips (train/kokoro.py), one system.
+    - copysynth: every genuine train-split file of the cache, a 1.5 s stretch of it through each
+      vocoder of train/copysynth.py (HiFi-GAN universal on every file, HiFi-GAN LJSpeech and WORLD
+      on alternate halves, Griffin-Lim on every file), so the copy differs from its source only by
+      the vocoder; a source recorded at 8 kHz keeps to the 8 kHz channels, as its genuine crops do.
+    - vocoder-here: the same, through the iSTFT vocoder trained here (train/vocoder.py), every file."""
     sys.path.insert(0, str(Path(__file__).parent))
-    import kokoro
     import train as T
 
-    rng = np.random.default_rng(SEED + 3)
-    items = kokoro.items(args.cache_train / "kokoro", 6 if args.tiny else args.kokoro)
-    crops = []
-    for _, x in T.loaded(items):
-        crops += [T.augment(w, rng, "phone") for w in T.crops(x, args.crops, rng)]
-    args.cache.mkdir(parents=True, exist_ok=True)
-    np.save(args.cache / "extra_kokoro.npy", log_bands(crops).astype(np.float16))
-    print(f"prepare-extra: {len(items)} Kokoro clips, {len(crops)} crops -> {args.cache / 'extra_kokoro.npy'}")
+    for name in args.extra.split(","):
+        rng = np.random.default_rng(SEED + 3 + 2 * EXTRAS.index(name))
+        crops, systems = [], []
+        if name == "kokoro":
+            import kokoro
+            for _, x in T.loaded(kokoro.items(args.cache_train / "kokoro", 6 if args.tiny else args.kokoro)):
+                crops += [T.augment(w, rng, "phone") for w in T.crops(x, args.crops, rng)]
+            systems = ["kokoro"] * len(crops)
+        else:
+            import copysynth
+            files = json.loads((args.cache / "files.json").read_text())["files"]
+            genuine = [f for f in files if f["label"] != "spoof" and f["split"] == "train"]
+            rate = {f["path"]: f["rate"] for f in genuine}
+            vocoders = (("istft",) if name == "vocoder-here" else ("griffin-lim", "world") if args.tiny
+                        else COPYSYNTH_VOCODERS)
+            items = copysynth.items(args.cache_train, [(Path(f["path"]),) for f in genuine], T.load, vocoders)
+            sources = {copysynth.file_key(Path(f["path"])): f["path"] for f in genuine}
+            for item, x in T.loaded(items):
+                narrow = rate[sources[item[0].stem]] < SR
+                got = [T.augment(w, rng, "phone", narrowband_only=narrow) for w in T.crops(x, args.crops // 2, rng)]
+                crops += got
+                systems += [item[2]] * len(got)
+        args.cache.mkdir(parents=True, exist_ok=True)
+        np.save(args.cache / f"extra_{name}.npy", log_bands(crops).astype(np.float16))
+        np.save(args.cache / f"extra_{name}_system.npy", np.array(systems))
+        print(f"prepare-extra: {name}: {len(crops)} crops of {len(set(systems))} systems "
+              f"({time.time() - args.t0:.0f} s) -> {args.cache / f'extra_{name}.npy'}", flush=True)
+
+
+def load_extras(cache, names):
+    """The extra training crops of `fit --extra` and each row's system name."""
+    xs, systems = [np.zeros((0, FRAMES, N_BANDS), np.float16)], [np.zeros(0, str)]
+    for name in names.split(",") if names else []:
+        xs.append(np.load(cache / f"extra_{name}.npy"))
+        sys_file = cache / f"extra_{name}_system.npy"  # absent for the first Kokoro caches: one system
+        systems.append(np.load(sys_file) if sys_file.exists() else np.full(len(xs[-1]), name))
+    return np.concatenate(xs), np.concatenate(systems)
 
 
 # ------------------------------------------------------------------------------------ pack
@@ -408,7 +448,7 @@ class Features:
 
 def runs_dir(args):
     """Where fit writes and report/score read runs: --runs, else CACHE/runs (runs-EXTRA)."""
-    return args.runs or args.cache / ("runs-" + args.extra if args.extra else "runs")
+    return args.runs or args.cache / ("runs-" + args.extra.replace(",", "+") if args.extra else "runs")
 
 
 def torch_device(torch, name):
@@ -481,9 +521,8 @@ def fit(args):
     train_x = Features(args.cache, "train_x")
     train_file = np.load(args.cache / "train_file.npy")
     n_base = len(train_x)
-    extra = np.zeros((0, FRAMES, N_BANDS), np.float16)
-    if args.extra:  # one more spoof system, training only: rows past n_base
-        extra = np.load(args.cache / f"extra_{args.extra}.npy")
+    extra, extra_system = load_extras(args.cache, args.extra)  # training only: rows past n_base
+    if len(extra):
         train_x = np.concatenate([train_x[np.arange(n_base)].astype(np.float16), extra])
     eval_x = Features(args.cache, "eval_x")
     eval_index = np.load(args.cache / "eval_index.npy")
@@ -509,9 +548,10 @@ def fit(args):
             keep = ~np.isin(family[train_file], held)
             rows = np.flatnonzero(keep)
             w = weights(files, train_file[rows], label)
-            if len(extra):  # weighs as much as one spoof system of the fold
+            if len(extra):  # each extra system weighs as much as one spoof system of the fold
                 systems = len({files[k]["system"] for k in train_file[rows] if label[k]})
-                w = np.concatenate([w, np.full(len(extra), 0.5 / systems / len(extra))])
+                _, inverse, counts = np.unique(extra_system, return_inverse=True, return_counts=True)
+                w = np.concatenate([w, 0.5 / systems / counts[inverse]])
                 rows = np.concatenate([rows, np.arange(n_base, n_base + len(extra))])
                 w /= w.sum()
             torch.manual_seed(SEED + seed)
@@ -637,7 +677,7 @@ def finished_runs(cache, files, tiny, extra=None, runs=None):
     """(fold name, seed as a string, families held out, logits file) of every finished run in the
     cache (or in `runs`), in file order; `all` (the candidate) holds nothing out. Unknown fold names
     are skipped."""
-    for run in sorted((runs or cache / ("runs-" + extra if extra else "runs")).glob("*_s*.npy")):
+    for run in sorted((runs or cache / ("runs-" + extra.replace(",", "+") if extra else "runs")).glob("*_s*.npy")):
         name, seed = run.stem.rsplit("_s", 1)
         held = () if name == "all" else folds(files, tiny).get(name)
         if held is not None:
@@ -716,7 +756,7 @@ def report(args):
             f"{ch} {r['eer_rule'] * 100:.1f}%" for ch, r in fold.items()), flush=True)
     result["pooled"] = pool(result["folds"], channels)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"cnn{'-' + args.extra if args.extra else ''}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"cnn{'-' + args.extra.replace(',', '+') if args.extra else ''}.json").write_text(json.dumps(result, indent=1))
     print(table(result, channels))
 
 
@@ -795,7 +835,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["prepare", "prepare-extra", "prepare-whisper", "fit-whisper", "fuse", "pack", "fit",
                                      "score", "report", "export"])
-    ap.add_argument("--extra", choices=["kokoro"], help="fit/report: with the Kokoro clips of prepare-extra")
+    ap.add_argument("--extra", help=f"prepare-extra/fit/report: extra training spoofs, comma-separated, of {EXTRAS}")
     ap.add_argument("--kokoro", type=int, default=240, help="prepare-extra: Kokoro clips (train/kokoro.py)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--cache", type=Path, help="features and runs (default .deps/cnn, or .deps/cnn-tiny)")
@@ -817,6 +857,11 @@ def main():
     ap.add_argument("--pack-channels", default="g711_mu", help="pack: evaluation channels kept (all with --tiny)")
     ap.add_argument("--pack-windows", type=int, default=1, help="pack: evaluation windows kept per file and channel")
     args = ap.parse_args()
+    if args.step == "prepare-extra" and not args.extra:
+        args.extra = "kokoro"
+    unknown = [n for n in (args.extra or "").split(",") if n and n not in EXTRAS]
+    if unknown:
+        ap.error(f"--extra: unknown {unknown}; known {list(EXTRAS)}")
     args.t0 = time.time()
     args.cache = args.cache or ROOT / ".deps" / ("cnn-tiny" if args.tiny else "cnn")
     args.cache_train = ROOT / ".deps" / "train-cache"

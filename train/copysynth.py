@@ -12,6 +12,8 @@ Vocoders:
   Runtime. 22.05 kHz, 80-band log-mel (n_fft 1024, hop 256, 0-8 kHz), the recipe of the
   HiFi-GAN paper.
 - `griffin-lim`: phase reconstruction from the STFT magnitude (numpy only, no model).
+- `istft`: the Vocos-style iSTFT vocoder trained here (train/vocoder.py; run its `fit` first), on
+  every file.
 - `world`: the WORLD vocoder (PyPI `pyworld`, MIT): F0 (Harvest), spectral envelope
   (CheapTrick) and aperiodicity (D4C) analysed and resynthesised, the DSP vocoder of statistical
   parametric TTS and of many voice-conversion systems. Every other file (those LJSpeech skips).
@@ -150,6 +152,11 @@ def hifigan(session, x16):
     return resample_poly(audio, 320, 441).astype(np.float32)[:len(x16)]
 
 
+def vocoder_here(session, x):
+    import vocoder
+    return vocoder.resynthesise(session, x)
+
+
 # ---------------------------------------------------------------------------------- items
 
 
@@ -181,6 +188,12 @@ def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
     import soundfile as sf
     sessions = hifigan_sessions(cache) if "hifigan" in vocoders else {}
     makers = dict(sessions)
+    if "istft" in vocoders:
+        import onnxruntime as ort
+        import vocoder
+        if not vocoder.onnx_path(cache).exists():
+            sys.exit(f"copysynth: no {vocoder.onnx_path(cache)}: train it first (train/vocoder.py prepare, fit)")
+        makers["istft"] = ort.InferenceSession(str(vocoder.onnx_path(cache)))
     for name in ("griffin-lim", "world"):
         if name in vocoders:
             makers[name] = name
@@ -202,7 +215,8 @@ def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
                     except Exception as e:  # a corrupt file is skipped and reported, never fatal
                         print(f"copysynth: skip {path}: {e}", file=sys.stderr)
                         break
-                y = griffin_lim(x) if name == "griffin-lim" else world(x) if name == "world" else hifigan(session, x)
+                y = (griffin_lim(x) if name == "griffin-lim" else world(x) if name == "world"
+                     else vocoder_here(session, x) if name == "istft" else hifigan(session, x))
                 peak = np.max(np.abs(y)) + 1e-9
                 y = y * min(1.0, 0.99 / peak)
                 target.parent.mkdir(parents=True, exist_ok=True)
