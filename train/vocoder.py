@@ -15,6 +15,7 @@ convolutions. Two steps, because Debian's PyTorch needs Debian's numpy 1.x while
 
     .deps/venv/bin/python train/vocoder.py prepare     # 1 s segments of genuine train speech (.deps/vocoder)
     /usr/bin/python3      train/vocoder.py fit --minutes 45   # checkpointed, resumable; then exports ONNX
+    .deps/venv/bin/python train/vocoder.py compare     # log-mel distance to the source, per vocoder
     ... --tiny                                          # seconds (CI smoke)
 
 The ONNX graph maps the log-mel to the STFT's real and imaginary parts; `resynthesise()` computes
@@ -101,6 +102,38 @@ def prepare(args):
     args.work.mkdir(parents=True, exist_ok=True)
     np.save(args.work / "segments.npy", np.stack(segments).astype(np.float16))
     print(f"vocoder prepare: {len(segments)} segments from {len(items)} files -> {args.work}")
+
+
+def compare(args):
+    """How far each copy-synthesis vocoder's output is from its source, on genuine test-split files
+    (never trained on): the median over files of the mean absolute log-mel difference (nats, this
+    vocoder's 80 bands), written to WORK/compare.json."""
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import copysynth
+    import train as T
+
+    files = json.loads((args.cnn_cache / "files.json").read_text())["files"]
+    test = [f for f in files if f["label"] != "spoof" and f["split"] == "test" and f["rate"] >= SR]
+    test = [test[i] for i in np.random.default_rng(SEED).choice(len(test), min(args.files, len(test)), replace=False)]
+    sessions = copysynth.hifigan_sessions(args.cache_train)
+    here = ort.InferenceSession(str(onnx_path(args.cache_train)))
+    makers = {"istft (trained here)": lambda x: resynthesise(here, x),
+              "hifigan-universal": lambda x: copysynth.hifigan(sessions["hifigan-universal"], x),
+              "griffin-lim": copysynth.griffin_lim, "world": copysynth.world}
+    dist = {name: [] for name in makers}
+    for item, x in T.loaded([(Path(f["path"]),) for f in test]):
+        x = copysynth.segment(x, copysynth.file_key(item[0]))
+        ref = log_mel(x)
+        for name, make in makers.items():
+            y = make(x)
+            y = np.pad(y, (0, max(0, len(x) - len(y))))[:len(x)]  # HiFi-GAN's may be a frame short
+            dist[name].append(float(np.mean(np.abs(log_mel(y) - ref))))
+    result = {name: {"median": float(np.median(d)), "files": len(d)} for name, d in dist.items()}
+    (args.work / "compare.json").write_text(json.dumps(result, indent=1))
+    for name, r in result.items():
+        print(f"{name:22s} log-mel L1 median {r['median']:.3f} over {r['files']} test files")
 
 
 # ------------------------------------------------------------------------------------ fit
@@ -209,7 +242,7 @@ def export(torch, net, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prepare", "fit"])
+    ap.add_argument("step", choices=["prepare", "fit", "compare"])
     ap.add_argument("--tiny", action="store_true", help="seconds, on generated clips (CI)")
     ap.add_argument("--work", type=Path, help="segments and checkpoint (default .deps/vocoder or vocoder-tiny)")
     ap.add_argument("--cnn-cache", type=Path, default=ROOT / ".deps" / "cnn", help="its files.json gives the split")
@@ -219,12 +252,13 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--files", type=int, default=60, help="compare: genuine test files")
     args = ap.parse_args()
     args.work = args.work or ROOT / ".deps" / ("vocoder-tiny" if args.tiny else "vocoder")
     args.cache_train = args.cache_train or ROOT / ".deps" / ("vocoder-tiny" if args.tiny else "train-cache")
     if args.tiny:
         args.steps, args.batch = 3, 2
-    {"prepare": prepare, "fit": fit}[args.step](args)
+    {"prepare": prepare, "fit": fit, "compare": compare}[args.step](args)
 
 
 if __name__ == "__main__":
