@@ -7,7 +7,8 @@ project's venv (codecs, onnxruntime, sklearn) has numpy 2:
     .deps/venv/bin/python train/cnn.py prepare             # crops, channels, features (~15 min, 2 cores)
     /usr/bin/python3      train/cnn.py fit --seeds 0,1,2   # one CNN per fold and seed (checkpointed, resumable)
     .deps/venv/bin/python train/cnn.py report              # Platt, thresholds, EERs, alert rates: OUT/cnn.json
-    .deps/venv/bin/python train/cnn.py prepare-extra --extra kokoro,copysynth   # training-only spoofs;
+    .deps/venv/bin/python train/cnn.py prepare-extra --extra kokoro,copysynth   # training-only spoofs
+                                                           # (vocoder-here: after train/vocoder.py fit);
                                                            # then fit/report --extra kokoro,copysynth
 
     ... prepare --tiny / fit --tiny / report --tiny        # seconds, generated clips (CI smoke)
