@@ -139,14 +139,15 @@ y = ort.InferenceSession(f"{d}/model/detector.onnx").run(None, {"waveform": np.z
 assert y.shape == (3,), y.shape
 print(f"cnn smoke: {len(r['folds'])} folds scored by the rule, candidate exported")
 PY
-# Training-only spoofs beside the folds: copy-synthesis of the genuine train files and Kokoro clips.
-.deps/venv/bin/python train/cnn.py prepare-extra --tiny --extra copysynth,kokoro --cache "$tiny/cnn" >/dev/null
-/usr/bin/python3 train/cnn.py fit --tiny --extra copysynth,kokoro --cache "$tiny/cnn" >/dev/null
-.deps/venv/bin/python train/cnn.py report --tiny --extra copysynth,kokoro --cache "$tiny/cnn" >/dev/null
-test -s "$tiny/cnn/cnn-copysynth+kokoro.json"
+# Training-only spoofs beside the folds: copy-synthesis of the genuine train files (Kokoro is left
+# out here: its model is a download).
+.deps/venv/bin/python train/cnn.py prepare-extra --tiny --extra copysynth --cache "$tiny/cnn" >/dev/null
+/usr/bin/python3 train/cnn.py fit --tiny --extra copysynth --cache "$tiny/cnn" >/dev/null
+.deps/venv/bin/python train/cnn.py report --tiny --extra copysynth --cache "$tiny/cnn" >/dev/null
+test -s "$tiny/cnn/cnn-copysynth.json"
 # The vocoder trained here for copy-synthesis: a few steps, exported, and run as copysynth runs it.
 .deps/venv/bin/python train/vocoder.py prepare --tiny --work "$tiny/vocoder" >/dev/null
-/usr/bin/python3 train/vocoder.py fit --tiny --work "$tiny/vocoder" --cache-train "$tiny/vocoder" >/dev/null 2>&1
+/usr/bin/python3 train/vocoder.py fit --tiny --work "$tiny/vocoder" --cache-train "$tiny/vocoder" >/dev/null
 .deps/venv/bin/python - "$tiny/vocoder" <<'PY'
 import sys, numpy as np, onnxruntime as ort
 sys.path.insert(0, "train")
