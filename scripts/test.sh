@@ -150,10 +150,11 @@ test -s "$tiny/cnn/cnn-copysynth.json"
 /usr/bin/python3 train/vocoder.py fit --tiny --work "$tiny/vocoder" --cache-train "$tiny/vocoder" >/dev/null
 .deps/venv/bin/python - "$tiny/vocoder" <<'PY'
 import sys, numpy as np, onnxruntime as ort
+from pathlib import Path
 sys.path.insert(0, "train")
 import vocoder
 x = np.sin(np.arange(24000) * 0.05).astype(np.float32) * 0.3
-y = vocoder.resynthesise(ort.InferenceSession(str(vocoder.onnx_path(__import__("pathlib").Path(sys.argv[1])))), x)
+y = vocoder.resynthesise(ort.InferenceSession(str(vocoder.onnx_path(Path(sys.argv[1])))), x)
 assert y.shape == x.shape and np.all(np.isfinite(y)), y.shape
 print("vocoder smoke: trained a few steps, exported, resynthesised")
 PY

@@ -274,13 +274,12 @@ def prepare_extra(args):
             import copysynth
             files = json.loads((args.cache / "files.json").read_text())["files"]
             genuine = [f for f in files if f["label"] != "spoof" and f["split"] == "train"]
-            rate = {f["path"]: f["rate"] for f in genuine}
+            rate = {copysynth.file_key(Path(f["path"])): f["rate"] for f in genuine}  # by the copies' names
             vocoders = (("istft",) if name == "vocoder-here" else ("griffin-lim", "world") if args.tiny
                         else COPYSYNTH_VOCODERS)
             items = copysynth.items(args.cache_train, [(Path(f["path"]),) for f in genuine], T.load, vocoders)
-            sources = {copysynth.file_key(Path(f["path"])): f["path"] for f in genuine}
             for item, x in T.loaded(items):
-                narrow = rate[sources[item[0].stem]] < SR
+                narrow = rate[item[0].stem] < SR
                 got = [T.augment(w, rng, "phone", narrowband_only=narrow) for w in T.crops(x, args.crops // 2, rng)]
                 crops += got
                 systems += [item[2]] * len(got)
@@ -447,9 +446,14 @@ class Features:
         return x if self.q is None else self.q[0] + x * self.q[1]
 
 
+def extra_suffix(extra):
+    """The name suffix of runs and reports with `--extra` spoofs: "-kokoro+copysynth", or ""."""
+    return "-" + extra.replace(",", "+") if extra else ""
+
+
 def runs_dir(args):
     """Where fit writes and report/score read runs: --runs, else CACHE/runs (runs-EXTRA)."""
-    return args.runs or args.cache / ("runs-" + args.extra.replace(",", "+") if args.extra else "runs")
+    return args.runs or args.cache / f"runs{extra_suffix(args.extra)}"
 
 
 def torch_device(torch, name):
@@ -674,11 +678,11 @@ def export(args):
 # ---------------------------------------------------------------------------------- report
 
 
-def finished_runs(cache, files, tiny, extra=None, runs=None):
+def finished_runs(cache, files, tiny, runs=None):
     """(fold name, seed as a string, families held out, logits file) of every finished run in the
     cache (or in `runs`), in file order; `all` (the candidate) holds nothing out. Unknown fold names
     are skipped."""
-    for run in sorted((runs or cache / ("runs-" + extra.replace(",", "+") if extra else "runs")).glob("*_s*.npy")):
+    for run in sorted((runs or cache / "runs").glob("*_s*.npy")):
         name, seed = run.stem.rsplit("_s", 1)
         held = () if name == "all" else folds(files, tiny).get(name)
         if held is not None:
@@ -716,7 +720,7 @@ def report(args):
     index = np.load(args.cache / "eval_index.npy")
     smoothing, enter = product_check.verdict_rule()
     result = {"channels": channels, "folds": {}, "rule": [smoothing, enter]}
-    for name, seed, held, run in finished_runs(args.cache, files, args.tiny, args.extra, args.runs):
+    for name, seed, held, run in finished_runs(args.cache, files, args.tiny, runs_dir(args)):
         per = window_logits(index, channels, np.load(run))
         a, b = platt(per, files, held)
         if name == "all":  # the candidate: its calibration, for export
@@ -757,7 +761,7 @@ def report(args):
             f"{ch} {r['eer_rule'] * 100:.1f}%" for ch, r in fold.items()), flush=True)
     result["pooled"] = pool(result["folds"], channels)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"cnn{'-' + args.extra.replace(',', '+') if args.extra else ''}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"cnn{extra_suffix(args.extra)}.json").write_text(json.dumps(result, indent=1))
     print(table(result, channels))
 
 
@@ -768,7 +772,7 @@ def fuse(args):
     from sklearn.linear_model import LogisticRegression
 
     meta = json.loads((args.cache / "files.json").read_text())
-    files, channels = meta["files"], meta["channels"]
+    files = meta["files"]
     index = np.load(args.cache / "eval_index.npy")
     first, second = [Path(d) for d in args.fuse.split(",")]
     out = args.runs or args.cache / "runs-fused"

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -152,11 +153,6 @@ def hifigan(session, x16):
     return resample_poly(audio, 320, 441).astype(np.float32)[:len(x16)]
 
 
-def vocoder_here(session, x):
-    import vocoder
-    return vocoder.resynthesise(session, x)
-
-
 # ---------------------------------------------------------------------------------- items
 
 
@@ -186,23 +182,22 @@ def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
     """Copy-synthesised spoof items, one per genuine item and vocoder, in the train split only.
     `genuine`: (path, ..., source) items of the train split. Output items as train.py's."""
     import soundfile as sf
-    sessions = hifigan_sessions(cache) if "hifigan" in vocoders else {}
-    makers = dict(sessions)
+    makers = {}  # vocoder name -> 16 kHz audio -> its copy
+    if "hifigan" in vocoders:
+        makers.update({name: partial(hifigan, s) for name, s in hifigan_sessions(cache).items()})
     if "istft" in vocoders:
         import onnxruntime as ort
         import vocoder
         if not vocoder.onnx_path(cache).exists():
             sys.exit(f"copysynth: no {vocoder.onnx_path(cache)}: train it first (train/vocoder.py prepare, fit)")
-        makers["istft"] = ort.InferenceSession(str(vocoder.onnx_path(cache)))
-    for name in ("griffin-lim", "world"):
-        if name in vocoders:
-            makers[name] = name
+        makers["istft"] = partial(vocoder.resynthesise, ort.InferenceSession(str(vocoder.onnx_path(cache))))
+    makers.update({name: make for name, make in (("griffin-lim", griffin_lim), ("world", world)) if name in vocoders})
     out_items = []
     done = 0
     for k, (path, *_rest) in enumerate(genuine):
         key = file_key(path)
         x = None
-        for name, session in makers.items():
+        for name, make in makers.items():
             if name == "hifigan-ljspeech" and k % 2:  # a single-speaker vocoder: half the files
                 continue
             if name == "world" and not k % 2:  # the other half
@@ -215,8 +210,7 @@ def items(cache, genuine, load, vocoders=("hifigan", "griffin-lim")):
                     except Exception as e:  # a corrupt file is skipped and reported, never fatal
                         print(f"copysynth: skip {path}: {e}", file=sys.stderr)
                         break
-                y = (griffin_lim(x) if name == "griffin-lim" else world(x) if name == "world"
-                     else vocoder_here(session, x) if name == "istft" else hifigan(session, x))
+                y = make(x)
                 peak = np.max(np.abs(y)) + 1e-9
                 y = y * min(1.0, 0.99 / peak)
                 target.parent.mkdir(parents=True, exist_ok=True)
