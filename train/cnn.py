@@ -168,43 +168,57 @@ def prepare(args):
 # ----------------------------------------------------------------- the 0.5.x recipe beside it
 
 
+def replay(args, name, width, dtype, featurize):
+    """Replays what `prepare` drew, from the seed, into NAME_train.npy and NAME_eval.npy (rows as
+    train_x.npy and eval_x.npy): `featurize(list of 1 s windows) -> [n, width]`. Stops if the replay
+    differs from the cache."""
+    meta = json.loads((args.cache / "files.json").read_text())["files"]
+    index = np.load(args.cache / "eval_index.npy")
+    n_train, n_eval = len(np.load(args.cache / "train_file.npy")), int(index[-1, 2] + index[-1, 3])
+    parts = {part: args.cache / f"{name}_{part}.npy.part" for part in ("train", "eval")}
+    train = np.lib.format.open_memmap(parts["train"], "w+", dtype, (n_train, width))
+    evals = np.lib.format.open_memmap(parts["eval"], "w+", dtype, (n_eval, width))
+    at_train = at_eval = 0
+    for k, (f, crops, windows, _) in enumerate(drawn(args)):
+        if k >= len(meta) or f["path"] != meta[k]["path"]:
+            sys.exit(f"cnn.py prepare-{name}: file {k} is {f['path']}, prepare had another: the data changed")
+        if crops:
+            train[at_train:at_train + len(crops)] = featurize(crops)
+            at_train += len(crops)
+        for _, ws in windows:
+            evals[at_eval:at_eval + len(ws)] = featurize(ws)
+            at_eval += len(ws)
+        if (k + 1) % 200 == 0:
+            print(f"prepare-{name}: {k + 1} files, {at_train} crops, {at_eval} windows, "
+                  f"{time.time() - args.t0:.0f} s", flush=True)
+    if (at_train, at_eval) != (n_train, n_eval):
+        sys.exit(f"cnn.py prepare-{name}: replayed {at_train} crops and {at_eval} windows, prepare cut "
+                 f"{n_train} and {n_eval}")
+    train.flush()
+    evals.flush()
+    del train, evals
+    for part, path in parts.items():
+        path.rename(args.cache / f"{name}_{part}.npy")
+    print(f"prepare-{name}: {n_train} crops, {n_eval} windows in {time.time() - args.t0:.0f} s")
+
+
 def prepare_whisper(args):
     """The shipped detector's front-end (Whisper tiny.en, two encoder blocks, every tap pooled: 2,304
-    columns) on the windows `prepare` cut, replayed from the seed: whisper_train.npy and
-    whisper_eval.npy, rows as train_x.npy and eval_x.npy. Stops if the replay differs."""
+    columns) on the windows `prepare` cut: whisper_train.npy and whisper_eval.npy."""
     sys.path.insert(0, str(Path(__file__).parent))
     import lofo
     import train as T
 
     session = lofo.front_end_session("whisper", args.cache_train, 2, "fp32", taps="all")
-    meta = json.loads((args.cache / "files.json").read_text())["files"]
-    index = np.load(args.cache / "eval_index.npy")
-    n_train, n_eval = len(np.load(args.cache / "train_file.npy")), int(index[-1, 2] + index[-1, 3])
-    width = session.get_outputs()[0].shape[-1]
-    train = np.lib.format.open_memmap(args.cache / "whisper_train.npy.part", "w+", np.float16, (n_train, width))
-    evals = np.lib.format.open_memmap(args.cache / "whisper_eval.npy.part", "w+", np.float16, (n_eval, width))
-    at_train = at_eval = 0
-    for k, (f, crops, windows, _) in enumerate(drawn(args)):
-        if k >= len(meta) or f["path"] != meta[k]["path"]:
-            sys.exit(f"cnn.py prepare-whisper: file {k} is {f['path']}, prepare had another: the data changed")
-        if crops:
-            train[at_train:at_train + len(crops)] = T.featurize(session, crops)
-            at_train += len(crops)
-        for _, ws in windows:
-            evals[at_eval:at_eval + len(ws)] = T.featurize(session, ws)
-            at_eval += len(ws)
-        if (k + 1) % 200 == 0:
-            print(f"prepare-whisper: {k + 1} files, {at_train} crops, {at_eval} windows, "
-                  f"{time.time() - args.t0:.0f} s", flush=True)
-    if (at_train, at_eval) != (n_train, n_eval):
-        sys.exit(f"cnn.py prepare-whisper: replayed {at_train} crops and {at_eval} windows, prepare cut "
-                 f"{n_train} and {n_eval}")
-    train.flush()
-    evals.flush()
-    del train, evals
-    for name in ("whisper_train", "whisper_eval"):
-        (args.cache / f"{name}.npy.part").rename(args.cache / f"{name}.npy")
-    print(f"prepare-whisper: {n_train} crops, {n_eval} windows in {time.time() - args.t0:.0f} s")
+    replay(args, "whisper", session.get_outputs()[0].shape[-1], np.float16, lambda ws: T.featurize(session, ws))
+
+
+def prepare_raw(args):
+    """The waveforms of the windows `prepare` cut (16,000 samples at 16 kHz, after augmentation and
+    the channel), float32 (float16's rounding noise, about -66 dB, would fill the empty 4-8 kHz band
+    of narrowband channels): raw_train.npy and raw_eval.npy, for the raw-waveform models of
+    train/aasist.py. About 6.7 GB for the full cache."""
+    replay(args, "raw", WINDOW, np.float32, lambda ws: np.asarray(ws, np.float32))
 
 
 def fit_whisper(args):
@@ -474,14 +488,14 @@ def needed_windows(files, eval_index, held, everything, n_eval):
     return needed
 
 
-def score_windows(torch, net, eval_x, needed, device):
+def score_windows(torch, net, eval_x, needed, device, batch=512):
     """A trained net's logit per needed evaluation window; NaN elsewhere."""
     rows_eval = np.flatnonzero(needed)
     logits = np.full(len(eval_x), np.nan, np.float32)
     net.eval()
     with torch.no_grad():
-        for i in range(0, len(rows_eval), 512):
-            r = rows_eval[i:i + 512]
+        for i in range(0, len(rows_eval), batch):
+            r = rows_eval[i:i + batch]
             logits[r] = net(torch.tensor(eval_x[r]).to(device)).cpu().numpy()
     return logits
 
@@ -691,8 +705,10 @@ def finished_runs(cache, files, tiny, runs=None):
 
 def window_logits(index, channels, logits):
     """(file index, channel name) -> that file's window logits through that channel, in time order
-    (1 s windows, 0.5 s hop, at most EVAL_WINDOWS), from one run's logits and eval_index.npy."""
-    return {(int(k), channels[int(ch)]): logits[start:start + n] for k, ch, start, n in index}
+    (1 s windows, 0.5 s hop, at most EVAL_WINDOWS), from one run's logits and eval_index.npy. A run
+    that did not score a file through a channel (its windows NaN) has no entry for it."""
+    return {(int(k), channels[int(ch)]): logits[start:start + n] for k, ch, start, n in index
+            if not np.isnan(logits[start:start + n]).any()}
 
 
 def platt(per, files, held):
@@ -790,6 +806,7 @@ def fuse(args):
                 calib[start:start + n] = True
                 spoof[start:start + n] = files[k]["label"] == "spoof"
         x = np.stack([a, b], axis=1)
+        calib &= ~np.isnan(x).any(axis=1)  # a run scored on some channels only
         lr = LogisticRegression(C=1e4).fit(x[calib], spoof[calib])
         np.save(out / run.name, (x @ lr.coef_[0]).astype(np.float32))
         print(f"fuse: {run.stem}: weights {lr.coef_[0].round(3).tolist()}", flush=True)
@@ -838,7 +855,7 @@ def table(result, channels):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prepare", "prepare-extra", "prepare-whisper", "fit-whisper", "fuse", "pack", "fit",
+    ap.add_argument("step", choices=["prepare", "prepare-extra", "prepare-whisper", "prepare-raw", "fit-whisper", "fuse", "pack", "fit",
                                      "score", "report", "export"])
     ap.add_argument("--extra", help=f"prepare-extra/fit/report: extra training spoofs, comma-separated, of {EXTRAS}")
     ap.add_argument("--kokoro", type=int, default=240, help="prepare-extra: Kokoro clips (train/kokoro.py)")
@@ -874,7 +891,7 @@ def main():
     args.pack_out = args.pack_out or ROOT / ".deps" / ("cnn-tiny-pack" if args.tiny else "cnn-pack")
     if args.tiny:
         args.crops, args.epochs = 2, 1
-    {"prepare": prepare, "prepare-extra": prepare_extra, "prepare-whisper": prepare_whisper,
+    {"prepare": prepare, "prepare-extra": prepare_extra, "prepare-whisper": prepare_whisper, "prepare-raw": prepare_raw,
      "fit-whisper": fit_whisper, "fuse": fuse, "pack": pack, "fit": fit, "score": score, "report": report,
      "export": export}[args.step](args)
 
