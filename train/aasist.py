@@ -18,7 +18,8 @@ window affordable on a 2-core CPU, applied alike to both arms:
   own 3x3 pooling, which cuts the residual encoder's cost about eightfold (measured: a 32-window
   training step of AASIST-L 8.2 s at full resolution, 1.1 s pooled);
 - the last two residual blocks keep their time resolution (AASIST pools by 3 in each of six blocks,
-  which would leave a 1 s window one temporal graph node); the window keeps 16.
+  which, after the sinc pooling above, would leave a 1 s window no temporal graph node); the
+  window keeps 8 (AASIST's 4 s input had 29).
 The waveform is RMS-normalised to 0.1 (the daemon's windows and the cache's crops differ in level).
 Training draws rows with cnn.py's weights (classes, systems and genuine sources weigh the same),
 binary cross-entropy on AASIST's spoof-minus-bonafide logit, AdamW with a one-cycle schedule over
@@ -92,13 +93,17 @@ def fit(args):
     torch.set_num_threads(args.threads)
     if not (args.sonic / "CM_System" / "AASIST.py").exists():
         sys.exit(f"aasist.py: no AASIST code in {args.sonic}: run bench/anchors/setup.sh")
-    files = json.loads((args.cache / "files.json").read_text())["files"]
-    channels = json.loads((args.cache / "files.json").read_text())["channels"]
+    meta = json.loads((args.cache / "files.json").read_text())
+    files, channels = meta["files"], meta["channels"]
+    unknown = [c for c in args.channels.split(",") if c not in channels]
+    if unknown:
+        sys.exit(f"aasist.py: --channels {unknown} not in the cache's channels {channels}")
     train_x = np.load(args.cache / "raw_train.npy", mmap_mode="r")
     eval_x = np.load(args.cache / "raw_eval.npy", mmap_mode="r")
     train_file = np.load(args.cache / "train_file.npy")
     eval_index = np.load(args.cache / "eval_index.npy")
-    scored_channels = [channels.index(c) for c in args.channels.split(",") if c in channels]
+    scored = [channels.index(c) for c in args.channels.split(",")]
+    settings = {"arm": args.arm, "steps": args.steps, "batch": args.batch, "lr": args.lr, "time_pool": args.time_pool}
     out = args.runs or args.cache / f"runs-{args.arm}"
     out.mkdir(parents=True, exist_ok=True)
     label = np.array([f["label"] == "spoof" for f in files])
@@ -122,6 +127,9 @@ def fit(args):
             ckpt, step0 = out / f"{tag}.pt", 0
             if ckpt.exists():
                 state = torch.load(ckpt, map_location="cpu")
+                if state.get("settings", settings) != settings:
+                    sys.exit(f"aasist.py: {ckpt} was trained with {state['settings']}, not {settings}: "
+                             "resume with those, or remove it")
                 for part, obj in (("net", net), ("opt", opt), ("sched", sched)):
                     obj.load_state_dict(state[part])
                 step0 = state["step"]
@@ -130,7 +138,7 @@ def fit(args):
             draw = rows[np.random.default_rng(cnn.SEED + seed).choice(len(rows), args.steps * args.batch, p=w)]
             y = torch.tensor(label[train_file].astype(np.float32))
             net.train()
-            t0, loss_sum = time.time(), 0.0
+            t0, loss_sum, since = time.time(), 0.0, 0
             for step in range(step0, args.steps):
                 idx = np.sort(draw[step * args.batch:(step + 1) * args.batch])
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -139,17 +147,14 @@ def fit(args):
                 loss.backward()
                 opt.step()
                 sched.step()
-                loss_sum += float(loss)
+                loss_sum, since = loss_sum + float(loss), since + 1
                 if (step + 1) % args.every == 0 or step + 1 == args.steps:
                     torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                "step": step + 1}, ckpt)
-                    print(f"aasist: {tag} step {step + 1}/{args.steps} loss {loss_sum / args.every:.4f} "
+                                "step": step + 1, "settings": settings}, ckpt)
+                    print(f"aasist: {tag} step {step + 1}/{args.steps} loss {loss_sum / since:.4f} "
                           f"({time.time() - t0:.0f} s)", flush=True)
-                    loss_sum = 0.0
-            needed = cnn.needed_windows(files, eval_index, held, False, len(eval_x))
-            for k, ch, start, n in eval_index:
-                if ch not in scored_channels:
-                    needed[start:start + n] = False
+                    loss_sum, since = 0.0, 0
+            needed = cnn.needed_windows(files, eval_index, held, False, len(eval_x), channels=scored)
             logits = cnn.score_windows(torch, net, eval_x, needed, torch.device("cpu"), batch=args.eval_batch)
             np.save(out / f"{tag}.npy", logits)
             print(f"aasist: {tag} scored {int(needed.sum())} windows ({time.time() - t0:.0f} s)", flush=True)
@@ -177,7 +182,7 @@ def main():
     args.cache = args.cache or ROOT / ".deps" / ("cnn-tiny" if args.tiny else "cnn")
     args.lr = args.lr or (1e-4 if args.arm == "aasist-pretrained" else 5e-4)
     if args.tiny:
-        args.steps, args.batch, args.every, args.channels = 4, 4, 2, "wideband,g711_mu,amr_nb"
+        args.steps, args.batch, args.every = 4, 4, 2
     {"fit": fit}[args.step](args)
 
 

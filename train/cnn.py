@@ -104,8 +104,9 @@ def log_bands(windows):
 
 def drawn(args):
     """What `prepare` draws, in its order: (file metadata, train-split crops after augmentation,
-    [(channel, evaluation windows)]), one file at a time. `prepare` and `prepare-whisper` both read
-    it, so the Whisper features are of the very windows the CNN's are."""
+    [(channel, evaluation windows)]), one file at a time. `prepare`, and `prepare-whisper` and
+    `prepare-raw` through `replay`, read it, so the Whisper features and the waveforms are of the
+    very windows the CNN's are."""
     import soundfile as sf
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -476,12 +477,14 @@ def torch_device(torch, name):
     return torch.device(name)
 
 
-def needed_windows(files, eval_index, held, everything, n_eval):
+def needed_windows(files, eval_index, held, everything, n_eval, channels=None):
     """The evaluation windows a fold's report reads (the calibration split, the genuine test files,
-    the held-out spoofs; every window for `--all`)."""
+    the held-out spoofs; every window for `--all`), through every channel or those indices only."""
     needed = np.zeros(n_eval, bool)
-    for k, _, start, n in eval_index:
+    for k, ch, start, n in eval_index:
         f = files[k]
+        if channels is not None and ch not in channels:
+            continue
         if everything or f["split"] == "calib" or (f["split"] == "test" and f["label"] == "bonafide") or (
                 f["label"] == "spoof" and f["family"] in held):
             needed[start:start + n] = True
@@ -706,14 +709,25 @@ def finished_runs(cache, files, tiny, runs=None):
 def window_logits(index, channels, logits):
     """(file index, channel name) -> that file's window logits through that channel, in time order
     (1 s windows, 0.5 s hop, at most EVAL_WINDOWS), from one run's logits and eval_index.npy. A run
-    that did not score a file through a channel (its windows NaN) has no entry for it."""
-    return {(int(k), channels[int(ch)]): logits[start:start + n] for k, ch, start, n in index
-            if not np.isnan(logits[start:start + n]).any()}
+    that did not score a file through a channel (all its windows NaN) has no entry for it; a file
+    scored in part means a net that put out NaN, and stops the report."""
+    out = {}
+    for k, ch, start, n in index:
+        x = logits[start:start + n]
+        missing = np.isnan(x)
+        if missing.all():
+            continue
+        if missing.any():
+            sys.exit(f"cnn.py: file {k} channel {channels[int(ch)]}: {int(missing.sum())} of {n} window "
+                     "logits are NaN (a diverged run?)")
+        out[(int(k), channels[int(ch)])] = x
+    return out
 
 
 def platt(per, files, held):
     """Platt scaling (a, b) of one run, calibrated logit = a * logit + b: a logistic regression on
-    the calibration split's windows (every channel) of every family but the held-out ones."""
+    the calibration split's windows (every channel the run scored) of every family but the held-out
+    ones."""
     from sklearn.linear_model import LogisticRegression
 
     cal = [(per[(k, ch)], files[k]["label"] == "spoof") for (k, ch) in per
