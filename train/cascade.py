@@ -64,7 +64,10 @@ def cascade_runs(args, keep, every, out):
         cal_spoof = cal_spoof[np.isfinite(cal_spoof)]
         t = float(np.quantile(cal_spoof, 1.0 - keep)) if keep < 1.0 else -np.inf
         escalate = (l1 >= t) | ((position % every == 0) if every else False)
-        np.save(out / run.name, np.where(escalate, l2, l1).astype(np.float32))
+        # A window the first stage did not score (a file no report of the fold reads) has no
+        # cascade score either, not the full model's on every `every`-th window alone.
+        cascaded = np.where(np.isnan(l1), np.nan, np.where(escalate, l2, l1))
+        np.save(out / run.name, cascaded.astype(np.float32))
         thresholds.setdefault(name, {})[seed] = t
         by_channel = {}
         for ch_i, ch in enumerate(channels):
