@@ -107,57 +107,47 @@ def fit(args):
     out = args.runs or args.cache / f"runs-{args.arm}"
     out.mkdir(parents=True, exist_ok=True)
     label = np.array([f["label"] == "spoof" for f in files])
-    family = np.array([f["family"] for f in files])
     Net = build(torch, args.arm, args.time_pool, args.sonic)
-    todo = cnn.folds(files, args.tiny)
-    if args.folds:
-        todo = {k: v for k, v in todo.items() if k in args.folds.split(",")}
-    for name, held in todo.items():
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            tag = f"{name}_s{seed}"
-            if (out / f"{tag}.npy").exists():
-                print(f"aasist: {tag} done before, skipped", flush=True)
-                continue
-            rows = np.flatnonzero(~np.isin(family[train_file], held))
-            w = cnn.weights(files, train_file[rows], label)
-            torch.manual_seed(cnn.SEED + seed)
-            net = Net()
-            opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-            ckpt, step0 = out / f"{tag}.pt", 0
-            if ckpt.exists():
-                state = torch.load(ckpt, map_location="cpu")
-                if state.get("settings", settings) != settings:
-                    sys.exit(f"aasist.py: {ckpt} was trained with {state['settings']}, not {settings}: "
-                             "resume with those, or remove it")
-                for part, obj in (("net", net), ("opt", opt), ("sched", sched)):
-                    obj.load_state_dict(state[part])
-                step0 = state["step"]
-                print(f"aasist: {tag} resumed after step {step0}", flush=True)
-            # The whole draw comes from the seed, so a resumed run takes the rows it would have.
-            draw = rows[np.random.default_rng(cnn.SEED + seed).choice(len(rows), args.steps * args.batch, p=w)]
-            y = torch.tensor(label[train_file].astype(np.float32))
-            net.train()
-            t0, loss_sum, since = time.time(), 0.0, 0
-            for step in range(step0, args.steps):
-                idx = np.sort(draw[step * args.batch:(step + 1) * args.batch])
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    net(torch.tensor(np.asarray(train_x[idx], np.float32))), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum, since = loss_sum + float(loss), since + 1
-                if (step + 1) % args.every == 0 or step + 1 == args.steps:
-                    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                "step": step + 1, "settings": settings}, ckpt)
-                    print(f"aasist: {tag} step {step + 1}/{args.steps} loss {loss_sum / since:.4f} "
-                          f"({time.time() - t0:.0f} s)", flush=True)
-                    loss_sum, since = 0.0, 0
-            needed = cnn.needed_windows(files, eval_index, held, False, len(eval_x), channels=scored)
-            logits = cnn.score_windows(torch, net, eval_x, needed, torch.device("cpu"), batch=args.eval_batch)
-            np.save(out / f"{tag}.npy", logits)
-            print(f"aasist: {tag} scored {int(needed.sum())} windows ({time.time() - t0:.0f} s)", flush=True)
+    for name, held, seed, tag, rows in cnn.pending_runs(args, files, train_file, out, "aasist"):
+        w = cnn.weights(files, train_file[rows], label)
+        torch.manual_seed(cnn.SEED + seed)
+        net = Net()
+        opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+        ckpt, step0 = out / f"{tag}.pt", 0
+        if ckpt.exists():
+            state = torch.load(ckpt, map_location="cpu")
+            if state.get("settings", settings) != settings:
+                sys.exit(f"aasist.py: {ckpt} was trained with {state['settings']}, not {settings}: "
+                         "resume with those, or remove it")
+            for part, obj in (("net", net), ("opt", opt), ("sched", sched)):
+                obj.load_state_dict(state[part])
+            step0 = state["step"]
+            print(f"aasist: {tag} resumed after step {step0}", flush=True)
+        # The whole draw comes from the seed, so a resumed run takes the rows it would have.
+        draw = rows[np.random.default_rng(cnn.SEED + seed).choice(len(rows), args.steps * args.batch, p=w)]
+        y = torch.tensor(label[train_file].astype(np.float32))
+        net.train()
+        t0, loss_sum, since = time.time(), 0.0, 0
+        for step in range(step0, args.steps):
+            idx = np.sort(draw[step * args.batch:(step + 1) * args.batch])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                net(torch.tensor(np.asarray(train_x[idx], np.float32))), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum, since = loss_sum + float(loss), since + 1
+            if (step + 1) % args.every == 0 or step + 1 == args.steps:
+                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "step": step + 1, "settings": settings}, ckpt)
+                print(f"aasist: {tag} step {step + 1}/{args.steps} loss {loss_sum / since:.4f} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+                loss_sum, since = 0.0, 0
+        needed = cnn.needed_windows(files, eval_index, held, False, len(eval_x), channels=scored)
+        logits = cnn.score_windows(torch, net, eval_x, needed, torch.device("cpu"), batch=args.eval_batch)
+        np.save(out / f"{tag}.npy", logits)
+        print(f"aasist: {tag} scored {int(needed.sum())} windows ({time.time() - t0:.0f} s)", flush=True)
 
 
 def main():

@@ -237,27 +237,17 @@ def fit_whisper(args):
     out = args.runs or args.cache / "runs-whisper"
     out.mkdir(parents=True, exist_ok=True)
     label = np.array([f["label"] == "spoof" for f in files])
-    family = np.array([f["family"] for f in files])
-    todo = folds(files, args.tiny)
-    if args.folds:
-        todo = {k: v for k, v in todo.items() if k in args.folds.split(",")}
-    for name, held in todo.items():
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            tag = f"{name}_s{seed}"
-            if (out / f"{tag}.npy").exists():
-                print(f"fit-whisper: {tag} done before, skipped", flush=True)
-                continue
-            rows = np.flatnonzero(~np.isin(family[train_file], held))
-            x = np.asarray(train_x[rows], np.float32)
-            y = label[train_file[rows]].astype(int)
-            w = weights(files, train_file[rows], label)
-            mu, sd = T.standardiser(x)
-            mlp = T.mlp_heads((x - mu) / sd, y, 64, 1e-2, [SEED + 10 * seed + k for k in range(3)], args.tiny,
-                              sample_weight=w * len(y))
-            logits = np.concatenate([T.mlp_logit((np.asarray(eval_x[i:i + 8192], np.float32) - mu) / sd, mlp)
-                                     for i in range(0, len(eval_x), 8192)]).astype(np.float32)
-            np.save(out / f"{tag}.npy", logits)
-            print(f"fit-whisper: {tag} in {time.time() - args.t0:.0f} s", flush=True)
+    for name, held, seed, tag, rows in pending_runs(args, files, train_file, out, "fit-whisper"):
+        x = np.asarray(train_x[rows], np.float32)
+        y = label[train_file[rows]].astype(int)
+        w = weights(files, train_file[rows], label)
+        mu, sd = T.standardiser(x)
+        mlp = T.mlp_heads((x - mu) / sd, y, 64, 1e-2, [SEED + 10 * seed + k for k in range(3)], args.tiny,
+                          sample_weight=w * len(y))
+        logits = np.concatenate([T.mlp_logit((np.asarray(eval_x[i:i + 8192], np.float32) - mu) / sd, mlp)
+                                 for i in range(0, len(eval_x), 8192)]).astype(np.float32)
+        np.save(out / f"{tag}.npy", logits)
+        print(f"fit-whisper: {tag} in {time.time() - args.t0:.0f} s", flush=True)
 
 
 EXTRAS = ("kokoro", "copysynth", "vocoder-here")
@@ -395,6 +385,25 @@ def folds(files, tiny):
     out = {} if tiny else {"zero-shot": ZERO_SHOT}
     out.update({fam: (fam,) for fam in fams})
     return out
+
+
+def pending_runs(args, files, train_file, out, step):
+    """(fold name, families held out, seed, run tag, training rows) of each run that `args` asks for
+    (`--folds`, `--seeds`, `--all`: one run on every family) and `out` does not yet hold; the
+    finished ones are announced and skipped, so a stopped command resumes where it was."""
+    family = np.array([f["family"] for f in files])
+    todo = folds(files, args.tiny)
+    if args.folds:
+        todo = {k: v for k, v in todo.items() if k in args.folds.split(",")}
+    if getattr(args, "all", False):
+        todo = {"all": ()}
+    for name, held in todo.items():
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            tag = f"{name}_s{seed}"
+            if (out / f"{tag}.npy").exists():
+                print(f"{step}: {tag} done before, skipped", flush=True)
+                continue
+            yield name, held, seed, tag, np.flatnonzero(~np.isin(family[train_file], held))
 
 
 def build_model(torch, band_mean, band_std):
@@ -555,72 +564,59 @@ def fit(args):
     band_mean, band_std = sx.mean(axis=(0, 1)), sx.std(axis=(0, 1)) + 1e-3
     _, Net = build_model(torch, band_mean, band_std)
     label = np.array([f["label"] == "spoof" for f in files])
-    family = np.array([f["family"] for f in files])
-    todo = folds(files, args.tiny)
-    if args.folds:
-        todo = {k: v for k, v in todo.items() if k in args.folds.split(",")}
-    if args.all:
-        todo = {"all": ()}
-    for name, held in todo.items():
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            tag = f"{name}_s{seed}"
-            if (out / f"{tag}.npy").exists():
-                print(f"fit: {tag} done before, skipped", flush=True)
-                continue
-            keep = ~np.isin(family[train_file], held)
-            rows = np.flatnonzero(keep)
-            w = weights(files, train_file[rows], label)
-            if len(extra):  # each extra system weighs as much as one spoof system of the fold
-                systems = len({files[k]["system"] for k in train_file[rows] if label[k]})
-                _, inverse, counts = np.unique(extra_system, return_inverse=True, return_counts=True)
-                w = np.concatenate([w, 0.5 / systems / counts[inverse]])
-                rows = np.concatenate([rows, np.arange(n_base, n_base + len(extra))])
-                w /= w.sum()
-            torch.manual_seed(SEED + seed)
-            rng = np.random.default_rng(SEED + seed)
-            net = Net().to(device)
-            opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-3)
-            steps_per_epoch = max(1, len(rows) // args.batch)
-            total = steps_per_epoch * args.epochs
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
-            ckpt = out / f"{tag}.pt"
-            epoch0 = 0
-            if ckpt.exists():
-                state = torch.load(ckpt, map_location=device)
-                net.load_state_dict(state["net"])
-                opt.load_state_dict(state["opt"])
-                sched.load_state_dict(state["sched"])
-                epoch0 = state["epoch"]
-                rng = np.random.default_rng(SEED + seed + 1000 * epoch0)
-                print(f"fit: {tag} resumed after epoch {epoch0}", flush=True)
-            y_all = torch.tensor(np.concatenate([label[train_file], np.ones(len(extra), bool)]).astype(np.float32)).to(device)
-            t0 = time.time()
-            for epoch in range(epoch0, args.epochs):
-                net.train()
-                draw = rows[rng.choice(len(rows), steps_per_epoch * args.batch, p=w)]
-                loss_sum = 0.0
-                for s in range(steps_per_epoch):
-                    idx = np.sort(draw[s * args.batch:(s + 1) * args.batch])
-                    xb = torch.tensor(np.asarray(train_x[idx], np.float32))
-                    xb = spec_augment(torch, xb, rng).to(device)
-                    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xb), y_all[idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    loss_sum += float(loss)
-                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "epoch": epoch + 1}, ckpt)
-                print(f"fit: {tag} epoch {epoch + 1}/{args.epochs} loss {loss_sum / steps_per_epoch:.4f} "
-                      f"({time.time() - t0:.0f} s)", flush=True)
-            # Scored: what the report reads for this fold (the calibration split, the genuine test
-            # files, the held-out spoofs); the other windows stay NaN.
-            logits = score_windows(torch, net, eval_x, needed_windows(files, eval_index, held, args.all, len(eval_x)),
-                                   device)
-            np.save(out / f"{tag}.npy", logits)
-            if args.all:
-                torch.save({"net": net.state_dict()}, out / f"{tag}.final.pt")
-            print(f"fit: {tag} scored {len(logits)} windows ({time.time() - t0:.0f} s)", flush=True)
+    for name, held, seed, tag, rows in pending_runs(args, files, train_file, out, "fit"):
+        w = weights(files, train_file[rows], label)
+        if len(extra):  # each extra system weighs as much as one spoof system of the fold
+            systems = len({files[k]["system"] for k in train_file[rows] if label[k]})
+            _, inverse, counts = np.unique(extra_system, return_inverse=True, return_counts=True)
+            w = np.concatenate([w, 0.5 / systems / counts[inverse]])
+            rows = np.concatenate([rows, np.arange(n_base, n_base + len(extra))])
+            w /= w.sum()
+        torch.manual_seed(SEED + seed)
+        rng = np.random.default_rng(SEED + seed)
+        net = Net().to(device)
+        opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-3)
+        steps_per_epoch = max(1, len(rows) // args.batch)
+        total = steps_per_epoch * args.epochs
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
+        ckpt = out / f"{tag}.pt"
+        epoch0 = 0
+        if ckpt.exists():
+            state = torch.load(ckpt, map_location=device)
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            epoch0 = state["epoch"]
+            rng = np.random.default_rng(SEED + seed + 1000 * epoch0)
+            print(f"fit: {tag} resumed after epoch {epoch0}", flush=True)
+        y_all = torch.tensor(np.concatenate([label[train_file], np.ones(len(extra), bool)]).astype(np.float32)).to(device)
+        t0 = time.time()
+        for epoch in range(epoch0, args.epochs):
+            net.train()
+            draw = rows[rng.choice(len(rows), steps_per_epoch * args.batch, p=w)]
+            loss_sum = 0.0
+            for s in range(steps_per_epoch):
+                idx = np.sort(draw[s * args.batch:(s + 1) * args.batch])
+                xb = torch.tensor(np.asarray(train_x[idx], np.float32))
+                xb = spec_augment(torch, xb, rng).to(device)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xb), y_all[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += float(loss)
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "epoch": epoch + 1}, ckpt)
+            print(f"fit: {tag} epoch {epoch + 1}/{args.epochs} loss {loss_sum / steps_per_epoch:.4f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+        # Scored: what the report reads for this fold (the calibration split, the genuine test
+        # files, the held-out spoofs); the other windows stay NaN.
+        logits = score_windows(torch, net, eval_x, needed_windows(files, eval_index, held, args.all, len(eval_x)),
+                               device)
+        np.save(out / f"{tag}.npy", logits)
+        if args.all:
+            torch.save({"net": net.state_dict()}, out / f"{tag}.final.pt")
+        print(f"fit: {tag} scored {len(logits)} windows ({time.time() - t0:.0f} s)", flush=True)
 
 
 def weights(files, file_of_row, label):
