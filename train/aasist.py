@@ -108,6 +108,7 @@ def fit(args):
     out.mkdir(parents=True, exist_ok=True)
     label = np.array([f["label"] == "spoof" for f in files])
     Net = build(torch, args.arm, args.time_pool, args.sonic)
+    y = torch.tensor(label[train_file].astype(np.float32))  # every training row's label, for every run
     for name, held, seed, tag, rows in cnn.pending_runs(args, files, train_file, out, "aasist"):
         w = cnn.weights(files, train_file[rows], label)
         torch.manual_seed(cnn.SEED + seed)
@@ -126,7 +127,6 @@ def fit(args):
             print(f"aasist: {tag} resumed after step {step0}", flush=True)
         # The whole draw comes from the seed, so a resumed run takes the rows it would have.
         draw = rows[np.random.default_rng(cnn.SEED + seed).choice(len(rows), args.steps * args.batch, p=w)]
-        y = torch.tensor(label[train_file].astype(np.float32))
         net.train()
         t0, loss_sum, since = time.time(), 0.0, 0
         for step in range(step0, args.steps):
